@@ -38,3 +38,99 @@ class RelationSamples(Schema):
 
 
 __all__ = ["DataFrame", "RelationSamples", "Schema", "Series"]
+
+
+class ExampleHits(Schema):
+    """Per checkpoint and example: the gold token's rank among the model's next-token logits (1 = top)."""
+
+    step: Series[int] = pa.Field(ge=0)
+    relation: Series[str]
+    category: Series[str]
+    sample_id: Series[int] = pa.Field(ge=0)
+    target_id: Series[int] = pa.Field(ge=0)
+    gold_rank: Series[int] = pa.Field(ge=1)
+
+
+class HitSummary(Schema):
+    """HIT@k per checkpoint, overall (group ``all``), per category and per relation (long format)."""
+
+    step: Series[int] = pa.Field(ge=0)
+    scope: Series[str] = pa.Field(isin=["overall", "category", "relation"])
+    group: Series[str]
+    k: Series[int] = pa.Field(ge=1)
+    hit: Series[float] = pa.Field(ge=0.0, le=1.0)
+    n: Series[int] = pa.Field(ge=1)
+
+
+class CheckpointTable(Schema):
+    """The checkpoints a run walked."""
+
+    step: Series[int] = pa.Field(ge=0)
+    tokens: Series[float] = pa.Field(nullable=True)
+    source: Series[str]
+    revision: Series[str] = pa.Field(nullable=True)
+
+
+class TopUnits(Schema):
+    """The highest-|I| units of one checkpoint (neurons of each kind, and heads)."""
+
+    step: Series[int] = pa.Field(ge=0)
+    kind: Series[str] = pa.Field(isin=["ffn", "attn", "heads"])
+    rank: Series[int] = pa.Field(ge=1)
+    layer: Series[int] = pa.Field(ge=0)
+    expert: Series[int] = pa.Field(ge=-1)  # -1 where not an expert neuron
+    head: Series[int] = pa.Field(ge=-1)  # -1 where not an attention unit
+    neuron: Series[int] = pa.Field(ge=-1)  # index inside the expert / FFN / head; -1 for a whole head
+    score: Series[float]
+
+
+class LayerProfile(Schema):
+    """Mean layer importance per checkpoint (Figs. 2-4), overall (relation ``all``) and per relation."""
+
+    step: Series[int] = pa.Field(ge=0)
+    unit: Series[str] = pa.Field(isin=["ffn", "attn"])
+    relation: Series[str]
+    layer: Series[int] = pa.Field(ge=0)
+    importance: Series[float]
+
+
+class DynamicsCurve(Schema):
+    """A per-step dynamics metric: J_t at the later step of each pair, R_t at step t."""
+
+    metric: Series[str] = pa.Field(isin=["j_stab", "r_t"])
+    unit: Series[str] = pa.Field(isin=["ffn", "attn"])
+    step: Series[int] = pa.Field(ge=0)
+    value: Series[float] = pa.Field(nullable=True)
+
+
+class DynamicsSummary(Schema):
+    """Single-value dynamics metrics over the whole range (window ``all``) and named step windows."""
+
+    metric: Series[str] = pa.Field(isin=["j_stab", "r_t", "rho_avg", "sigma_rel"])
+    unit: Series[str] = pa.Field(isin=["ffn", "attn"])
+    window: Series[str]
+    value: Series[float] = pa.Field(nullable=True)
+    n_checkpoints: Series[int] = pa.Field(ge=0)
+
+
+class AblationResult(Schema):
+    """HIT@10 under an intervention per checkpoint: the targeted units, and random controls by seed."""
+
+    step: Series[int] = pa.Field(ge=0)
+    ablation: Series[str]
+    condition: Series[str] = pa.Field(isin=["base", "targeted", "random"])
+    seed: Series[int] = pa.Field(ge=-1)  # -1 for base and targeted
+    n_units: Series[int] = pa.Field(ge=0)
+    hit_at_10: Series[float] = pa.Field(ge=0.0, le=1.0)
+    drop_percent: Series[float] = pa.Field(nullable=True)
+    heldout: Series[bool]
+
+
+class CleaningChanges(Schema):
+    """One row per change the relation loader made to the data (text fixed, sample dropped)."""
+
+    file: Series[str]
+    relation: Series[str]
+    subject: Series[str]  # "" for a change to the relation's template
+    kind: Series[str] = pa.Field(isin=["escape", "unicode", "whitespace", "empty", "duplicate", "conflict"])
+    detail: Series[str]
