@@ -91,7 +91,9 @@ def read_manifest(root: str | os.PathLike, *, require_complete: bool = True) -> 
             f"Damaged manifest {path}: {exc}. Delete the series folder {root} to rebuild it."
         ) from exc
     if manifest.format != MANIFEST_FORMAT:
-        raise CheckpointError(f"{path} has format {manifest.format!r}; this version reads {MANIFEST_FORMAT!r}.")
+        raise CheckpointError(
+            f"{path} has format {manifest.format!r}; this version reads {MANIFEST_FORMAT!r}."
+        )
     if require_complete and not manifest.complete:
         raise CheckpointError(
             f"The checkpoint series in {root} is incomplete (an interrupted build?). "

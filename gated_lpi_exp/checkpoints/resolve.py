@@ -1,0 +1,182 @@
+"""Resolve a checkpoint selection to concrete, existing revisions.
+
+Hub series are listed from the repository's real branches (``step{N}-tokens{M}B``); a branch name is never
+synthesised. Local series come from their manifest (or, lacking one, their ``step{N}/`` folders).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gated_lpi_exp.checkpoints.manifest import MANIFEST_NAME, read_manifest
+from gated_lpi_exp.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+_BRANCH = re.compile(r"^step(\d+)(?:-tokens(\d+)B)?$")
+_FOLDER = re.compile(r"^step(\d+)$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint of a series, ready to load."""
+
+    step: int
+    """Training step."""
+    source: str
+    """Hub repository id or local folder to load from."""
+    revision: str | None = None
+    """Hub branch (None for local checkpoints)."""
+    tokens: int | None = None
+    """Training tokens seen, when known."""
+
+    @property
+    def label(self) -> str:
+        return self.revision or Path(self.source).name
+
+
+@dataclass
+class Resolution:
+    """The selected checkpoints, and what was asked for but does not exist."""
+
+    checkpoints: list[Checkpoint]
+    missing_steps: list[int]
+    substitutions: dict[int, int]
+    available: list[Checkpoint]
+
+
+def parse_branches(repo_id: str, names: Iterable[str]) -> list[Checkpoint]:
+    """Checkpoints from branch names like ``step10000-tokens41B``; other names (``main``) are ignored."""
+    found = {}
+    for name in names:
+        m = _BRANCH.match(name)
+        if m:
+            step = int(m.group(1))
+            tokens = int(m.group(2)) * 10**9 if m.group(2) else None
+            found[step] = Checkpoint(step=step, source=repo_id, revision=name, tokens=tokens)
+    return [found[s] for s in sorted(found)]
+
+
+def list_hub_checkpoints(repo_id: str) -> list[Checkpoint]:
+    """List a hub repository's ``step{N}`` branches.
+
+    Raises:
+        CheckpointError: the hub cannot be reached or the repository has no step branches.
+    """
+    from huggingface_hub import list_repo_refs
+
+    try:
+        refs = list_repo_refs(repo_id)
+    except Exception as exc:  # offline, unknown repo, auth: all end the same way for the user
+        raise CheckpointError(
+            f"Could not list the branches of {repo_id!r} on the model hub ({type(exc).__name__}: {exc}). "
+            "Check the network and the repository id, or download the checkpoints and use "
+            "model.kind=local model.source=/path/to/series."
+        ) from exc
+    checkpoints = parse_branches(repo_id, (b.name for b in refs.branches))
+    if not checkpoints:
+        raise CheckpointError(f"{repo_id!r} has no step{{N}}-tokens{{M}}B branches to walk.")
+    return checkpoints
+
+
+def list_local_checkpoints(root: str | Path) -> list[Checkpoint]:
+    """Checkpoints of a local series, from its manifest or, lacking one, its ``step{N}/`` folders."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise CheckpointError(
+            f"Local checkpoint folder {root} does not exist; set model.source to a series folder."
+        )
+    if (root / MANIFEST_NAME).is_file():
+        manifest = read_manifest(root)
+        entries = sorted(manifest.checkpoints, key=lambda e: e.step)
+        return [Checkpoint(step=e.step, source=str(root / e.path), tokens=e.tokens) for e in entries]
+    steps = sorted(int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := _FOLDER.match(p.name)))
+    if not steps:
+        raise CheckpointError(f"{root} holds neither a {MANIFEST_NAME} nor step{{N}}/ folders.")
+    log.warning("%s has no %s; using its %d step folders", root, MANIFEST_NAME, len(steps))
+    return [Checkpoint(step=s, source=str(root / f"step{s}")) for s in steps]
+
+
+def select_checkpoints(
+    available: list[Checkpoint],
+    *,
+    select: str = "all",
+    steps: Iterable[int] = (),
+    start: int | None = None,
+    stop: int | None = None,
+    every: int | None = None,
+    match: str = "exact",
+    missing: str = "warn",
+    limit: int | None = None,
+) -> Resolution:
+    """Pick checkpoints from ``available`` (sorted by step) as a config asks.
+
+    Raises:
+        CheckpointError: nothing matches (the message lists what exists), or a step is missing and
+            ``missing='fail'``.
+    """
+    if not available:
+        raise CheckpointError("The series holds no checkpoints.")
+    by_step = {c.step: c for c in available}
+    all_steps = sorted(by_step)
+    missing_steps: list[int] = []
+    substitutions: dict[int, int] = {}
+    if select == "all":
+        chosen = all_steps
+    elif select == "range":
+        lo = all_steps[0] if start is None else start
+        hi = all_steps[-1] if stop is None else stop
+        chosen = [s for s in all_steps if lo <= s <= hi and (every is None or s % every == 0)]
+    elif select == "steps":
+        chosen = []
+        for step in steps:
+            if step in by_step:
+                chosen.append(step)
+            elif match == "nearest":
+                near = _nearest(all_steps, step)
+                substitutions[step] = near
+                chosen.append(near)
+            else:
+                missing_steps.append(step)
+    else:
+        raise CheckpointError(f"Unknown checkpoint selection {select!r}; use all, steps or range.")
+    if missing_steps:
+        msg = f"Steps not in the series: {missing_steps}. Available: {_describe(all_steps)}."
+        if missing == "fail":
+            raise CheckpointError(msg + " Set checkpoints.missing=warn to skip them, or match=nearest.")
+        log.warning(msg + " Skipping them.")
+    for asked, got in substitutions.items():
+        if asked != got:
+            log.info("step %d is not in the series; using the nearest, step %d", asked, got)
+    chosen = sorted(set(chosen))
+    if limit is not None and len(chosen) > limit:
+        chosen = _spread(chosen, limit)
+    if not chosen:
+        raise CheckpointError(
+            f"No checkpoint matches the selection. Available steps: {_describe(all_steps)}."
+        )
+    return Resolution([by_step[s] for s in chosen], missing_steps, substitutions, available)
+
+
+def _nearest(sorted_steps: list[int], step: int) -> int:
+    i = bisect.bisect_left(sorted_steps, step)
+    candidates = sorted_steps[max(0, i - 1) : i + 1]
+    return min(candidates, key=lambda s: (abs(s - step), s))
+
+
+def _spread(steps: list[int], n: int) -> list[int]:
+    if n == 1:
+        return [steps[-1]]
+    idx = sorted({round(i * (len(steps) - 1) / (n - 1)) for i in range(n)})
+    return [steps[i] for i in idx]
+
+
+def _describe(steps: list[int]) -> str:
+    if len(steps) <= 12:
+        return ", ".join(map(str, steps))
+    return f"{len(steps)} steps from {steps[0]} to {steps[-1]} ({', '.join(map(str, steps[:5]))}, ...)"

@@ -1,0 +1,301 @@
+"""Structured run configuration: one dataclass per Hydra config group.
+
+Fields are serialisable values, each documented under its declaration. Hydra checks types and unknown keys
+when it composes the YAML files in ``conf/`` onto these schemas; ``__post_init__`` checks values when the
+composed config is turned into objects (:func:`to_run_config`), so a bad value fails before any model loads
+and names the valid choices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from gated_lpi_exp.errors import ConfigurationError
+from gated_lpi_exp.suites.spec import SuiteSpec
+
+FAMILIES = ("olmoe", "olmo")
+CATEGORIES = ("linguistic", "commonsense", "factual", "bias")
+ABLATIONS = ("none", "top1_head", "top10_heads", "top1pct_ffn")
+
+
+def _choice(section: str, key: str, value: Any, valid: Iterable[Any]) -> None:
+    valid = tuple(valid)
+    if value != MISSING and value not in valid:  # MISSING: a schema default, checked once composed
+        raise ConfigurationError(
+            f"{section}.{key}={value!r} is not valid; choose one of: {', '.join(map(str, valid))}."
+        )
+
+
+@dataclass
+class ModelConfig:
+    """Which model family and checkpoint series to analyse, and how to load it."""
+
+    name: str = MISSING
+    """Display name, used in run names and figure legends."""
+    family: str = MISSING
+    """Architecture family: ``olmoe`` (MoE) or ``olmo`` (dense)."""
+    kind: str = "hub"
+    """``hub`` (a model-hub repository with ``step{N}-tokens{M}B`` branches), ``local`` (a folder of
+    ``step{N}/`` checkpoints with a manifest) or ``suite`` (one of the project's own tiny suites, built on
+    first use)."""
+    source: str = MISSING
+    """Hub repository id, local folder, or suite name, depending on ``kind``."""
+    dtype: str = "auto"
+    """Weight dtype: ``auto`` (as saved), ``float32``, ``bfloat16`` or ``float16``. Attribution math is float32
+    whatever this says."""
+    device: str = "auto"
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    attn_implementation: str = "sdpa"
+    """``sdpa`` or ``eager``; attribution reads the ``o_proj`` input, which needs neither."""
+    trust_remote_code: bool = False
+    """Run code shipped with a hub repository. Off unless set explicitly."""
+    suite: SuiteSpec = field(default_factory=SuiteSpec)
+    """The tiny-suite recipe, used when ``kind=suite``."""
+
+    def __post_init__(self) -> None:
+        _choice("model", "family", self.family, FAMILIES)
+        _choice("model", "kind", self.kind, ("hub", "local", "suite"))
+        _choice("model", "dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+        _choice("model", "attn_implementation", self.attn_implementation, ("sdpa", "eager"))
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            raise ConfigurationError(
+                f"model.device={self.device!r} is not valid; choose auto, cpu, cuda, cuda:N or mps."
+            )
+        if self.kind == "suite" and self.suite.family != self.family:
+            raise ConfigurationError(
+                f"model.family={self.family!r} but model.suite.family={self.suite.family!r}; they must agree."
+            )
+
+
+@dataclass
+class CheckpointsConfig:
+    """Which checkpoints of the series to walk, in training-step order."""
+
+    select: str = "all"
+    """``all`` (every checkpoint), ``steps`` (the explicit ``steps`` list) or ``range``
+    (``start``..``stop`` inclusive, keeping steps divisible by ``every``)."""
+    steps: list[int] = field(default_factory=list)
+    """Explicit training steps, for ``select=steps``."""
+    start: int | None = None
+    """First step of a ``range`` (inclusive); None = from the first checkpoint."""
+    stop: int | None = None
+    """Last step of a ``range`` (inclusive); None = to the last checkpoint."""
+    every: int | None = None
+    """Keep only steps divisible by this, for ``range``; None keeps every available step."""
+    match: str = "exact"
+    """For ``select=steps``: ``exact`` (the step must exist) or ``nearest`` (the closest existing step;
+    the mapping is reported)."""
+    missing: str = "warn"
+    """A requested step that does not exist: ``warn`` (skip it, say so) or ``fail``."""
+    limit: int | None = None
+    """Keep at most this many checkpoints, evenly spread (first and last kept); None keeps all."""
+
+    def __post_init__(self) -> None:
+        _choice("checkpoints", "select", self.select, ("all", "steps", "range"))
+        _choice("checkpoints", "match", self.match, ("exact", "nearest"))
+        _choice("checkpoints", "missing", self.missing, ("warn", "fail"))
+        if self.select == "steps" and not self.steps:
+            raise ConfigurationError(
+                "checkpoints.select=steps needs a non-empty checkpoints.steps=[...] list."
+            )
+        if self.every is not None and self.every <= 0:
+            raise ConfigurationError(f"checkpoints.every={self.every} must be a positive number of steps.")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigurationError(f"checkpoints.limit={self.limit} must be at least 1.")
+
+
+@dataclass
+class RelationsConfig:
+    """Which relational facts to prompt with."""
+
+    source: str = "bundled"
+    """``bundled`` (shipped with the package), ``lre`` (the paper's upstream files, downloaded and
+    checksum-verified on first use) or a path to a local folder in the same layout."""
+    categories: list[str] = field(default_factory=lambda: list(CATEGORIES))
+    """Relation categories to keep: any of linguistic, commonsense, factual, bias."""
+    names: list[str] = field(default_factory=list)
+    """Single relations by name (e.g. ``[country_capital_city]``); when set, overrides ``categories``."""
+    template: str = "zs:0"
+    """Prompt template: ``zs:N`` (Nth zero-shot template; ``zs:0`` is the paper's) or ``std:N``."""
+    duplicates: str = "drop"
+    """Exact duplicate pairs and repeated subjects in dirty data: ``drop`` (keep the first) or ``keep``."""
+    max_per_relation: int | None = None
+    """Keep at most this many samples per relation (quick runs); None keeps all."""
+
+    def __post_init__(self) -> None:
+        for cat in self.categories:
+            _choice("relations", "categories", cat, CATEGORIES)
+        if not self.categories and not self.names:
+            raise ConfigurationError(
+                "relations selects nothing: set relations.categories or relations.names."
+            )
+        _choice("relations", "duplicates", self.duplicates, ("drop", "keep"))
+        if not (self.template.startswith("zs:") or self.template.startswith("std:")):
+            raise ConfigurationError(f"relations.template={self.template!r}: use zs:N or std:N.")
+
+
+@dataclass
+class EvaluationConfig:
+    """The HIT@k stage."""
+
+    ks: list[int] = field(default_factory=lambda: [1, 10])
+    """The k of every HIT@k computed (HIT@10 is the ablation stage's measure)."""
+    batch_size: int = 32
+    """Prompts per forward pass."""
+
+    def __post_init__(self) -> None:
+        if not self.ks or min(self.ks) < 1:
+            raise ConfigurationError(f"evaluation.ks={self.ks} must be a non-empty list of k >= 1.")
+        if self.batch_size < 1:
+            raise ConfigurationError(f"evaluation.batch_size={self.batch_size} must be >= 1.")
+
+
+@dataclass
+class AttributionConfig:
+    """The Gated-LPI stage."""
+
+    enabled: bool = True
+    """Run attribution at every checkpoint (needed by the dynamics and ablation stages)."""
+    norm: str = "frozen"
+    """``frozen`` (final-norm scale frozen at its value on the last residual; the paper's choice) or
+    ``exact`` (the model's own final norm applied to each perturbed residual)."""
+    target: str = "gold"
+    """``gold`` (first token of the object) or ``predicted`` (the model's own top-1 token)."""
+    batch_size: int = 16
+    """Prompts per attribution batch."""
+    memory_budget_mb: int = 512
+    """Bound on the engine's largest working tensor; chunk sizes follow from it."""
+    top_n_logged: int = 20
+    """Top neurons and heads per checkpoint written to the MLflow tables."""
+    cache_dir: str | None = None
+    """Content-addressed cache of per-checkpoint aggregates; None = the user cache directory."""
+    use_cache: bool = True
+    """Reuse cached aggregates computed by an earlier run with the same inputs."""
+
+    def __post_init__(self) -> None:
+        _choice("attribution", "norm", self.norm, ("frozen", "exact"))
+        _choice("attribution", "target", self.target, ("gold", "predicted"))
+        if self.batch_size < 1 or self.memory_budget_mb < 1:
+            raise ConfigurationError("attribution.batch_size and attribution.memory_budget_mb must be >= 1.")
+
+
+@dataclass
+class DynamicsConfig:
+    """The knowledge-dynamics stage (stability, concentration, consolidation)."""
+
+    top_frac: float = 0.01
+    """Share of neurons in a top set (J_stab, R_t)."""
+    windows: dict[str, list[Any]] = field(default_factory=dict)
+    """Named step windows ``name: [start, stop]`` (start inclusive, stop exclusive, null = open) over which
+    every metric is also computed, e.g. ``{early: [0, 200], late: [200, null]}``."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.top_frac <= 1.0:
+            raise ConfigurationError(f"dynamics.top_frac={self.top_frac} must be in (0, 1].")
+        for name, bounds in self.windows.items():
+            if len(bounds) != 2:
+                raise ConfigurationError(f"dynamics.windows.{name}={bounds} must be [start, stop].")
+
+
+@dataclass
+class AblationConfig:
+    """The causal-intervention stage."""
+
+    name: str = "none"
+    """``none``, ``top1_head``, ``top10_heads`` or ``top1pct_ffn``."""
+    unit: str = "none"
+    """What is zeroed: ``head`` (o_proj input slices) or ``ffn_neuron`` (FFN/expert activations)."""
+    count: int = 0
+    """Number of units, for heads."""
+    fraction: float = 0.0
+    """Share of the FFN neuron population, for ``ffn_neuron``."""
+    rank_by: str = "abs"
+    """Rank units by ``abs`` (|I|, the paper's importance) or ``signed`` (I)."""
+    random_seeds: int = 3
+    """Seeds of the matched random control (same number of random units)."""
+    heldout: bool = False
+    """Rank units on one half of the examples and evaluate on the other half."""
+
+    def __post_init__(self) -> None:
+        _choice("ablation", "name", self.name, ABLATIONS)
+        _choice("ablation", "unit", self.unit, ("none", "head", "ffn_neuron"))
+        _choice("ablation", "rank_by", self.rank_by, ("abs", "signed"))
+        if self.name != "none" and self.unit == "none":
+            raise ConfigurationError(f"ablation.name={self.name} needs ablation.unit=head or ffn_neuron.")
+        if self.unit == "head" and self.count < 1:
+            raise ConfigurationError("ablation.unit=head needs ablation.count >= 1.")
+        if self.unit == "ffn_neuron" and not 0.0 < self.fraction <= 1.0:
+            raise ConfigurationError("ablation.unit=ffn_neuron needs 0 < ablation.fraction <= 1.")
+        if self.random_seeds < 0:
+            raise ConfigurationError("ablation.random_seeds must be >= 0.")
+
+
+@dataclass
+class TrackingConfig:
+    """Where results go."""
+
+    uri: str = "sqlite:///mlflow.db"
+    """MLflow tracking URI: a database (default, in the working directory), ``file:./mlruns`` or a server
+    ``http://127.0.0.1:5000``."""
+    artifact_location: str = "mlruns"
+    """Artifact root for new experiments (a folder, relative to the working directory, or a URI)."""
+    experiment: str = "gated_lpi_exp"
+    """MLflow experiment name."""
+    run_name: str | None = None
+    """Run name; None = ``<model>-<relations>-<ablation>``."""
+    on_unreachable: str = "fail"
+    """A tracking server that does not answer: ``fail`` before any compute, or ``local`` (log to
+    ``sqlite:///mlflow.db`` here instead, and say so)."""
+
+    def __post_init__(self) -> None:
+        _choice("tracking", "on_unreachable", self.on_unreachable, ("fail", "local"))
+
+
+@dataclass
+class RunConfig:
+    """One run: a model's checkpoint series, a relation set, and the stages to apply."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    checkpoints: CheckpointsConfig = field(default_factory=CheckpointsConfig)
+    relations: RelationsConfig = field(default_factory=RelationsConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+    """Seed of everything random in the analysis (the random ablation control, held-out splits)."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+def register_configs() -> None:
+    """Register the schemas so ``conf/config.yaml`` is composed onto :class:`RunConfig`."""
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+
+
+def to_run_config(cfg: DictConfig | RunConfig) -> RunConfig:
+    """Turn a composed config into checked objects.
+
+    Raises:
+        ConfigurationError: a value is out of range or not among the valid choices.
+    """
+    if isinstance(cfg, RunConfig):
+        return cfg
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, ConfigurationError) else None
+        if cause is not None:
+            raise cause from None
+        raise ConfigurationError(str(exc)) from exc
+    if not isinstance(obj, RunConfig):
+        raise ConfigurationError("The composed config is not a run config; compose conf/config.yaml.")
+    return obj

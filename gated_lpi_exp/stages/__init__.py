@@ -1,0 +1,1 @@
+"""The stages of a run, as plain functions with validated table outputs."""

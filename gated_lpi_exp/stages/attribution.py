@@ -1,0 +1,177 @@
+"""The attribution stage: Gated-LPI over the run's examples at one checkpoint, cached per relation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from gated_lpi_exp import __version__
+from gated_lpi_exp.adapters import get_adapter
+from gated_lpi_exp.attribution import Attribution, gated_lpi, predicted_targets
+from gated_lpi_exp.cache import ArrayStore, content_key
+from gated_lpi_exp.checkpoints.resolve import Checkpoint
+from gated_lpi_exp.config import AttributionConfig
+from gated_lpi_exp.errors import AttributionError
+from gated_lpi_exp.schemas import DataFrame, TopUnits
+from gated_lpi_exp.stages.aggregates import UNIT_KINDS, CheckpointAggregate, ScoreSums
+from gated_lpi_exp.stages.batching import prompt_batches
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+"""Bumped when what a cache entry holds changes meaning."""
+
+
+@dataclass
+class AttributionOutcome:
+    """One checkpoint's aggregates, the per-relation sums behind them, and how many came from the cache."""
+
+    aggregate: CheckpointAggregate
+    sums: dict[str, ScoreSums]
+    cached_relations: int
+    computed_relations: int
+
+
+def relation_key(checkpoint: Checkpoint, dtype: str, rows: pd.DataFrame, cfg: AttributionConfig) -> dict:
+    """Everything that determines one relation's sums at one checkpoint."""
+    content = rows[["sample_id", "subject", "object", "prompt"]].astype(str).to_numpy().tolist()
+    return {
+        "format": CACHE_FORMAT,
+        "package": __version__,
+        "model": checkpoint.source,
+        "revision": checkpoint.revision,
+        "dtype": dtype,
+        "relation": rows["relation"].iloc[0],
+        "rows": content_key({"rows": content}),
+        "norm": cfg.norm,
+        "target": cfg.target,
+    }
+
+
+def attribute_checkpoint(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    samples: pd.DataFrame,
+    checkpoint: Checkpoint,
+    cfg: AttributionConfig,
+    *,
+    dtype: str = "auto",
+    progress=None,
+) -> AttributionOutcome:
+    """Mean Gated-LPI of every unit over ``samples`` at ``checkpoint``, reusing cached relations.
+
+    Raises:
+        AttributionError: a score is NaN or infinite (names the checkpoint, unit kind and layer).
+    """
+    store = ArrayStore(cfg.cache_dir, "attribution") if cfg.use_cache else None
+    sums: dict[str, ScoreSums] = {}
+    cached = 0
+    for relation, rows in samples.groupby("relation", sort=False):
+        description = relation_key(checkpoint, dtype, rows, cfg)
+        key = content_key(description)
+        hit = store.get(key) if store else None
+        if hit is not None:
+            sums[relation] = _from_arrays(hit)
+            cached += 1
+            if progress is not None:
+                progress.update(len(rows))
+            continue
+        sums[relation] = _relation_sums(model, tokenizer, rows, checkpoint.step, cfg, progress)
+        if store:
+            store.put(key, _to_arrays(sums[relation]), description)
+    aggregate = CheckpointAggregate.from_sums(checkpoint.step, sums)
+    return AttributionOutcome(aggregate, sums, cached, len(sums) - cached)
+
+
+def _relation_sums(model, tokenizer, rows, step, cfg, progress) -> ScoreSums:
+    device = next(model.parameters()).device
+    parity = (rows["sample_id"].to_numpy() % 2).astype(int)
+    totals: dict[str, np.ndarray] | None = None
+    counts = np.bincount(parity, minlength=2).astype(np.int64)
+    offset = 0
+    for batch in prompt_batches(tokenizer, rows, cfg.batch_size, device):
+        targets = batch.gold_ids
+        if cfg.target == "predicted":
+            targets = predicted_targets(model, batch.input_ids, batch.attention_mask)
+        result = gated_lpi(
+            model,
+            batch.input_ids,
+            batch.attention_mask,
+            targets,
+            norm=cfg.norm,
+            memory_budget_mb=cfg.memory_budget_mb,
+        )
+        check_finite(result, step)
+        par = torch.as_tensor(parity[offset : offset + len(batch.rows)])
+        offset += len(batch.rows)
+        part = {kind: _parity_sums(getattr(result, kind).cpu(), par) for kind in UNIT_KINDS}
+        totals = part if totals is None else {k: totals[k] + part[k] for k in totals}
+        if progress is not None:
+            progress.update(len(batch.rows))
+    assert totals is not None
+    return ScoreSums(totals, counts)
+
+
+def _parity_sums(scores: torch.Tensor, parity: torch.Tensor) -> np.ndarray:
+    """[batch, ...] scores -> [2, ...] float64 sums over even / odd examples."""
+    out = torch.zeros((2, *scores.shape[1:]), dtype=torch.float64)
+    out.index_add_(0, parity, scores.double())
+    return out.numpy()
+
+
+def check_finite(result: Attribution, step: int) -> None:
+    """Fail on NaN/Inf, naming the checkpoint, the unit kind and the first bad layer."""
+    for kind in UNIT_KINDS:
+        scores = getattr(result, kind)  # [batch, layers, ...]
+        bad = ~torch.isfinite(scores)
+        if bad.any():
+            layer = int(bad.reshape(bad.shape[0], bad.shape[1], -1).any(dim=(0, 2)).nonzero()[0])
+            raise AttributionError(
+                f"Non-finite Gated-LPI scores at checkpoint step {step}, {kind} of layer {layer}. "
+                "The checkpoint's weights may be damaged, or float16 overflowed: try model.dtype=float32."
+            )
+
+
+def _to_arrays(sums: ScoreSums) -> dict[str, np.ndarray]:
+    return {**sums.sums, "counts": sums.counts}
+
+
+def _from_arrays(arrays: dict[str, np.ndarray]) -> ScoreSums:
+    return ScoreSums({k: arrays[k] for k in UNIT_KINDS}, arrays["counts"])
+
+
+def top_units(aggregate: CheckpointAggregate, model: PreTrainedModel, n: int) -> DataFrame[TopUnits]:
+    """The ``n`` highest-|I| FFN/expert neurons, attention neurons and heads, with their coordinates."""
+    adapter = get_adapter(model)
+    rows = []
+    for kind in ("ffn", "attn", "heads"):
+        scores = aggregate.scores(kind)  # [layers, units]
+        flat = np.abs(scores).ravel()
+        order = np.lexsort((np.arange(flat.size), -flat))[:n]  # ties: lower index first
+        for rank, idx in enumerate(order, start=1):
+            layer, unit = divmod(int(idx), scores.shape[1])
+            expert, head, neuron = -1, -1, unit
+            if kind == "ffn" and adapter.is_moe:
+                expert, neuron = divmod(unit, adapter.expert_width)
+            elif kind == "attn":
+                head, neuron = divmod(unit, adapter.head_dim)
+            elif kind == "heads":
+                head, neuron = unit, -1
+            rows.append(
+                dict(
+                    step=aggregate.step,
+                    kind=kind,
+                    rank=rank,
+                    layer=layer,
+                    expert=expert,
+                    head=head,
+                    neuron=neuron,
+                    score=float(scores[layer, unit]),
+                )
+            )
+    return TopUnits.check(pd.DataFrame(rows))

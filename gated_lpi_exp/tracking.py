@@ -1,0 +1,127 @@
+"""MLflow behind one small service: a run context, flattened params, step metrics, tables and figures."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from gated_lpi_exp.config import TrackingConfig
+from gated_lpi_exp.errors import TrackingError
+
+log = logging.getLogger(__name__)
+
+LOCAL_FALLBACK_URI = "sqlite:///mlflow.db"
+_MAX_PARAM_LEN = 6000
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists are kept as values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def server_reachable(uri: str, timeout: float = 5.0) -> bool:
+    """Whether an ``http(s)://`` tracking server answers its health check."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class Tracker:
+    """The project's one door to MLflow.
+
+    Args:
+        cfg: where to track. A server that does not answer fails now (``on_unreachable=fail``), before any
+            compute, or is replaced by a local database (``on_unreachable=local``), with a warning.
+    """
+
+    def __init__(self, cfg: TrackingConfig):
+        self.uri = cfg.uri
+        if cfg.uri.startswith(("http://", "https://")) and not server_reachable(cfg.uri):
+            if cfg.on_unreachable == "fail":
+                raise TrackingError(
+                    f"The MLflow tracking server {cfg.uri} does not answer. Start it (see README: mlflow server "
+                    "--host 127.0.0.1 ...), or set tracking.on_unreachable=local to log to ./mlflow.db instead."
+                )
+            log.warning(
+                "Tracking server %s does not answer; logging locally to %s", cfg.uri, LOCAL_FALLBACK_URI
+            )
+            self.uri = LOCAL_FALLBACK_URI
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(self.uri)
+        self.experiment_id = self._experiment(cfg.experiment, cfg.artifact_location)
+
+    def _experiment(self, name: str, artifact_location: str) -> str:
+        try:
+            found = self.client.get_experiment_by_name(name)
+            if found is not None:
+                return found.experiment_id
+            location = None
+            if not self.uri.startswith(("http://", "https://")):
+                location = (
+                    artifact_location
+                    if "://" in artifact_location
+                    else Path(artifact_location).resolve().as_uri()
+                )
+            return self.client.create_experiment(name, artifact_location=location)
+        except Exception as exc:
+            raise TrackingError(f"Could not open MLflow experiment {name!r} at {self.uri}: {exc}") from exc
+
+    @contextmanager
+    def run(self, run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
+        """Open a run; it ends FINISHED, or FAILED (keeping everything logged) when the body raises."""
+        with mlflow.start_run(
+            experiment_id=self.experiment_id, run_name=run_name, tags=dict(tags or {})
+        ) as run:
+            yield run.info.run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params; values longer than MLflow allows are cut and marked."""
+        clean = {}
+        for key, value in params.items():
+            text = str(value)
+            clean[key] = text if len(text) <= _MAX_PARAM_LEN else text[: _MAX_PARAM_LEN - 12] + "...[cut]"
+        mlflow.log_params(clean)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        finite = {k: float(v) for k, v in metrics.items() if v is not None and pd.notna(v)}
+        if finite:
+            mlflow.log_metrics(finite, step=step)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        mlflow.set_tags(dict(tags))
+
+    def log_table(self, table: pd.DataFrame, name: str, folder: str = "tables") -> None:
+        """Write ``table`` as ``<folder>/<name>.parquet`` in the run's artifacts."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, f"{name}.parquet")
+            table.to_parquet(path, index=False)
+            mlflow.log_artifact(path, artifact_path=folder)
+
+    def log_figure(self, figure, path: str) -> None:
+        mlflow.log_figure(figure, path)
+
+    def log_text(self, text: str, path: str) -> None:
+        mlflow.log_text(text, path)
+
+    def log_file(self, path: str | Path, folder: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path=folder)

@@ -1,0 +1,103 @@
+"""Checkpoint series: hub branch parsing, selection, local manifests and their failures."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from gated_lpi_exp.checkpoints.manifest import Manifest, ManifestEntry, read_manifest, write_manifest
+from gated_lpi_exp.checkpoints.resolve import list_local_checkpoints, parse_branches, select_checkpoints
+from gated_lpi_exp.errors import CheckpointError
+
+BRANCHES = [
+    "main",
+    "step5000-tokens20B",
+    "step10000-tokens41B",
+    "step15000-tokens62B",
+    "step1200000-tokens5033B",
+    "step20000-tokens83B",
+    "some-feature-branch",
+]
+
+
+def _series():
+    return parse_branches("allenai/OLMoE-1B-7B-0924", BRANCHES)
+
+
+def test_branches_are_parsed_never_synthesised():
+    series = _series()
+    assert [c.step for c in series] == [5000, 10000, 15000, 20000, 1200000]
+    assert [c.revision for c in series][:2] == ["step5000-tokens20B", "step10000-tokens41B"]
+    assert series[1].tokens == 41 * 10**9
+    assert all(c.revision in BRANCHES for c in series)
+
+
+def test_select_all_range_and_every():
+    series = _series()
+    assert [c.step for c in select_checkpoints(series).checkpoints] == [5000, 10000, 15000, 20000, 1200000]
+    picked = select_checkpoints(series, select="range", start=10000, stop=20000, every=10000)
+    assert [c.step for c in picked.checkpoints] == [10000, 20000]
+    assert [c.step for c in select_checkpoints(series, limit=2).checkpoints] == [5000, 1200000]
+
+
+def test_explicit_steps_missing_are_reported_or_fail(caplog):
+    series = _series()
+    with caplog.at_level(logging.WARNING):
+        res = select_checkpoints(series, select="steps", steps=[5000, 7000], missing="warn")
+    assert [c.step for c in res.checkpoints] == [5000] and res.missing_steps == [7000]
+    assert "7000" in caplog.text
+    with pytest.raises(CheckpointError, match="7000"):
+        select_checkpoints(series, select="steps", steps=[5000, 7000], missing="fail")
+
+
+def test_nearest_maps_to_real_branches():
+    res = select_checkpoints(_series(), select="steps", steps=[6000, 900000], match="nearest")
+    assert [c.revision for c in res.checkpoints] == ["step5000-tokens20B", "step1200000-tokens5033B"]
+    assert res.substitutions == {6000: 5000, 900000: 1200000}
+
+
+def test_a_selection_matching_nothing_lists_what_exists():
+    with pytest.raises(CheckpointError) as err:
+        select_checkpoints(_series(), select="range", start=30000, stop=40000)
+    assert "5000" in str(err.value) and "1200000" in str(err.value)
+
+
+def _write_series(root, steps, complete=True):
+    entries = []
+    for s in steps:
+        (root / f"step{s}").mkdir(parents=True)
+        entries.append(ManifestEntry(step=s, tokens=s * 10, path=f"step{s}"))
+    write_manifest(root, Manifest(name="t", family="olmoe", complete=complete, checkpoints=entries))
+
+
+def test_local_manifest_round_trip(tmp_path):
+    _write_series(tmp_path, [0, 10, 5])
+    series = list_local_checkpoints(tmp_path)
+    assert [c.step for c in series] == [0, 5, 10]
+    assert series[1].source == str(tmp_path / "step5") and series[1].tokens == 50
+
+
+def test_incomplete_damaged_or_inconsistent_manifests_fail_clearly(tmp_path):
+    _write_series(tmp_path / "a", [0, 10], complete=False)
+    with pytest.raises(CheckpointError, match="incomplete"):
+        list_local_checkpoints(tmp_path / "a")
+    _write_series(tmp_path / "b", [0, 10])
+    (tmp_path / "b" / "step10").rmdir()
+    with pytest.raises(CheckpointError, match="does not exist"):
+        list_local_checkpoints(tmp_path / "b")
+    _write_series(tmp_path / "c", [0])
+    (tmp_path / "c" / "manifest.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="Damaged manifest"):
+        read_manifest(tmp_path / "c")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        list_local_checkpoints(tmp_path / "nowhere")
+
+
+def test_folders_without_manifest_are_scanned(tmp_path, caplog):
+    for s in (100, 20):
+        (tmp_path / f"step{s}").mkdir()
+    (tmp_path / "notes").mkdir()
+    with caplog.at_level(logging.WARNING):
+        assert [c.step for c in list_local_checkpoints(tmp_path)] == [20, 100]
+    assert "manifest" in caplog.text

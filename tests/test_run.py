@@ -1,0 +1,97 @@
+"""End to end: a run over locally saved tiny checkpoints, checked through MlflowClient."""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from gated_lpi_exp.compose import compose_run_config
+from gated_lpi_exp.data import load_relations
+from gated_lpi_exp.errors import CheckpointError
+from gated_lpi_exp.run import run
+from gated_lpi_exp.testing import save_random_series, word_tokenizer
+
+STEPS = [0, 10, 30]
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    samples = load_relations("bundled")
+    words = sorted({w for text in samples["prompt"].tolist() + samples["object"].tolist() for w in text.split()})
+    root = tmp_path_factory.mktemp("series")
+    save_random_series(root, "olmoe", STEPS, word_tokenizer(words), name="random_moe")
+    return root
+
+
+def _cfg(series, tmp_path, *overrides):
+    return compose_run_config(
+        [
+            "model=olmoe",
+            "model.kind=local",
+            f"model.source={series}",
+            "model.name=random_moe",
+            "model.dtype=float32",
+            "model.device=cpu",
+            "relations.max_per_relation=4",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+            f"tracking.artifact_location={tmp_path}/mlruns",
+            f"attribution.cache_dir={tmp_path}/cache",
+            "progress=false",
+            *overrides,
+        ]
+    )
+
+
+def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(series, tmp_path, caplog):
+    cfg = _cfg(series, tmp_path, "ablation=top1_head", "ablation.random_seeds=2")
+    result = run(cfg)
+    client = MlflowClient(cfg.tracking.uri)
+    logged = client.get_run(result.run_id)
+    assert logged.info.status == "FINISHED"
+    params = logged.data.params
+    assert params["model.source"] == str(series) and params["run.n_checkpoints"] == "3"
+    assert params["run.revisions"] == "step0,step10,step30"
+    assert len(params["data.hash"]) >= 16 and params["package.version"]
+    assert "package.git_commit" in params and params["attribution.norm"] == "frozen"
+    history = client.get_metric_history(result.run_id, "hit_at_10")
+    assert sorted(m.step for m in history) == STEPS
+    for name in ("hit_at_1", "hit_at_10.factual", "j_stab.ffn", "ablation.drop_percent.targeted"):
+        assert client.get_metric_history(result.run_id, name), name
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "tables")}
+    for table in ("hit_summary", "example_hits", "checkpoints", "samples", "top_units", "layer_profiles",
+                  "dynamics_curves", "dynamics_summary", "ablation"):
+        assert f"tables/{table}.parquet" in artifacts, table
+    figures = {a.path for a in client.list_artifacts(result.run_id, "figures")}
+    assert "figures/fig1_jaccard.png" in figures and "figures/fig5_ablation.png" in figures
+    assert client.list_artifacts(result.run_id, "config")[0].path == "config/resolved.yaml"
+
+    # The logged HIT@10 equals a recomputation from the logged per-example ranks.
+    path = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="tables/example_hits.parquet",
+                                               dst_path=str(tmp_path / "dl"))
+    ranks = pd.read_parquet(path)
+    expected = {s: float((g["gold_rank"] <= 10).mean()) for s, g in ranks.groupby("step")}
+    assert {m.step: m.value for m in history} == pytest.approx(expected)
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="gated_lpi_exp"):
+        second = run(_cfg(series, tmp_path, "tracking.run_name=again"))
+    assert "attribution of 0 relations computed, 12 from cache" in caplog.text
+    pd.testing.assert_frame_equal(second.tables["layer_profiles"], result.tables["layer_profiles"])
+
+
+def test_failure_inside_the_run_ends_it_failed_with_what_was_logged(series, tmp_path):
+    broken = tmp_path / "broken"
+    import shutil
+
+    shutil.copytree(series, broken)
+    (broken / "step30" / "model.safetensors").write_bytes(b"truncated")
+    cfg = _cfg(broken, tmp_path, "attribution.enabled=false")
+    with pytest.raises(CheckpointError, match="step 30"):
+        run(cfg)
+    client = MlflowClient(cfg.tracking.uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    (failed,) = client.search_runs([exp.experiment_id])
+    assert failed.info.status == "FAILED"
+    assert sorted(m.step for m in client.get_metric_history(failed.info.run_id, "hit_at_10")) == [0, 10]
