@@ -1,0 +1,154 @@
+"""Gated-LPI over every unit of SPEC.md's score table, for a batch of prompts.
+
+One hooked forward pass captures the activations at T; then, layer by layer, each unit's contribution is
+pushed through φ (``projection.py``) in chunks sized to the memory budget. Nothing here names a model family.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from gated_lpi_exp.adapters import ModelAdapter, NeuronGroup, get_adapter
+from gated_lpi_exp.attribution.capture import Captured, capture
+from gated_lpi_exp.attribution.projection import BaseState, Projection, chunk_scores, chunk_size
+from gated_lpi_exp.attribution.result import Attribution
+from gated_lpi_exp.errors import AttributionError
+
+
+@torch.no_grad()
+def gated_lpi(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    target_ids: Tensor,
+    *,
+    norm: str = "frozen",
+    memory_budget_mb: float = 512,
+    progress: bool = False,
+) -> Attribution:
+    """Score every attention neuron, head, FFN/expert neuron and layer for each prompt (SPEC table).
+
+    Args:
+        model: A supported causal LM (see ``gated_lpi_exp.adapters``), any dtype; the math runs in float32.
+        input_ids: ``[batch, seq]``, left or right padded.
+        attention_mask: ``[batch, seq]``.
+        target_ids: ``[batch]`` the token ``w`` (see ``gold_targets`` / ``predicted_targets``).
+        norm: ``"frozen"`` (final-norm scale fixed at ``h_L``) or ``"exact"`` (the norm applied as it stands).
+        memory_budget_mb: Budget for the ``[rows, chunk, V]`` float32 working tensors, in MiB.
+        progress: Show a progress bar over layers.
+
+    Returns:
+        The scores, float32, on the unembedding's device.
+
+    Raises:
+        AttributionError: Unsupported architecture, bad inputs, or non-finite scores.
+    """
+    adapter = get_adapter(model)
+    if input_ids.shape != attention_mask.shape or target_ids.shape != input_ids.shape[:1]:
+        raise AttributionError(
+            f"shape mismatch: input_ids {tuple(input_ids.shape)}, attention_mask "
+            f"{tuple(attention_mask.shape)}, target_ids {tuple(target_ids.shape)}"
+        )
+    if not bool(attention_mask.sum(1).gt(0).all()):
+        raise AttributionError("every example needs at least one non-padding token")
+    acts = capture(adapter, input_ids, attention_mask)
+    target = target_ids.to(acts.h_final.device, torch.long)
+    projection = Projection(adapter, acts.h_final, target, norm)
+    scores = _allocate(adapter, input_ids.shape[0], acts.h_final.device)
+    for layer in tqdm(range(adapter.n_layers), disable=not progress, desc="gated-lpi layers"):
+        _score_attention(adapter, projection, acts, layer, scores, memory_budget_mb)
+        _score_ffn(adapter, projection, acts, layer, scores, memory_budget_mb)
+    for name, value in scores.items():
+        if value is not None and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise AttributionError(f"non-finite Gated-LPI scores in {name!r}")
+    return Attribution(
+        **scores,
+        target_ids=target,
+        base_logprob=projection.base(acts.h_final).logprob,
+        norm=norm,
+    )
+
+
+def _allocate(adapter: ModelAdapter, batch: int, device: torch.device) -> dict[str, Tensor | None]:
+    layers = adapter.n_layers
+    zeros = dict(device=device, dtype=torch.float32)
+    return {
+        "ffn": torch.zeros(batch, layers, adapter.ffn_neurons, **zeros),  # [batch, layers, ffn_neurons]
+        "attn": torch.zeros(batch, layers, adapter.attn_neurons, **zeros),  # [batch, layers, H*dh]
+        "heads": torch.zeros(batch, layers, adapter.n_heads, **zeros),  # [batch, layers, heads]
+        "ffn_layer": torch.zeros(batch, layers, **zeros),  # [batch, layers]
+        "attn_layer": torch.zeros(batch, layers, **zeros),  # [batch, layers]
+        "routed": (
+            torch.zeros(batch, layers, adapter.n_experts, dtype=torch.bool, device=device)
+            if adapter.is_moe
+            else None
+        ),
+    }
+
+
+def _score_attention(
+    adapter: ModelAdapter, projection: Projection, acts: Captured, layer: int, scores: dict, budget: float
+) -> None:
+    base = projection.base(acts.r_in[:, layer])
+    z = acts.z[:, layer]  # [batch, H*dh]
+    scores["attn"][:, layer] = _score_group(projection, base, adapter.attn_group(layer), z, budget)
+    batch, heads, head_dim = z.shape[0], adapter.n_heads, adapter.head_dim
+    w_o = adapter.o_proj(layer).weight.to(z).reshape(-1, heads, head_dim)  # [d, heads, head_dim]
+    per_head = torch.einsum("dhk,bhk->bhd", w_o, z.reshape(batch, heads, head_dim))  # [batch, heads, d]
+    scores["heads"][:, layer] = _score_vectors(projection, base, per_head, budget)
+    scores["attn_layer"][:, layer] = _score_vectors(projection, base, acts.a[:, layer, None], budget)[:, 0]
+
+
+def _score_ffn(
+    adapter: ModelAdapter, projection: Projection, acts: Captured, layer: int, scores: dict, budget: float
+) -> None:
+    base = projection.base(acts.r_mid[:, layer])
+    routing = acts.routing[:, layer] if acts.routing is not None else None
+    neurons = adapter.ffn_neurons_at(layer, acts.x_hat[:, layer], routing)
+    out = scores["ffn"][:, layer]  # [batch, ffn_neurons] view: unrouted experts are never written, stay 0
+    for group in neurons.groups:
+        block = _score_group(projection, base, group, neurons.coef, budget)  # [rows, size]
+        if group.rows is None:
+            out[:, group.start : group.start + group.size] = block
+        else:
+            out[group.rows, group.start : group.start + group.size] = block
+    if neurons.routed is not None:
+        scores["routed"][:, layer] = neurons.routed
+    scores["ffn_layer"][:, layer] = _score_vectors(projection, base, acts.f[:, layer, None], budget)[:, 0]
+
+
+def _score_group(
+    projection: Projection, base: BaseState, group: NeuronGroup, coef_all: Tensor, budget: float
+) -> Tensor:
+    """Scores ``[rows, size]`` of one neuron group; ``coef_all [batch, N]`` is indexed at the group's span."""
+    rows = group.rows
+    q = base.q if rows is None else base.q[rows]  # [rows, V]
+    target = projection.target if rows is None else projection.target[rows]
+    base_lp = base.logprob if rows is None else base.logprob[rows]
+    coef_rows = coef_all if rows is None else coef_all[rows]  # [rows, N]
+    step = chunk_size(budget, q.shape[0], q.shape[1])
+    out = q.new_empty(q.shape[0], group.size)  # [rows, size]
+    for lo in range(0, group.size, step):
+        hi = min(lo + step, group.size)
+        proj, centered = projection.columns(group.columns[:, lo:hi])  # [n, V], [d, n]
+        coef = coef_rows[:, group.start + lo : group.start + hi]  # [rows, n]
+        inv = projection.neuron_inv(base, rows, coef, centered)  # [rows, n]
+        out[:, lo:hi] = chunk_scores(q, coef, proj, inv, projection.bias, target, base_lp)
+    return out
+
+
+def _score_vectors(projection: Projection, base: BaseState, vecs: Tensor, budget: float) -> Tensor:
+    """Scores ``[batch, k]`` of per-example contribution vectors ``vecs [batch, k, d]`` (heads, layers)."""
+    batch, k = vecs.shape[:2]
+    step = chunk_size(budget, batch, base.q.shape[1])
+    out = vecs.new_empty(batch, k)
+    ones = vecs.new_ones(batch, min(step, k))
+    for lo in range(0, k, step):
+        hi = min(lo + step, k)
+        proj, inv = projection.vectors(base, vecs[:, lo:hi])  # [batch, n, V], [batch, n]
+        out[:, lo:hi] = chunk_scores(
+            base.q, ones[:, : hi - lo], proj, inv, projection.bias, projection.target, base.logprob
+        )
+    return out

@@ -1,0 +1,166 @@
+"""``ablate`` against hand-written hook ablations, and exact restoration of the model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gated_lpi_exp.attribution import position_ids_from_mask
+from gated_lpi_exp.errors import AttributionError
+from gated_lpi_exp.interventions import ablate
+
+IDS = torch.tensor([[5, 9, 13, 4, 22, 6, 7], [0, 0, 7, 3, 31, 2, 8]])
+MASK = (IDS != 0).long()
+
+
+def _logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(input_ids=IDS, attention_mask=MASK, position_ids=position_ids_from_mask(MASK))
+    return out.logits[MASK.bool()]  # [tokens, V], every real position
+
+
+def _snapshot(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_bit_identical(model, snapshot) -> None:
+    state = model.state_dict()
+    assert state.keys() == snapshot.keys()
+    for k, v in snapshot.items():
+        assert torch.equal(state[k], v), k
+
+
+def _zero_head_inputs(model, heads: dict[int, list[int]]) -> list:
+    """Reference: a pre-hook zeroing the heads' slices of the o_proj input."""
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    handles = []
+    for layer, hs in heads.items():
+
+        def hook(module, args, hs=hs):
+            z = args[0].clone()
+            for h in hs:
+                z[..., h * head_dim : (h + 1) * head_dim] = 0
+            return (z,)
+
+        handles.append(model.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(hook))
+    return handles
+
+
+def _zero_dense_activations(model, neurons: dict[int, list[int]]) -> list:
+    """Reference: a pre-hook zeroing m_j at the down_proj input."""
+
+    def make(js):
+        def hook(module, args):
+            m = args[0].clone()
+            m[..., js] = 0
+            return (m,)
+
+        return hook
+
+    return [
+        model.model.layers[layer].mlp.down_proj.register_forward_pre_hook(make(js))
+        for layer, js in neurons.items()
+    ]
+
+
+def _recomputed_moe(model, neurons: dict[int, list[int]]) -> list:
+    """Reference: replace each MoE block's output by a per-token recompute with m_{e,j} zeroed."""
+
+    def make(zeroed: list[int]):
+        def hook(module, args, out):
+            x = args[0].reshape(-1, args[0].shape[-1])  # [tokens, d]
+            _, weights, index = module.gate(x)
+            ex = module.experts
+            width = ex.down_proj.shape[2]
+            y = torch.zeros_like(x)
+            for t in range(x.shape[0]):
+                for g, e in zip(weights[t], index[t].tolist(), strict=True):
+                    gate, up = (ex.gate_up_proj[e] @ x[t]).chunk(2)
+                    m = ex.act_fn(gate) * up
+                    for n in zeroed:
+                        if n // width == e:
+                            m[n % width] = 0
+                    y[t] += g * (ex.down_proj[e] @ m)
+            return y.reshape(out.shape)
+
+        return hook
+
+    return [model.model.layers[layer].mlp.register_forward_hook(make(ns)) for layer, ns in neurons.items()]
+
+
+def _reference(model, handles) -> torch.Tensor:
+    try:
+        return _logits(model)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("fixture", ["tiny_olmoe", "tiny_olmo"])
+def test_head_ablation_equals_zeroed_o_proj_input(request, fixture):
+    model = request.getfixturevalue(fixture)
+    heads = {0: [1, 3], 1: [0]}
+    base = _logits(model)
+    with ablate(model, heads=heads):
+        got = _logits(model)
+    want = _reference(model, _zero_head_inputs(model, heads))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert (got - base).abs().max() > 1e-2
+
+
+def test_dense_ffn_ablation_equals_zeroed_activations(tiny_olmo):
+    neurons = {0: [0, 5, 47], 1: [3]}
+    with ablate(tiny_olmo, ffn_neurons=neurons):
+        got = _logits(tiny_olmo)
+    want = _reference(tiny_olmo, _zero_dense_activations(tiny_olmo, neurons))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert (got - _logits(tiny_olmo)).abs().max() > 1e-3
+
+
+def test_expert_neuron_ablation_equals_recomputed_moe(tiny_olmoe):
+    width = tiny_olmoe.model.layers[0].mlp.experts.down_proj.shape[2]
+    # Several neurons of several experts; the same j in another expert must stay untouched.
+    neurons = {
+        0: [0 * width + 2, 3 * width + 2, 5 * width + 0, 5 * width + 15],
+        1: list(range(width, 3 * width)),
+    }
+    with ablate(tiny_olmoe, ffn_neurons=neurons):
+        got = _logits(tiny_olmoe)
+    want = _reference(tiny_olmoe, _recomputed_moe(tiny_olmoe, neurons))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert (got - _logits(tiny_olmoe)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("fixture", ["tiny_olmoe", "tiny_olmo"])
+def test_model_restored_bit_for_bit(request, fixture):
+    model = request.getfixturevalue(fixture)
+    snapshot, base = _snapshot(model), _logits(model)
+    with ablate(model, heads={0: [0, 0, 2]}, ffn_neurons={1: [4, 4, 9], 0: [1]}):
+        pass
+    _assert_bit_identical(model, snapshot)
+    assert torch.equal(_logits(model), base)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_olmoe", "tiny_olmo"])
+def test_restored_when_the_body_raises(request, fixture):
+    model = request.getfixturevalue(fixture)
+    snapshot, base = _snapshot(model), _logits(model)
+    with pytest.raises(RuntimeError, match="boom"), ablate(model, heads={1: [2]}, ffn_neurons={0: [7]}):
+        assert not torch.equal(_logits(model), base)
+        raise RuntimeError("boom")
+    _assert_bit_identical(model, snapshot)
+
+
+@pytest.mark.parametrize(
+    ("heads", "ffn", "match"),
+    [
+        ({5: [0]}, None, "layer 5"),
+        ({0: [4]}, None, "head index 4"),
+        (None, {1: [128]}, "FFN neuron index 128"),
+    ],
+)
+def test_out_of_range_units_fail_before_touching_the_model(tiny_olmoe, heads, ffn, match):
+    snapshot = _snapshot(tiny_olmoe)
+    with pytest.raises(AttributionError, match=match), ablate(tiny_olmoe, heads=heads, ffn_neurons=ffn):
+        pass
+    _assert_bit_identical(tiny_olmoe, snapshot)
