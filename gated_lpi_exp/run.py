@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from omegaconf import OmegaConf
@@ -20,6 +20,7 @@ from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.data import dataset_hash, load_relations, select_relations
 from gated_lpi_exp.plots import (
     plot_ablation,
+    plot_concentration,
     plot_hit_curves,
     plot_jaccard,
     plot_layer_distributions,
@@ -28,7 +29,7 @@ from gated_lpi_exp.plots import (
 from gated_lpi_exp.schemas import CheckpointTable, RelationSamples
 from gated_lpi_exp.stages.ablation import ablate_checkpoint, ablation_metrics
 from gated_lpi_exp.stages.aggregates import CheckpointAggregate
-from gated_lpi_exp.stages.attribution import attribute_checkpoint, top_units
+from gated_lpi_exp.stages.attribution import aggregate_arrays, attribute_checkpoint, head_scores, top_units
 from gated_lpi_exp.stages.dynamics import compute_dynamics, dynamics_metrics, layer_profiles
 from gated_lpi_exp.stages.evaluation import evaluate_checkpoint, hit_metrics, summarise_hits
 from gated_lpi_exp.tracking import Tracker, flatten
@@ -45,6 +46,8 @@ class CheckpointResult:
     aggregate: CheckpointAggregate | None = None
     top_units: pd.DataFrame | None = None
     ablation: pd.DataFrame | None = None
+    attribution_seconds: float | None = None
+    attribution_cached: bool = False
 
 
 @dataclass
@@ -109,6 +112,8 @@ def walk_checkpoints(
         model = load_checkpoint(cfg.model, ckpt)
         result = analyse_checkpoint(cfg, model, tokenizer, samples, ckpt)
         tracker.log_metrics(step_metrics(cfg, result), step=ckpt.step)
+        if result.aggregate is not None:
+            tracker.log_arrays(aggregate_arrays(result.aggregate), f"attribution/step{ckpt.step}.npz")
         results.append(result)
         del model
     return results
@@ -125,6 +130,7 @@ def analyse_checkpoint(
     result = CheckpointResult(ckpt, hits)
     if not cfg.attribution.enabled:
         return result
+    started = time.perf_counter()
     with _bar(cfg, len(samples), f"Gated-LPI step {ckpt.step}") as bar:
         outcome = attribute_checkpoint(
             model, tokenizer, samples, ckpt, cfg.attribution, dtype=cfg.model.dtype, progress=bar
@@ -135,6 +141,8 @@ def analyse_checkpoint(
         outcome.computed_relations,
         outcome.cached_relations,
     )
+    result.attribution_seconds = time.perf_counter() - started
+    result.attribution_cached = outcome.computed_relations == 0
     result.aggregate = outcome.aggregate
     result.top_units = top_units(outcome.aggregate, model, cfg.attribution.top_n_logged)
     if cfg.ablation.name != "none":
@@ -155,6 +163,8 @@ def step_metrics(cfg: RunConfig, result: CheckpointResult) -> dict[str, float]:
     metrics = hit_metrics(summarise_hits(result.hits, cfg.evaluation.ks), result.checkpoint.step)
     if result.aggregate is not None:
         agg = result.aggregate
+        metrics["time.attribution_s"] = result.attribution_seconds or 0.0
+        metrics["attribution.from_cache"] = float(result.attribution_cached)
         metrics.update(
             {
                 "importance.ffn_layer.mean": float(agg.ffn_layer.mean()),
@@ -172,6 +182,7 @@ def collect_tables(cfg: RunConfig, results: list[CheckpointResult]) -> dict[str,
     tables = {"example_hits": hits, "hit_summary": summarise_hits(hits, cfg.evaluation.ks)}
     if cfg.attribution.enabled:
         tables["top_units"] = pd.concat([r.top_units for r in results], ignore_index=True)
+        tables["head_scores"] = pd.concat([head_scores(r.aggregate) for r in results], ignore_index=True)
         tables["layer_profiles"] = layer_profiles([r.aggregate for r in results])
     if cfg.ablation.name != "none":
         tables["ablation"] = pd.concat([r.ablation for r in results], ignore_index=True)
@@ -195,27 +206,18 @@ def log_figures(cfg: RunConfig, tables: dict[str, pd.DataFrame], tracker: Tracke
     name = cfg.model.name
     figures = {"figures/hit_curves.png": plot_hit_curves({name: tables["hit_summary"]})}
     if "dynamics_curves" in tables:
-        figures["figures/fig1_jaccard.png"] = plot_jaccard({name: tables["dynamics_curves"]})
+        curves = {name: tables["dynamics_curves"]}
+        figures["figures/fig1_jaccard.png"] = plot_jaccard(curves)
+        figures["figures/r_t_concentration.png"] = plot_concentration(curves)
     if "layer_profiles" in tables:
         profiles = {name: tables["layer_profiles"]}
         figures["figures/fig2_layer_importance.png"] = plot_layer_importance_over_steps(profiles)
-        figures.update(
-            dict(
-                zip(
-                    ("figures/fig3_ffn_layers.png", "figures/fig4_attn_layers.png"),
-                    _as_pair(plot_layer_distributions(profiles)),
-                )
-            )
-        )
+        figures["figures/fig3_ffn_layers.png"] = plot_layer_distributions(profiles, units=("ffn",))
+        figures["figures/fig4_attn_layers.png"] = plot_layer_distributions(profiles, units=("attn",))
     if "ablation" in tables:
         figures["figures/fig5_ablation.png"] = plot_ablation({name: tables["ablation"]})
     for path, fig in figures.items():
         tracker.log_figure(fig, path)
-        plt.close(fig)
-
-
-def _as_pair(figs):
-    return figs if isinstance(figs, (tuple, list)) else (figs,)
 
 
 def _bar(cfg: RunConfig, total: int, desc: str):

@@ -134,3 +134,13 @@ class CleaningChanges(Schema):
     subject: Series[str]  # "" for a change to the relation's template
     kind: Series[str] = pa.Field(isin=["escape", "unicode", "whitespace", "empty", "duplicate", "conflict"])
     detail: Series[str]
+
+
+class HeadScores(Schema):
+    """Mean importance of every attention head per checkpoint, overall (relation ``all``) and per relation."""
+
+    step: Series[int] = pa.Field(ge=0)
+    relation: Series[str]
+    layer: Series[int] = pa.Field(ge=0)
+    head: Series[int] = pa.Field(ge=0)
+    score: Series[float]

@@ -117,6 +117,16 @@ class Tracker:
             table.to_parquet(path, index=False)
             mlflow.log_artifact(path, artifact_path=folder)
 
+    def log_arrays(self, arrays: dict, path: str) -> None:
+        """Write named numpy arrays as one compressed ``.npz`` artifact at ``path``."""
+        import numpy as np
+
+        folder, _, name = path.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, name)
+            np.savez_compressed(local, **arrays)
+            mlflow.log_artifact(local, artifact_path=folder or None)
+
     def log_figure(self, figure, path: str) -> None:
         mlflow.log_figure(figure, path)
 

@@ -19,7 +19,9 @@ STEPS = [0, 10, 30]
 @pytest.fixture(scope="module")
 def series(tmp_path_factory):
     samples = load_relations("bundled")
-    words = sorted({w for text in samples["prompt"].tolist() + samples["object"].tolist() for w in text.split()})
+    words = sorted(
+        {w for text in samples["prompt"].tolist() + samples["object"].tolist() for w in text.split()}
+    )
     root = tmp_path_factory.mktemp("series")
     save_random_series(root, "olmoe", STEPS, word_tokenizer(words), name="random_moe")
     return root
@@ -60,16 +62,30 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
     for name in ("hit_at_1", "hit_at_10.factual", "j_stab.ffn", "ablation.drop_percent.targeted"):
         assert client.get_metric_history(result.run_id, name), name
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "tables")}
-    for table in ("hit_summary", "example_hits", "checkpoints", "samples", "top_units", "layer_profiles",
-                  "dynamics_curves", "dynamics_summary", "ablation"):
+    for table in (
+        "hit_summary",
+        "example_hits",
+        "checkpoints",
+        "samples",
+        "top_units",
+        "layer_profiles",
+        "dynamics_curves",
+        "dynamics_summary",
+        "ablation",
+        "head_scores",
+    ):
         assert f"tables/{table}.parquet" in artifacts, table
     figures = {a.path for a in client.list_artifacts(result.run_id, "figures")}
     assert "figures/fig1_jaccard.png" in figures and "figures/fig5_ablation.png" in figures
     assert client.list_artifacts(result.run_id, "config")[0].path == "config/resolved.yaml"
+    assert {a.path for a in client.list_artifacts(result.run_id, "attribution")} == {
+        f"attribution/step{s}.npz" for s in STEPS
+    }
 
     # The logged HIT@10 equals a recomputation from the logged per-example ranks.
-    path = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="tables/example_hits.parquet",
-                                               dst_path=str(tmp_path / "dl"))
+    path = mlflow.artifacts.download_artifacts(
+        run_id=result.run_id, artifact_path="tables/example_hits.parquet", dst_path=str(tmp_path / "dl")
+    )
     ranks = pd.read_parquet(path)
     expected = {s: float((g["gold_rank"] <= 10).mean()) for s, g in ranks.groupby("step")}
     assert {m.step: m.value for m in history} == pytest.approx(expected)

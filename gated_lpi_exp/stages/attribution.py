@@ -17,7 +17,7 @@ from gated_lpi_exp.cache import ArrayStore, content_key
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.config import AttributionConfig
 from gated_lpi_exp.errors import AttributionError
-from gated_lpi_exp.schemas import DataFrame, TopUnits
+from gated_lpi_exp.schemas import DataFrame, HeadScores, TopUnits
 from gated_lpi_exp.stages.aggregates import UNIT_KINDS, CheckpointAggregate, ScoreSums
 from gated_lpi_exp.stages.batching import prompt_batches
 
@@ -175,3 +175,29 @@ def top_units(aggregate: CheckpointAggregate, model: PreTrainedModel, n: int) ->
                 )
             )
     return TopUnits.check(pd.DataFrame(rows))
+
+
+def head_scores(aggregate: CheckpointAggregate) -> DataFrame[HeadScores]:
+    """Every head's mean score at one checkpoint, overall and per relation (long format)."""
+    parts = []
+    for relation, heads in [("all", aggregate.heads)] + [
+        (r, m["heads"]) for r, m in aggregate.per_relation.items()
+    ]:
+        layers, n_heads = heads.shape
+        parts.append(
+            pd.DataFrame(
+                {
+                    "step": aggregate.step,
+                    "relation": relation,
+                    "layer": np.repeat(np.arange(layers), n_heads),
+                    "head": np.tile(np.arange(n_heads), layers),
+                    "score": heads.ravel(),
+                }
+            )
+        )
+    return HeadScores.check(pd.concat(parts, ignore_index=True))
+
+
+def aggregate_arrays(aggregate: CheckpointAggregate) -> dict[str, np.ndarray]:
+    """The checkpoint's mean scores over the run's examples as named float32 arrays (an ``.npz`` artifact)."""
+    return {kind: aggregate.scores(kind).astype(np.float32) for kind in UNIT_KINDS}
