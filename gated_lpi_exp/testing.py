@@ -119,5 +119,7 @@ def save_random_series(
         model.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
         entries.append(ManifestEntry(step=step, tokens=step * 64, train_loss=None, path=f"step{step}"))
-    write_manifest(root, Manifest(name=name, family=family, config_hash="random", complete=True, checkpoints=entries))
+    write_manifest(
+        root, Manifest(name=name, family=family, config_hash="random", complete=True, checkpoints=entries)
+    )
     return root

@@ -1,0 +1,111 @@
+"""Neuron-level dynamics: top-|I| sets (SPEC "Top set"), J_stab (paper eq. 7) and R_t (paper eq. 8)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gated_lpi_exp.metrics._arrays import as_float, top_count
+
+
+def _top_indices(magnitude: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest entries of a 1-D array, in rank order, ties to the lower index."""
+    n = magnitude.shape[0]
+    # O(N) selection instead of a full sort: the population is ~1M neurons for OLMoE and S is ~250.
+    kth = np.partition(magnitude, n - k)[n - k]
+    above = np.flatnonzero(magnitude > kth)
+    tied = np.flatnonzero(magnitude == kth)[: k - above.size]
+    chosen = np.concatenate([above, tied])
+    # lexsort's last key is primary: by descending magnitude, then ascending index.
+    return chosen[np.lexsort((chosen, -magnitude[chosen]))]
+
+
+def top_set(scores: Any, top_frac: float = 0.01) -> np.ndarray:
+    """The ``ceil(top_frac · N)`` neurons with the largest ``|score|``.
+
+    Args:
+        scores: Importance scores, shape ``[N]``.
+        top_frac: Share of the population to keep, in (0, 1].
+
+    Returns:
+        int64 indices, shape ``[k]``, in rank order (largest ``|score|`` first). Ties are broken by the LOWER
+        index first, so the set is deterministic.
+
+    Raises:
+        ValueError: Empty or non-finite ``scores``, or ``top_frac`` outside (0, 1].
+    """
+    s = as_float(scores, "scores", 1)  # [N]
+    return _top_indices(np.abs(s), top_count(s.shape[0], top_frac))
+
+
+def jaccard_stability(scores: Any, top_frac: float = 0.01) -> tuple[float, np.ndarray]:
+    """Top-set stability J_stab (paper eq. 7): Jaccard overlap of consecutive checkpoints' top sets.
+
+    ``J_t = |Top_t ∩ Top_{t+1}| / |Top_t ∪ Top_{t+1}|`` with ``Top_t = top_set(scores[t], top_frac)``.
+
+    Args:
+        scores: Importance per checkpoint, shape ``[S, N]``; rows in training-step order. Extra trailing dims
+            (e.g. ``[S, L, N]``) are flattened into one population of neurons, as the SPEC's population is
+            every neuron of a type in every layer.
+        top_frac: Share of the population in each top set.
+
+    Returns:
+        ``(mean, curve)``: ``curve[t]`` is ``J`` between rows ``t`` and ``t + 1`` (shape ``[S - 1]``);
+        ``mean`` is its mean (J_stab).
+
+    Raises:
+        ValueError: Fewer than 2 checkpoints, or invalid scores / top_frac.
+    """
+    s = as_float(scores, "scores", (2, 3, 4))
+    if s.shape[0] < 2:
+        raise ValueError(f"jaccard_stability needs at least 2 checkpoints (rows), got {s.shape[0]}")
+    s = s.reshape(s.shape[0], -1)  # [S, N]
+    k = top_count(s.shape[1], top_frac)
+    # Row by row so only one extra [N] buffer exists (S x ~1M float64 is already GBs for OLMoE).
+    tops = [_top_indices(np.abs(row), k) for row in s]
+    curve = np.empty(len(tops) - 1)  # [S-1]
+    for t in range(len(tops) - 1):
+        inter = np.intersect1d(tops[t], tops[t + 1], assume_unique=True).size
+        curve[t] = inter / (2 * k - inter)  # both sets have k members, so |union| = 2k - |inter|
+    return float(curve.mean()), curve
+
+
+def positive_gain_concentration(scores: Any, top_frac: float = 0.01) -> np.ndarray:
+    """Positive-gain concentration R_t (paper eq. 8), per layer then averaged over layers.
+
+    For checkpoint ``t >= 1`` (0-based) and each layer: ``Δ⁺_i = max(0, |I_{i,t}| - |I_{i,t-1}|)``;
+    ``R = Σ_{top} Δ⁺ / Σ_{all} Δ⁺`` where *top* is the ``ceil(top_frac · N)`` neurons with largest ``Δ⁺``
+    (which tied neurons are chosen cannot change the sum). A layer with no positive gain (denominator 0)
+    gives NaN and is left out of the layer average; the step is NaN when every layer is.
+
+    Args:
+        scores: Importance per checkpoint, shape ``[S, L, N]`` (L layers of N neurons) or ``[S, N]`` (one
+            layer); rows in training-step order.
+        top_frac: Share of each layer's neurons counted as the top.
+
+    Returns:
+        float64 curve, shape ``[S - 1]``; entry ``t - 1`` is R at checkpoint ``t``.
+
+    Raises:
+        ValueError: Fewer than 2 checkpoints, or invalid scores / top_frac.
+    """
+    s = as_float(scores, "scores", (2, 3))
+    if s.ndim == 2:
+        s = s[:, None, :]  # [S, 1, N]
+    if s.shape[0] < 2:
+        raise ValueError(f"positive_gain_concentration needs at least 2 checkpoints (rows), got {s.shape[0]}")
+    n = s.shape[2]
+    k = top_count(n, top_frac)
+    mag = np.abs(s)
+    gain = np.maximum(0.0, mag[1:] - mag[:-1])  # [S-1, L, N]
+    top_sum = np.partition(gain, n - k, axis=-1)[..., n - k :].sum(axis=-1)  # [S-1, L]
+    total = gain.sum(axis=-1)  # [S-1, L]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_layer = np.where(total > 0, top_sum / total, np.nan)  # [S-1, L]
+    valid = ~np.isnan(per_layer)
+    counts = valid.sum(axis=-1)  # [S-1]
+    # Explicit sum/count rather than np.nanmean, which warns on all-NaN steps.
+    sums = np.where(valid, per_layer, 0.0).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
