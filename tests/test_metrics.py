@@ -341,7 +341,7 @@ def test_registry_contents():
         "sigma_rel": False,
         "hit_at_1": True,
         "hit_at_10": True,
-        "drop_percent": True,
+        "drop_percent": False,
     }
     assert {n: METRICS[n].higher_is_better for n in expected} == expected
     assert get_metric("j_stab").fn is jaccard_stability

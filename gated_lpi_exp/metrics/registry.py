@@ -172,8 +172,11 @@ register_metric(
 )(partial(hit_at_k, k=10))
 register_metric(
     "drop_percent",
-    higher_is_better=True,
+    higher_is_better=False,
     aggregation="none",
-    paper_ref="Tables 3-4 (SPEC 'Ablations')",
-    description="100*(HIT@10 base - ablated)/base: higher = the ablated units matter more causally",
+    paper_ref="Table 4 (SPEC 'Ablations')",
+    description=(
+        "100*(HIT@10 base - ablated)/base: lower = knowledge survives losing its top units "
+        "(the paper's functional robustness); higher = the ablated units matter more causally"
+    ),
 )(drop_percent)

@@ -1,0 +1,93 @@
+"""Build a report from MLflow runs: select -> download, validate -> tables, figures -> HTML + Markdown."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from gated_lpi_exp import __version__
+from gated_lpi_exp.errors import ConfigurationError
+from gated_lpi_exp.report.figures import render_figures
+from gated_lpi_exp.report.render import Header, render_html, render_markdown
+from gated_lpi_exp.report.runs import REPORT_TAG, load_run, make_columns, select_runs
+from gated_lpi_exp.report.tables import build_tables
+
+log = logging.getLogger(__name__)
+
+HTML_NAME, MARKDOWN_NAME = "report.html", "report.md"
+
+
+@dataclass
+class ReportFiles:
+    """Where the report went."""
+
+    html: Path
+    markdown: Path
+    run_ids: list[str]
+    report_run_id: str | None = None
+    """The MLflow run holding the report, with ``log_artifact``."""
+
+
+def build_report(
+    tracking_uri: str = "sqlite:///mlflow.db",
+    experiment: str = "gated_lpi_exp",
+    *,
+    run_ids: list[str] | None = None,
+    sweep: str | None = None,
+    out_dir: str | Path = "report",
+    log_artifact: bool = False,
+) -> ReportFiles:
+    """Write ``report.html`` (self-contained) and ``report.md`` (+ figure PNGs) for the selected runs.
+
+    Args:
+        tracking_uri: MLflow tracking URI.
+        experiment: Experiment searched when ``run_ids`` is not given.
+        run_ids: Exactly these runs (FINISHED only).
+        sweep: The FINISHED runs tagged ``gated_lpi.sweep=<sweep>``. With neither, the newest FINISHED run per
+            (``gated_lpi.model``, ``gated_lpi.ablation``) tag pair.
+        out_dir: Output folder (created).
+        log_artifact: Also log the folder to a new run of ``experiment`` tagged ``gated_lpi.report=1``.
+
+    Raises:
+        ConfigurationError: Nothing to report, or an unknown experiment / unfinished run.
+    """
+    client = MlflowClient(tracking_uri)
+    runs = select_runs(client, experiment, run_ids, sweep)
+    log.info("report: %d run(s): %s", len(runs), ", ".join(r.info.run_id for r in runs))
+    columns = make_columns([load_run(client, tracking_uri, r) for r in runs])
+    selection = (
+        "given ids" if run_ids else (f"sweep {sweep}" if sweep is not None else "newest per model/ablation")
+    )
+    header = Header(datetime.now(timezone.utc), __version__, tracking_uri, experiment, selection)
+    tables, figures = build_tables(columns), render_figures(columns)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    html_path, md_path = out / HTML_NAME, out / MARKDOWN_NAME
+    html_path.write_text(render_html(header, columns, tables, figures), encoding="utf-8")
+    md_path.write_text(render_markdown(header, columns, tables, figures, out), encoding="utf-8")
+    files = ReportFiles(html_path, md_path, [r.info.run_id for r in runs])
+    if log_artifact:
+        files.report_run_id = _log_report(client, experiment, out, files.run_ids)
+    return files
+
+
+def _log_report(client: MlflowClient, experiment: str, out: Path, run_ids: list[str]) -> str:
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise ConfigurationError(
+            f"--log-artifact: no MLflow experiment {experiment!r} to log the report into."
+        )
+    tags = {REPORT_TAG: "1", "gated_lpi.report.runs": ",".join(run_ids), "gated_lpi.version": __version__}
+    run = client.create_run(found.experiment_id, run_name=f"report-{datetime.now():%Y%m%d-%H%M%S}", tags=tags)
+    try:
+        client.log_artifacts(run.info.run_id, str(out), artifact_path="report")
+    except Exception:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
+    log.info("report logged to run %s", run.info.run_id)
+    return run.info.run_id

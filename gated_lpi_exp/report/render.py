@@ -1,0 +1,171 @@
+"""The report as one self-contained HTML page (figures inline as base64 PNG) and as Markdown + PNG files."""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from gated_lpi_exp.plots._style import format_step
+from gated_lpi_exp.report.figures import RenderedFigure
+from gated_lpi_exp.report.paper import PAPER_CITATION, PAPER_MODELS
+from gated_lpi_exp.report.runs import Column, RunData
+from gated_lpi_exp.report.tables import BEST_MARK, ReportTable
+
+RUN_HEADERS = [
+    "column",
+    "run id",
+    "run name",
+    "model",
+    "family",
+    "relations",
+    "ablation",
+    "checkpoints",
+    "finished",
+]
+PAPER_HEADERS = [f"paper: {m} (published)" for m in PAPER_MODELS]
+LEGEND = (
+    f"{BEST_MARK} = best of our columns on that row, in the direction the metric registry declares "
+    f"(column 'better'). The paper columns are the numbers published in {PAPER_CITATION} for OLMoE-1B-7B and "
+    "OLMo-7B, with the paper's step range in brackets: reference only, not results of these runs."
+)
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1400px;margin:1.5em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .6em}
+th{background:#f3f3f3}td.num{text-align:right;white-space:nowrap}td.paper,th.paper{background:#fff6e0}
+td.best{font-weight:bold;color:#0a5}td.missing{color:#888;font-style:italic}.note{color:#555;font-size:.85em}
+figure{margin:1.2em 0}img{max-width:100%}figcaption{color:#444;font-size:.9em}
+"""
+
+
+@dataclass
+class Header:
+    """Who made the report, when, from where."""
+
+    generated: datetime
+    version: str
+    tracking_uri: str
+    experiment: str
+    selection: str
+
+
+def _strip_list(text: str | None) -> str:
+    return "" if not text else text.strip("[]").replace("'", "").replace('"', "")
+
+
+def run_summary(label: str, data: RunData) -> list[str]:
+    """One line of the runs table (see :data:`RUN_HEADERS`)."""
+    params = data.params
+    relations = _strip_list(params.get("relations.names")) or _strip_list(params.get("relations.categories"))
+    steps: list[int] = []
+    for name in ("hit_summary", "layer_profiles", "ablation"):
+        if (table := data.tables.get(name)) is not None:
+            steps = sorted(set(table["step"].astype(int)))
+            break
+    ckpts = (
+        f"{len(steps)}: {format_step(steps[0])}–{format_step(steps[-1])}"
+        if steps
+        else params.get("run.n_checkpoints", "?")
+    )
+    end = data.run.info.end_time
+    finished = f"{datetime.fromtimestamp(end / 1000, timezone.utc):%Y-%m-%d %H:%M} UTC" if end else "?"
+    tags = data.tags
+    return [label, data.run_id, data.run.info.run_name or "", data.model, tags.get("gated_lpi.family", "?"),
+            relations or "?", data.ablation, ckpts, finished]  # fmt: skip
+
+
+def _runs_lines(columns: list[Column]) -> list[list[str]]:
+    return [run_summary(col.label, run) for col in columns for run in col.runs]
+
+
+def _head(header: Header) -> str:
+    return (
+        f"Generated {header.generated:%Y-%m-%d %H:%M:%S %Z} by gated_lpi_exp {header.version} from "
+        f"experiment '{header.experiment}' at {header.tracking_uri}; runs: {header.selection}."
+    )
+
+
+def _html_table(table: ReportTable) -> str:
+    n_ours = len(table.columns)
+    paper_group = f"<th class=paper colspan={len(PAPER_MODELS)}>published in the paper (not ours)</th>"
+    out = ["<table>", f"<tr><th colspan=2></th><th colspan={n_ours}>our runs</th>{paper_group}</tr>"]
+    heads = "".join(f"<th>{html.escape(c)}</th>" for c in ["metric", "better", *table.columns])
+    out.append(f"<tr>{heads}{''.join(f'<th class=paper>{html.escape(h)}</th>' for h in PAPER_HEADERS)}</tr>")
+    for row in table.rows:
+        tds = [f"<td>{html.escape(row.label)}</td>", f"<td>{row.direction}</td>"]
+        for cell in row.cells:
+            cls = "num best" if cell.best else ("num missing" if cell.value is None else "num")
+            tds.append(f"<td class='{cls}'>{html.escape(row.text(cell))}</td>")
+        tds += [f"<td class='num paper'>{html.escape(p)}</td>" for p in row.paper]
+        out.append(f"<tr>{''.join(tds)}</tr>")
+    out.append("</table>")
+    out += [f"<p class=note>{html.escape(n)}</p>" for n in table.notes]
+    return "\n".join(out)
+
+
+def _html_plain_table(headers: list[str], lines: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in line) + "</tr>" for line in lines
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(
+    header: Header, columns: list[Column], tables: list[ReportTable], figures: list[RenderedFigure]
+) -> str:
+    """The whole report as one HTML document with no external resources."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>Gated-LPI report</title>",
+        f"<style>{_CSS}</style></head><body><h1>Gated-LPI report</h1>",
+        f"<p>{html.escape(_head(header))}</p><h2>Runs</h2>",
+        _html_plain_table(RUN_HEADERS, _runs_lines(columns)),
+        f"<p class=note>{html.escape(LEGEND)}</p>",
+    ]
+    for table in tables:
+        parts += [f"<h2>{html.escape(table.title)}</h2>", _html_table(table)]
+    parts.append("<h2>Figures</h2>")
+    for fig in figures:
+        parts.append(f"<figure id='{fig.spec.stem}'>")
+        if fig.png is not None:
+            data = base64.b64encode(fig.png).decode("ascii")
+            parts.append(f"<img alt='{html.escape(fig.spec.caption)}' src='data:image/png;base64,{data}'>")
+        caption = " ".join(filter(None, [fig.spec.caption, fig.note]))
+        parts.append(f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(headers: list[str], lines: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(_md_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    return out + ["| " + " | ".join(_md_cell(str(v)) for v in line) + " |" for line in lines]
+
+
+def render_markdown(
+    header: Header,
+    columns: list[Column],
+    tables: list[ReportTable],
+    figures: list[RenderedFigure],
+    out_dir: Path,
+) -> str:
+    """The report as Markdown; writes each figure as ``<stem>.png`` in ``out_dir`` and links it."""
+    parts = ["# Gated-LPI report", "", _head(header), "", "## Runs", ""]
+    parts += _md_table(RUN_HEADERS, _runs_lines(columns)) + ["", LEGEND, ""]
+    for table in tables:
+        lines = [[r.label, r.direction, *(r.text(c) for c in r.cells), *r.paper] for r in table.rows]
+        parts += [f"## {table.title}", ""]
+        parts += _md_table(["metric", "better", *table.columns, *PAPER_HEADERS], lines) + [""]
+        parts += [line for note in table.notes for line in (f"*{note}*", "")]
+    parts += ["## Figures", ""]
+    for fig in figures:
+        if fig.png is not None:
+            (out_dir / f"{fig.spec.stem}.png").write_bytes(fig.png)
+            parts += [f"![{fig.spec.caption}]({fig.spec.stem}.png)", ""]
+        parts += [" ".join(filter(None, [fig.spec.caption, fig.note])), ""]
+    return "\n".join(parts)

@@ -1,0 +1,203 @@
+"""Which MLflow runs a report shows, their tables (downloaded and validated), and how they form columns.
+
+Runs that share a model and every setting that shapes its results except the ablation (relations,
+checkpoints, evaluation, attribution, dynamics params, data hash) are one *column*: a sweep of one model over
+the three ablations then reads as one model, as in the paper, with each ablation row taken from its run.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from pandera.errors import SchemaError, SchemaErrors
+
+from gated_lpi_exp.errors import ConfigurationError
+from gated_lpi_exp.schemas import AblationResult, DynamicsCurve, DynamicsSummary, HitSummary, LayerProfile
+
+log = logging.getLogger(__name__)
+
+TABLES = {
+    "hit_summary": HitSummary,
+    "layer_profiles": LayerProfile,
+    "dynamics_curves": DynamicsCurve,
+    "dynamics_summary": DynamicsSummary,
+    "ablation": AblationResult,
+}
+"""Run artifacts ``tables/<name>.parquet`` the report reads, with their schemas."""
+NOT_COMPUTED = "not computed in this run"
+SWEEP_TAG, MODEL_TAG, FAMILY_TAG, ABLATION_TAG, REPORT_TAG = (
+    "gated_lpi.sweep", "gated_lpi.model", "gated_lpi.family", "gated_lpi.ablation", "gated_lpi.report",
+)  # fmt: skip
+_SHAPING_PARAMS = (
+    "model.",
+    "relations.",
+    "checkpoints.",
+    "evaluation.",
+    "attribution.",
+    "dynamics.",
+    "data.hash",
+)
+
+
+@dataclass
+class RunData:
+    """One finished run: identity, tags, params and its tables (None where missing, with the reason)."""
+
+    run: Run
+    tables: dict[str, pd.DataFrame | None]
+    missing: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return self.run.data.tags
+
+    @property
+    def params(self) -> dict[str, str]:
+        return self.run.data.params
+
+    @property
+    def model(self) -> str:
+        return (
+            self.tags.get(MODEL_TAG) or self.params.get("model.name") or self.run.info.run_name or self.run_id
+        )
+
+    @property
+    def ablation(self) -> str:
+        return self.tags.get(ABLATION_TAG) or self.params.get("ablation.name") or "none"
+
+
+@dataclass
+class Column:
+    """The runs shown as one column of the report (newest first)."""
+
+    label: str
+    runs: list[RunData]
+
+    def table(self, name: str) -> pd.DataFrame | None:
+        """The newest run's table; for ``ablation``, every run's rows together (one ablation per run)."""
+        found = [r.tables[name] for r in self.runs if r.tables.get(name) is not None]
+        if not found:
+            return None
+        if name == "ablation":
+            return pd.concat(found, ignore_index=True).drop_duplicates(
+                ["step", "ablation", "condition", "seed"]
+            )
+        return found[0]
+
+    def param(self, key: str) -> str | None:
+        """A param of the newest run that logged it."""
+        return next((r.params[key] for r in self.runs if key in r.params), None)
+
+
+def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string, order_by=["attributes.start_time DESC"], page_token=token
+        )
+        runs += page
+        token = page.token
+        if not token:
+            return [r for r in runs if r.data.tags.get(REPORT_TAG) != "1"]
+
+
+def select_runs(
+    client: MlflowClient, experiment: str, run_ids: list[str] | None = None, sweep: str | None = None
+) -> list[Run]:
+    """The runs to report: ``run_ids``, else a sweep's runs, else the newest per (model, ablation) tag.
+
+    Only FINISHED runs are read; report runs (tag ``gated_lpi.report=1``) never are.
+
+    Raises:
+        ConfigurationError: Unknown experiment, a given run that is not FINISHED, or nothing selected.
+    """
+    if run_ids:
+        runs = [client.get_run(rid) for rid in run_ids]
+        unfinished = [f"{r.info.run_id} ({r.info.status})" for r in runs if r.info.status != "FINISHED"]
+        if unfinished:
+            raise ConfigurationError(
+                f"The report reads FINISHED runs only; not finished: {', '.join(unfinished)}"
+            )
+        return runs
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = [e.name for e in client.search_experiments()]
+        raise ConfigurationError(f"No MLflow experiment {experiment!r}; known: {names}. Pass --experiment.")
+    finished = "attributes.status = 'FINISHED'"
+    if sweep is not None and ("'" in sweep or '"' in sweep):
+        raise ConfigurationError(f"--sweep {sweep!r}: a sweep tag value cannot contain quotes.")
+    if sweep is not None:
+        runs = _search(client, found.experiment_id, f"{finished} and tags.\"{SWEEP_TAG}\" = '{sweep}'")
+    else:
+        newest: dict[tuple[str, str], Run] = {}
+        for run in _search(client, found.experiment_id, finished):
+            tags = run.data.tags
+            if MODEL_TAG in tags:
+                newest.setdefault((tags[MODEL_TAG], tags.get(ABLATION_TAG, "none")), run)
+        runs = list(newest.values())
+    if not runs:
+        what = f"sweep {sweep!r}" if sweep is not None else "any model"
+        raise ConfigurationError(f"No FINISHED runs of {what} in experiment {experiment!r}.")
+    return runs
+
+
+def load_run(client: MlflowClient, tracking_uri: str, run: Run) -> RunData:
+    """Download and validate a run's tables; a missing or invalid table is None with the reason."""
+    present = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "tables")}
+    tables: dict[str, pd.DataFrame | None] = {}
+    missing: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, schema in TABLES.items():
+            tables[name] = None
+            if f"{name}.parquet" not in present:
+                missing[name] = NOT_COMPUTED
+                continue
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id,
+                artifact_path=f"tables/{name}.parquet",
+                dst_path=tmp,
+                tracking_uri=tracking_uri,
+            )
+            try:
+                tables[name] = schema.check(pd.read_parquet(local))
+            except (SchemaError, SchemaErrors) as exc:
+                log.warning(
+                    "run %s: tables/%s.parquet fails its schema, left out: %s", run.info.run_id, name, exc
+                )
+                missing[name] = "present but fails its schema (see the log)"
+    return RunData(run, tables, missing)
+
+
+def _group_key(data: RunData) -> tuple:
+    shaping = sorted((k, v) for k, v in data.params.items() if k.startswith(_SHAPING_PARAMS))
+    return (data.model, tuple(shaping))
+
+
+def make_columns(runs: list[RunData]) -> list[Column]:
+    """Group runs into columns (runs differing only by ablation share one), ordered by model name.
+
+    A column is labelled by its model; two columns of one model get the newest run id's prefix too.
+    """
+    groups: dict[tuple, list[RunData]] = {}
+    for data in sorted(runs, key=lambda d: -(d.run.info.start_time or 0)):
+        groups.setdefault(_group_key(data), []).append(data)
+    ordered = sorted(groups.values(), key=lambda g: (g[0].model, -(g[0].run.info.start_time or 0)))
+    counts: dict[str, int] = {}
+    for group in ordered:
+        counts[group[0].model] = counts.get(group[0].model, 0) + 1
+    return [
+        Column(g[0].model if counts[g[0].model] == 1 else f"{g[0].model} [{g[0].run_id[:8]}]", g)
+        for g in ordered
+    ]

@@ -1,0 +1,232 @@
+"""The report end to end: runs logged to a real MLflow sqlite store the way the run module logs them."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from gated_lpi_exp.config import DynamicsConfig, TrackingConfig
+from gated_lpi_exp.report import main
+from gated_lpi_exp.report.runs import RunData, make_columns, select_runs
+from gated_lpi_exp.report.tables import Cell, Row, mark_best
+from gated_lpi_exp.schemas import AblationResult, HitSummary
+from gated_lpi_exp.stages.aggregates import CheckpointAggregate
+from gated_lpi_exp.stages.dynamics import compute_dynamics, layer_profiles
+from gated_lpi_exp.tracking import Tracker
+
+STEPS = [0, 10, 20, 30]
+WINDOWS = {"early": [0, 20], "late": [20, None]}
+
+
+def _aggregates(seed: int, n_layers: int) -> list[CheckpointAggregate]:
+    rng = np.random.default_rng(seed)
+    return [
+        CheckpointAggregate(
+            step=s, ffn=rng.normal(size=(n_layers, 40)), attn=rng.normal(size=(n_layers, 8)),
+            heads=rng.normal(size=(n_layers, 2)), ffn_layer=rng.uniform(0.1, 1, n_layers),
+            attn_layer=rng.uniform(0.1, 1, n_layers), n_examples=4,
+        )
+        for s in STEPS
+    ]  # fmt: skip
+
+
+def _hits() -> pd.DataFrame:
+    rows = [
+        dict(step=s, scope=scope, group=group, k=k, hit=0.1 * i, n=4)
+        for i, s in enumerate(STEPS) for k in (1, 10)
+        for scope, group in (("overall", "all"), ("category", "factual"), ("relation", "country_language"))
+    ]  # fmt: skip
+    return HitSummary.check(pd.DataFrame(rows))
+
+
+def _ablation() -> pd.DataFrame:
+    """Targeted drops 40 and 60 (mean 50.00); random seeds 10 and 20 (mean 15.00 ± 7.07 sd)."""
+    rows = []
+    for step, targeted in ((10, 40.0), (20, 60.0)):
+        common = dict(step=step, ablation="top10_heads", n_units=10, heldout=False)
+        rows.append(dict(common, condition="base", seed=-1, hit_at_10=0.5, drop_percent=0.0))
+        rows.append(
+            dict(
+                common,
+                condition="targeted",
+                seed=-1,
+                hit_at_10=0.5 * (1 - targeted / 100),
+                drop_percent=targeted,
+            )
+        )
+        for seed, drop in ((0, 10.0), (1, 20.0)):
+            rows.append(
+                dict(
+                    common, condition="random", seed=seed, hit_at_10=0.5 * (1 - drop / 100), drop_percent=drop
+                )
+            )
+    return AblationResult.check(pd.DataFrame(rows))
+
+
+def _log_run(
+    tracker: Tracker, model: str, family: str, seed: int, n_layers: int, ablation: bool
+) -> tuple[str, pd.DataFrame]:
+    aggs = _aggregates(seed, n_layers)
+    curves, summary = compute_dynamics(aggs, DynamicsConfig(top_frac=0.1, windows=WINDOWS))
+    tags = {"gated_lpi.model": model, "gated_lpi.family": family, "gated_lpi.ablation": "top10_heads",
+            "gated_lpi.sweep": "sweep1"}  # fmt: skip
+    with tracker.run(f"{model}-all-top10_heads", tags=tags) as run_id:
+        tracker.log_params({"model.name": model, "relations.categories": ["factual"], "relations.names": [],
+                            "dynamics.top_frac": 0.1, "dynamics.windows.early": [0, 20],
+                            "dynamics.windows.late": [20, None], "ablation.name": "top10_heads"})  # fmt: skip
+        tracker.log_table(_hits(), "hit_summary")
+        tracker.log_table(layer_profiles(aggs), "layer_profiles")
+        tracker.log_table(curves, "dynamics_curves")
+        tracker.log_table(summary, "dynamics_summary")
+        if ablation:
+            tracker.log_table(_ablation(), "ablation")
+    return run_id, summary
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """An old tiny_moe run, its newer rerun, a tiny_dense run without ablation, and a failed run."""
+    tmp_path = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    tracker = Tracker(TrackingConfig(uri=uri, artifact_location=str(tmp_path / "artifacts")))
+    old, _ = _log_run(tracker, "tiny_moe", "olmoe", 99, 2, ablation=True)
+    moe, moe_summary = _log_run(tracker, "tiny_moe", "olmoe", 0, 2, ablation=True)
+    dense, dense_summary = _log_run(tracker, "tiny_dense", "olmo", 1, 3, ablation=False)
+    with pytest.raises(RuntimeError), tracker.run("broken", tags={"gated_lpi.model": "tiny_moe"}) as failed:
+        raise RuntimeError("stage failed")
+    return dict(uri=uri, old=old, moe=moe, dense=dense, failed=failed, summaries={"tiny_moe": moe_summary,
+                "tiny_dense": dense_summary})  # fmt: skip
+
+
+def _row(markdown: str, label: str) -> list[str]:
+    line = next(x for x in markdown.splitlines() if x.startswith(f"| {label} |"))
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _expected(summary: pd.DataFrame, metric: str, unit: str, scale: float, digits: int) -> str:
+    value = summary[
+        (summary.metric == metric) & (summary.unit == unit) & (summary.window == "all")
+    ].value.item()
+    return f"{value * scale:.{digits}f}"
+
+
+@pytest.mark.slow
+def test_report_end_to_end(store, tmp_path):
+    out = tmp_path / "report"
+    assert (
+        main(["--tracking-uri", store["uri"], "--out", str(out)]) == 0
+    )  # default: newest per model/ablation
+    html, md = (out / "report.html").read_text(), (out / "report.md").read_text()
+    for title in (
+        "Table 2: neuron-level stability",
+        "Table 3: layer-level stability",
+        "Table 4: HIT@10 drop",
+    ):
+        assert title in html and title in md
+    assert store["moe"] in html and store["dense"] in html
+    assert store["old"] not in html and store["failed"] not in html  # newest FINISHED per (model, ablation)
+    assert "published in the paper (not ours)" in html and "paper: OLMoE-1B-7B (published)" in html
+    # Table 2, columns: metric, better, tiny_dense, tiny_moe, paper OLMoE, paper OLMo.
+    j = _row(md, "J_stab FFN (%), all checkpoints")
+    assert j[2].split()[0] == _expected(store["summaries"]["tiny_dense"], "j_stab", "ffn", 100, 1)
+    assert j[3].split()[0] == _expected(store["summaries"]["tiny_moe"], "j_stab", "ffn", 100, 1)
+    assert j[1] == "higher" and sum("▲" in c for c in j[2:4]) == 1
+    early = _row(md, "J_stab FFN (%), window early, steps [0, 20)")
+    assert early[4:] == ["22.2 (10K–70K)", "6.3 (10K–70K)"]
+    late = _row(md, "R_t ATTN (%), window late, steps [20, end)")
+    assert late[2] != "" and late[4:] == ["—", "—"]
+    # Table 3: σ_rel is lower-is-better, so ▲ goes to the smaller value.
+    s = _row(md, "σ_rel FFN, all checkpoints")
+    dense_v, moe_v = (float(c.split()[0]) for c in s[2:4])
+    assert s[1] == "lower" and ("▲" in s[2]) == (dense_v < moe_v)
+    assert s[4:] == ["0.47 (10K–1.2M)", "5.01 (10K–600K)"]
+    # Table 4: only tiny_moe ran an ablation.
+    t = _row(md, "top-10 heads: targeted")
+    assert (
+        t[2] == "not computed in this run"
+        and t[3] == "50.00"
+        and t[4:] == ["9.44 (checkpoint mean)", "50.43 (checkpoint mean)"]
+    )
+    assert _row(md, "top-10 heads: random control")[3] == "15.00 ± 7.07"
+    assert _row(md, "top-1 head: targeted")[2:4] == ["not computed in this run"] * 2
+    # Figures: 7 inline PNGs in the HTML, the same files next to the Markdown.
+    assert html.count("data:image/png;base64,") == 7 and "src='http" not in html
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", md)
+    assert len(images) == 7 and all((out / name).stat().st_size > 5_000 for name in images)
+    assert "Not computed in this run: tiny_dense." in md  # Fig. 5 has only tiny_moe
+
+
+@pytest.mark.slow
+def test_selection_by_ids_sweep_and_logging_the_report(store, tmp_path):
+    client = MlflowClient(store["uri"])
+    (by_id,) = select_runs(client, "gated_lpi_exp", run_ids=[store["old"]])
+    assert by_id.info.run_id == store["old"]
+    sweep = {r.info.run_id for r in select_runs(client, "gated_lpi_exp", sweep="sweep1")}
+    assert sweep == {store["old"], store["moe"], store["dense"]}
+    out = tmp_path / "sweep"
+    assert (
+        main(["--tracking-uri", store["uri"], "--sweep", "sweep1", "--out", str(out), "--log-artifact"]) == 0
+    )
+    md = (out / "report.md").read_text()
+    # A rerun with the same settings joins its model's column (both listed in the runs table); the newest
+    # run's tables are the ones shown.
+    assert store["old"] in md and len(_row(md, "J_stab FFN (%), all checkpoints")) == 6
+    moe_cell = _row(md, "J_stab FFN (%), all checkpoints")[3].split()[0]
+    assert moe_cell == _expected(store["summaries"]["tiny_moe"], "j_stab", "ffn", 100, 1)
+    experiment = client.get_experiment_by_name("gated_lpi_exp").experiment_id
+    (report_run,) = client.search_runs([experiment], "tags.\"gated_lpi.report\" = '1'")
+    assert report_run.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(report_run.info.run_id, "report")} >= {
+        "report/report.html", "report/report.md", "report/fig1_jaccard.png",
+    }  # fmt: skip
+    newest = {r.info.run_id for r in select_runs(client, "gated_lpi_exp")}
+    assert newest == {store["moe"], store["dense"]}  # the report run is never selected
+
+
+def test_bad_selections_exit_2(store, tmp_path, capsys):
+    assert (
+        main(["--tracking-uri", store["uri"], "--runs", store["failed"], "--out", str(tmp_path / "x")]) == 2
+    )
+    assert "FAILED" in capsys.readouterr().err
+    assert main(["--tracking-uri", store["uri"], "--sweep", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["--tracking-uri", store["uri"], "--experiment", "missing", "--out", str(tmp_path / "x")]) == 2
+    )
+
+
+def _fake_run(run_id: str, model: str, ablation: str, start: int, **params) -> RunData:
+    info = SimpleNamespace(run_id=run_id, start_time=start, run_name=run_id)
+    tags = {"gated_lpi.model": model, "gated_lpi.ablation": ablation}
+    return RunData(SimpleNamespace(info=info, data=SimpleNamespace(tags=tags, params=params)), tables={})
+
+
+def test_columns_merge_ablations_and_split_other_settings():
+    runs = [
+        _fake_run("a" * 32, "olmoe", "top1_head", 1, **{"relations.names": "[]"}),
+        _fake_run(
+            "b" * 32, "olmoe", "top10_heads", 2, **{"relations.names": "[]", "ablation.name": "top10_heads"}
+        ),
+        _fake_run("c" * 32, "olmoe", "none", 3, **{"relations.names": "['country_language']"}),
+        _fake_run("d" * 32, "olmo", "none", 4),
+    ]
+    columns = make_columns(runs)
+    assert [c.label for c in columns] == ["olmo", "olmoe [cccccccc]", "olmoe [bbbbbbbb]"]
+    assert [r.run_id[0] for r in columns[2].runs] == ["b", "a"]  # newest first
+
+
+def test_best_mark_follows_the_registry_direction():
+    higher = mark_best(
+        Row("x", "j_stab", [Cell(0.2), Cell(0.5), Cell(float("nan")), Cell(note="missing")], [])
+    )
+    assert [c.best for c in higher.cells] == [False, True, False, False]
+    lower = mark_best(Row("y", "sigma_rel", [Cell(0.2), Cell(0.5)], []))
+    assert [lower.text(c) for c in lower.cells] == ["0.20 ▲", "0.50"]
+    single = mark_best(Row("z", "rho_avg", [Cell(0.9), Cell(None, note="not computed in this run")], []))
+    assert (
+        not any(c.best for c in single.cells) and single.text(single.cells[1]) == "not computed in this run"
+    )
