@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,17 @@ class ArrayStore:
     def _path(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.npz"
 
+    def path(self, key: str) -> Path:
+        """Where the entry ``key`` lives (whether or not it exists)."""
+        return self._path(key)
+
+    def lock(self, name: str) -> FileLock:
+        """A cross-process lock ``<namespace>/locks/<name>.lock``: hold it while computing an entry that
+        other processes may want at the same time, so they wait and read it instead of computing it too."""
+        folder = self.dir / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(folder / f"{name}.lock"))
+
     def get(self, key: str) -> dict[str, np.ndarray] | None:
         """The arrays under ``key``, or None when absent or unreadable (a damaged entry is reported)."""
         path = self._path(key)
@@ -50,7 +62,7 @@ class ArrayStore:
         try:
             with np.load(path, allow_pickle=False) as data:
                 return {name: data[name] for name in data.files}
-        except (OSError, ValueError, EOFError) as exc:  # truncated or corrupted file
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:  # truncated or corrupted
             log.warning("cache entry %s is damaged (%s); it will be recomputed", path, exc)
             return None
 
@@ -70,6 +82,18 @@ class ArrayStore:
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
-            meta = path.with_suffix(".json")
-            meta.write_text(json.dumps(description, sort_keys=True, indent=1, default=str))
+            _write_text_atomic(
+                path.with_suffix(".json"), json.dumps(description, sort_keys=True, indent=1, default=str)
+            )
         return path
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

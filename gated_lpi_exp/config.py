@@ -171,6 +171,9 @@ class AttributionConfig:
     """Prompts per attribution batch."""
     memory_budget_mb: int = 512
     """Bound on the engine's largest working tensor; chunk sizes follow from it."""
+    min_memory_budget_mb: int = 16
+    """Floor of the out-of-memory retry: on a CUDA out-of-memory error the attribution of a checkpoint is
+    retried with ``memory_budget_mb`` halved, down to this value, before the run fails."""
     top_n_logged: int = 20
     """Top neurons and heads per checkpoint written to the MLflow tables."""
     cache_dir: str | None = None
@@ -183,6 +186,11 @@ class AttributionConfig:
         _choice("attribution", "target", self.target, ("gold", "predicted"))
         if self.batch_size < 1 or self.memory_budget_mb < 1:
             raise ConfigurationError("attribution.batch_size and attribution.memory_budget_mb must be >= 1.")
+        if not 1 <= self.min_memory_budget_mb <= self.memory_budget_mb:
+            raise ConfigurationError(
+                f"attribution.min_memory_budget_mb={self.min_memory_budget_mb} must be between 1 and "
+                f"attribution.memory_budget_mb={self.memory_budget_mb}."
+            )
 
 
 @dataclass
@@ -258,6 +266,33 @@ class TrackingConfig:
 
 
 @dataclass
+class ExecutionConfig:
+    """How a run executes: its result store (resume), and how checkpoints are split over processes."""
+
+    result_dir: str | None = None
+    """Root of the result store, where every finished checkpoint's results (hits, attribution sums, top
+    units, ablation rows) are kept, keyed by their inputs, with a run-state manifest per run. None = the
+    attribution cache root (``attribution.cache_dir``, else the user cache directory). Processes of one
+    multi-process run exchange their results through it, so it must be a filesystem they all see."""
+    resume: bool = True
+    """Reuse a checkpoint's results from the store when an earlier run (a killed one, a failed one, another
+    sweep job) finished them with the same inputs. False recomputes every checkpoint (and rewrites its
+    entry)."""
+    shard: str = "round_robin"
+    """How a multi-process run splits its step-sorted checkpoints: ``round_robin`` (process r takes
+    checkpoints r, r+P, r+2P, ...; balances early and late checkpoints) or ``contiguous`` (process r takes
+    the r-th block of consecutive checkpoints)."""
+    timeout_min: int = 1440
+    """How long a process of a multi-process run waits for the others (e.g. process 0 for the slowest
+    one's checkpoints) before giving up."""
+
+    def __post_init__(self) -> None:
+        _choice("execution", "shard", self.shard, ("round_robin", "contiguous"))
+        if self.timeout_min < 1:
+            raise ConfigurationError(f"execution.timeout_min={self.timeout_min} must be >= 1.")
+
+
+@dataclass
 class RunConfig:
     """One run: a model's checkpoint series, a relation set, and the stages to apply."""
 
@@ -269,6 +304,7 @@ class RunConfig:
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     seed: int = 0
     """Seed of everything random in the analysis (the random ablation control, held-out splits)."""
     progress: bool = True

@@ -1,58 +1,52 @@
-"""One run, as a recipe: data -> checkpoints -> per-checkpoint stages -> dynamics -> tables/figures -> tracking."""
+"""One run, as a recipe: data -> checkpoints -> per-checkpoint stages -> dynamics -> tables/figures -> tracking.
+
+Each finished checkpoint goes to the result store (:mod:`gated_lpi_exp.results`), so a killed or failed run
+resumes where it stopped; launched as several processes, the run splits its checkpoints over them and
+process 0 collects their results from that store and logs the one MLflow run (docs/scaling.md).
+"""
 
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from gated_lpi_exp import __version__
 from gated_lpi_exp.checkpoints.loading import load_checkpoint, load_tokenizer, resolve_series
-from gated_lpi_exp.checkpoints.resolve import Checkpoint, Resolution
+from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.data import dataset_hash, load_relations, select_relations
-from gated_lpi_exp.plots import (
-    plot_ablation,
-    plot_concentration,
-    plot_hit_curves,
-    plot_jaccard,
-    plot_layer_distributions,
-    plot_layer_importance_over_steps,
-)
-from gated_lpi_exp.schemas import CheckpointTable, RelationSamples
+from gated_lpi_exp.distributed import DistributedError, ProcessGroup
+from gated_lpi_exp.errors import AttributionError
+from gated_lpi_exp.results import CheckpointResult, ResultStore
+from gated_lpi_exp.resume import RunState, attempt
+from gated_lpi_exp.run_logging import log_figures, log_run_params, run_name, run_tags
+from gated_lpi_exp.schemas import RelationSamples
+from gated_lpi_exp.stages import diagnose
 from gated_lpi_exp.stages.ablation import ablate_checkpoint, ablation_metrics
-from gated_lpi_exp.stages.aggregates import CheckpointAggregate
-from gated_lpi_exp.stages.attribution import aggregate_arrays, attribute_checkpoint, head_scores, top_units
+from gated_lpi_exp.stages.aggregates import CheckpointAggregate, ScoreSums
+from gated_lpi_exp.stages.attribution import (
+    AttributionOutcome,
+    aggregate_arrays,
+    attribute_checkpoint,
+    head_scores,
+    top_units,
+)
 from gated_lpi_exp.stages.dynamics import compute_dynamics, dynamics_metrics, layer_profiles
 from gated_lpi_exp.stages.evaluation import evaluate_checkpoint, hit_metrics, summarise_hits
-from gated_lpi_exp.tracking import Tracker, flatten
+from gated_lpi_exp.stages.retry import retry_out_of_memory
+from gated_lpi_exp.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class CheckpointResult:
-    """What the per-checkpoint stages computed at one checkpoint."""
-
-    checkpoint: Checkpoint
-    hits: pd.DataFrame
-    aggregate: CheckpointAggregate | None = None
-    top_units: pd.DataFrame | None = None
-    ablation: pd.DataFrame | None = None
-    attribution_seconds: float | None = None
-    attribution_cached: bool = False
-
-
-@dataclass
 class RunResult:
-    """What a finished run computed (everything here is also in MLflow)."""
+    """What a finished run computed (everything here is also in MLflow; empty on processes other than 0)."""
 
     run_id: str
     checkpoints: list[Checkpoint]
@@ -73,68 +67,102 @@ def load_samples(cfg: RunConfig) -> pd.DataFrame:
 
 
 def run(cfg: RunConfig, *, hydra_tags: dict[str, str] | None = None) -> RunResult:
-    """Execute one run and log it to MLflow. Raises a ``GatedLPIError`` with a fix on bad input."""
+    """Execute one run (this process's share of it) and log it to MLflow.
+
+    Raises:
+        GatedLPIError: bad input, with the problem and its fix; checkpoints finished before it stay in the
+            result store, and a rerun resumes after them.
+    """
     torch.manual_seed(cfg.seed)
+    group = ProcessGroup.current(cfg.model.device, cfg.execution.timeout_min)
     samples = load_samples(cfg)
-    log.info(
-        "data: %d examples, %d relations (%s)",
-        len(samples),
-        samples["relation"].nunique(),
-        cfg.relations.source,
-    )
-    tracker = Tracker(cfg.tracking)  # a dead tracking server fails here, before any compute
-    series = resolve_series(cfg.model, cfg.checkpoints, progress=cfg.progress)
+    n_relations = samples["relation"].nunique()
+    log.info("data: %d examples, %d relations (%s)", len(samples), n_relations, cfg.relations.source)
+    # A dead tracking server fails here, before any compute. Only process 0 logs.
+    tracker = group.agree(lambda: Tracker(cfg.tracking) if group.is_main else NullTracker())
+    series = group.agree(lambda: resolve_series(cfg.model, cfg.checkpoints, progress=cfg.progress))
     log.info("checkpoints: %d of %d (%s)", len(series.checkpoints), len(series.available), cfg.model.source)
-    with tracker.run(run_name(cfg), tags=run_tags(cfg, hydra_tags)) as run_id:
-        log_run_params(tracker, cfg, series, samples)
-        results = walk_checkpoints(cfg, series.checkpoints, samples, tracker)
-        tables = collect_tables(cfg, results)
-        if cfg.attribution.enabled and len(results) >= 2:
-            tables.update(dynamics_tables(cfg, results, tracker))
-        for name, table in tables.items():
-            tracker.log_table(table, name)
-        log_figures(cfg, tables, tracker)
-        final = hit_metrics(tables["hit_summary"], series.checkpoints[-1].step)
-        tracker.log_metrics({f"final.{k}": v for k, v in final.items()})
+    store = ResultStore(cfg, dataset_hash(samples))
+    state = RunState(store.root, store.describe_run(series.checkpoints, cfg.tracking.experiment))
+    plan = group.plan(series.checkpoints, cfg.execution.shard)
+    with (
+        tracker.run(run_name(cfg), tags=run_tags(cfg, hydra_tags)) as run_id,
+        attempt(state, tracker, run_id) if group.is_main else nullcontext(),
+    ):
+        log_run_params(tracker, cfg, series, samples, [[c.step for c in part] for part in plan])
+        mine = plan[group.rank]
+        own = group.agree(lambda: walk_checkpoints(cfg, mine, samples, store, state, tracker, group))
+        reused = group.gather({r.checkpoint.step: r.reused for r in own})
+        if not group.is_main:
+            return RunResult("", series.checkpoints, {})
+        results = collect_results(cfg, own, reused, series.checkpoints, store, tracker)
+        tables, final = report(cfg, results, tracker)
         log.info("done: run %s, final %s", run_id, {k: round(v, 3) for k, v in final.items() if "." not in k})
     return RunResult(run_id, series.checkpoints, tables, final)
 
 
+def report(
+    cfg: RunConfig, results: list[CheckpointResult], tracker: Tracker
+) -> tuple[dict[str, pd.DataFrame], dict[str, float]]:
+    """Tables (with the dynamics over checkpoints), figures and final metrics of the whole run, logged."""
+    tables = collect_tables(cfg, results)
+    if cfg.attribution.enabled and len(results) >= 2:
+        tables.update(dynamics_tables(cfg, results, tracker))
+    for name, table in tables.items():
+        tracker.log_table(table, name)
+    log_figures(cfg, tables, tracker)
+    from_store = [r.checkpoint.step for r in results if r.reused]
+    tracker.log_params({"run.reused_steps": ",".join(map(str, from_store)) or "none"})
+    final = hit_metrics(tables["hit_summary"], results[-1].checkpoint.step)
+    tracker.log_metrics({f"final.{k}": v for k, v in final.items()} | {"resume.n_reused": len(from_store)})
+    return tables, final
+
+
 def walk_checkpoints(
-    cfg: RunConfig, checkpoints: list[Checkpoint], samples: pd.DataFrame, tracker: Tracker
+    cfg: RunConfig,
+    checkpoints: list[Checkpoint],
+    samples: pd.DataFrame,
+    store: ResultStore,
+    state: RunState,
+    tracker: Tracker,
+    group: ProcessGroup,
 ) -> list[CheckpointResult]:
-    """Run the per-checkpoint stages in step order, logging each step's metrics as it completes."""
-    tokenizer = load_tokenizer(cfg.model, checkpoints[0])
+    """This process's checkpoints in step order: each taken from the result store when an earlier run
+    finished it, else computed and stored; logged as it completes."""
+    tokenizer = None
     results = []
     bar = tqdm(checkpoints, desc="checkpoints", unit="ckpt", disable=not cfg.progress)
     for ckpt in bar:
         bar.set_postfix(step=ckpt.step)
-        model = load_checkpoint(cfg.model, ckpt)
-        result = analyse_checkpoint(cfg, model, tokenizer, samples, ckpt)
-        tracker.log_metrics(step_metrics(cfg, result), step=ckpt.step)
-        if result.aggregate is not None:
-            tracker.log_arrays(aggregate_arrays(result.aggregate), f"attribution/step{ckpt.step}.npz")
+        with store.lock(ckpt):  # the same checkpoint in another process with the same inputs waits
+            result = store.get(ckpt) if cfg.execution.resume else None
+            if result is not None:
+                log.info("step %d: result from the result store, not recomputed", ckpt.step)
+            else:
+                tokenizer = tokenizer or load_tokenizer(cfg.model, ckpt)
+                model = load_checkpoint(cfg.model, ckpt, device=group.device)
+                result, sums = analyse_checkpoint(cfg, model, tokenizer, samples, ckpt, store)
+                del model
+                state.record(ckpt.step, store.put(result, sums), group.rank)
+        log_checkpoint(tracker, cfg, result)
         results.append(result)
-        del model
     return results
 
 
 def analyse_checkpoint(
-    cfg: RunConfig, model, tokenizer, samples: pd.DataFrame, ckpt: Checkpoint
-) -> CheckpointResult:
-    """Evaluation, attribution and ablation at one checkpoint."""
+    cfg: RunConfig, model, tokenizer, samples: pd.DataFrame, ckpt: Checkpoint, store: ResultStore
+) -> tuple[CheckpointResult, dict[str, ScoreSums] | None]:
+    """Evaluation, attribution and ablation at one checkpoint; also the per-relation attribution sums."""
     with _bar(cfg, len(samples), f"HIT@k step {ckpt.step}") as bar:
         hits = evaluate_checkpoint(
             model, tokenizer, samples, step=ckpt.step, batch_size=cfg.evaluation.batch_size, progress=bar
         )
     result = CheckpointResult(ckpt, hits)
     if not cfg.attribution.enabled:
-        return result
+        return result, None
+
     started = time.perf_counter()
-    with _bar(cfg, len(samples), f"Gated-LPI step {ckpt.step}") as bar:
-        outcome = attribute_checkpoint(
-            model, tokenizer, samples, ckpt, cfg.attribution, dtype=cfg.model.dtype, progress=bar
-        )
+    outcome = attribution_stage(cfg, model, tokenizer, samples, ckpt, store)
     log.info(
         "step %d: attribution of %d relations computed, %d from cache",
         ckpt.step,
@@ -147,30 +175,84 @@ def analyse_checkpoint(
     result.top_units = top_units(outcome.aggregate, model, cfg.attribution.top_n_logged)
     if cfg.ablation.name != "none":
         result.ablation = ablate_checkpoint(
-            model,
-            tokenizer,
-            samples,
-            outcome.aggregate,
-            outcome.sums,
-            cfg.ablation,
-            seed=cfg.seed,
-            batch_size=cfg.evaluation.batch_size,
+            model, tokenizer, samples, outcome.aggregate, outcome.sums, cfg.ablation,
+            seed=cfg.seed, batch_size=cfg.evaluation.batch_size,
+        )  # fmt: skip
+    return result, outcome.sums
+
+
+def attribution_stage(
+    cfg: RunConfig, model, tokenizer, samples: pd.DataFrame, ckpt: Checkpoint, store: ResultStore
+) -> AttributionOutcome:
+    """Gated-LPI at one checkpoint: shared with concurrent sweep jobs that need the same attribution,
+    retried with smaller chunks on out-of-memory, and non-finite scores traced to a layer."""
+
+    def attribute(budget_mb: int) -> AttributionOutcome:
+        settings = replace(cfg.attribution, memory_budget_mb=budget_mb)
+        with _bar(cfg, len(samples), f"Gated-LPI step {ckpt.step}") as bar:
+            try:
+                return attribute_checkpoint(
+                    model, tokenizer, samples, ckpt, settings, dtype=cfg.model.dtype, progress=bar
+                )
+            except AttributionError as exc:  # say where: checkpoint, layer, damaged weights or overflow
+                batch = cfg.evaluation.batch_size
+                raise diagnose.explain(exc, model, tokenizer, samples, ckpt.step, batch) from exc
+
+    # Sweep jobs needing this attribution wait here, then take it from the attribution cache.
+    with store.attribution_lock(ckpt) if cfg.attribution.use_cache else nullcontext():
+        return retry_out_of_memory(
+            attribute,
+            cfg.attribution.memory_budget_mb,
+            cfg.attribution.min_memory_budget_mb,
+            where=f"checkpoint step {ckpt.step}",
         )
-    return result
+
+
+def collect_results(
+    cfg: RunConfig,
+    own: list[CheckpointResult],
+    reused: list[dict[int, bool]],
+    checkpoints: list[Checkpoint],
+    store: ResultStore,
+    tracker: Tracker,
+) -> list[CheckpointResult]:
+    """All checkpoints' results in step order: this process's, and the other processes' from the result
+    store (``reused``: each process's step -> taken-from-store flags), which are logged here."""
+    by_step = {r.checkpoint.step: r for r in own}
+    flags = {step: flag for part in reused for step, flag in part.items()}
+    for ckpt in checkpoints:
+        if ckpt.step in by_step:
+            continue
+        result = store.get(ckpt)
+        if result is None:
+            raise DistributedError(
+                f"Step {ckpt.step} was finished by another process but is not in the result store "
+                f"{store.root}. Fix: set execution.result_dir to a folder every process can read."
+            )
+        result.reused = flags.get(ckpt.step, True)
+        log_checkpoint(tracker, cfg, result)
+        by_step[ckpt.step] = result
+    return [by_step[c.step] for c in checkpoints]
+
+
+def log_checkpoint(tracker: Tracker, cfg: RunConfig, result: CheckpointResult) -> None:
+    """One checkpoint's metrics (at its training step) and its mean-score arrays."""
+    step = result.checkpoint.step
+    tracker.log_metrics(step_metrics(cfg, result), step=step)
+    if result.aggregate is not None:
+        tracker.log_arrays(aggregate_arrays(result.aggregate), f"attribution/step{step}.npz")
 
 
 def step_metrics(cfg: RunConfig, result: CheckpointResult) -> dict[str, float]:
     metrics = hit_metrics(summarise_hits(result.hits, cfg.evaluation.ks), result.checkpoint.step)
+    metrics["resume.from_store"] = float(result.reused)
     if result.aggregate is not None:
         agg = result.aggregate
-        metrics["time.attribution_s"] = result.attribution_seconds or 0.0
-        metrics["attribution.from_cache"] = float(result.attribution_cached)
-        metrics.update(
-            {
-                "importance.ffn_layer.mean": float(agg.ffn_layer.mean()),
-                "importance.attn_layer.mean": float(agg.attn_layer.mean()),
-            }
-        )
+        if not result.reused:  # time spent by this run
+            metrics["time.attribution_s"] = result.attribution_seconds or 0.0
+        metrics["attribution.from_cache"] = float(result.attribution_cached or result.reused)
+        metrics["importance.ffn_layer.mean"] = float(agg.ffn_layer.mean())
+        metrics["importance.attn_layer.mean"] = float(agg.attn_layer.mean())
     if result.ablation is not None:
         metrics.update(ablation_metrics(result.ablation))
     return metrics
@@ -182,8 +264,9 @@ def collect_tables(cfg: RunConfig, results: list[CheckpointResult]) -> dict[str,
     tables = {"example_hits": hits, "hit_summary": summarise_hits(hits, cfg.evaluation.ks)}
     if cfg.attribution.enabled:
         tables["top_units"] = pd.concat([r.top_units for r in results], ignore_index=True)
-        tables["head_scores"] = pd.concat([head_scores(r.aggregate) for r in results], ignore_index=True)
-        tables["layer_profiles"] = layer_profiles([r.aggregate for r in results])
+        aggregates = attribution_aggregates(results)
+        tables["head_scores"] = pd.concat([head_scores(a) for a in aggregates], ignore_index=True)
+        tables["layer_profiles"] = layer_profiles(aggregates)
     if cfg.ablation.name != "none":
         tables["ablation"] = pd.concat([r.ablation for r in results], ignore_index=True)
     return tables
@@ -193,7 +276,7 @@ def dynamics_tables(
     cfg: RunConfig, results: list[CheckpointResult], tracker: Tracker
 ) -> dict[str, pd.DataFrame]:
     """Stability, concentration and consolidation over the checkpoints; curves and summaries to MLflow."""
-    curves, summary = compute_dynamics([r.aggregate for r in results], cfg.dynamics)
+    curves, summary = compute_dynamics(attribution_aggregates(results), cfg.dynamics)
     per_step, totals = dynamics_metrics(curves, summary)
     for step, values in sorted(per_step.items()):
         tracker.log_metrics(values, step=step)
@@ -201,81 +284,13 @@ def dynamics_tables(
     return {"dynamics_curves": curves, "dynamics_summary": summary}
 
 
-def log_figures(cfg: RunConfig, tables: dict[str, pd.DataFrame], tracker: Tracker) -> None:
-    """The paper's figures for this run (those whose tables exist)."""
-    name = cfg.model.name
-    figures = {"figures/hit_curves.png": plot_hit_curves({name: tables["hit_summary"]})}
-    if "dynamics_curves" in tables:
-        curves = {name: tables["dynamics_curves"]}
-        figures["figures/fig1_jaccard.png"] = plot_jaccard(curves)
-        figures["figures/r_t_concentration.png"] = plot_concentration(curves)
-    if "layer_profiles" in tables:
-        profiles = {name: tables["layer_profiles"]}
-        figures["figures/fig2_layer_importance.png"] = plot_layer_importance_over_steps(profiles)
-        figures["figures/fig3_ffn_layers.png"] = plot_layer_distributions(profiles, units=("ffn",))
-        figures["figures/fig4_attn_layers.png"] = plot_layer_distributions(profiles, units=("attn",))
-    if "ablation" in tables:
-        figures["figures/fig5_ablation.png"] = plot_ablation({name: tables["ablation"]})
-    for path, fig in figures.items():
-        tracker.log_figure(fig, path)
+def attribution_aggregates(results: list[CheckpointResult]) -> list[CheckpointAggregate]:
+    """Every checkpoint's attribution aggregate, in step order (attribution is enabled)."""
+    aggregates = [r.aggregate for r in results if r.aggregate is not None]
+    if len(aggregates) != len(results):
+        raise ValueError("a checkpoint result has no attribution aggregate")
+    return aggregates
 
 
 def _bar(cfg: RunConfig, total: int, desc: str):
     return tqdm(total=total, desc=f"  {desc}", unit="ex", leave=False, disable=not cfg.progress)
-
-
-def run_name(cfg: RunConfig) -> str:
-    if cfg.tracking.run_name:
-        return cfg.tracking.run_name
-    rel = "+".join(cfg.relations.names) if cfg.relations.names else "+".join(cfg.relations.categories)
-    if (
-        set(cfg.relations.categories) == {"linguistic", "commonsense", "factual", "bias"}
-        and not cfg.relations.names
-    ):
-        rel = "all"
-    return f"{cfg.model.name}-{rel}-{cfg.ablation.name}"
-
-
-def run_tags(cfg: RunConfig, hydra_tags: dict[str, str] | None) -> dict[str, str]:
-    tags = {
-        "gated_lpi.model": cfg.model.name,
-        "gated_lpi.family": cfg.model.family,
-        "gated_lpi.ablation": cfg.ablation.name,
-        "gated_lpi.version": __version__,
-    }
-    tags.update(hydra_tags or {})
-    return tags
-
-
-def log_run_params(tracker: Tracker, cfg: RunConfig, series: Resolution, samples: pd.DataFrame) -> None:
-    """Params (flattened config, revisions, dataset hash, versions) and the resolved-config artifacts."""
-    params = flatten(asdict(cfg))
-    params.update(
-        {
-            "run.revisions": ",".join(c.label for c in series.checkpoints),
-            "run.n_checkpoints": len(series.checkpoints),
-            "run.missing_steps": ",".join(map(str, series.missing_steps)) or "none",
-            "data.hash": dataset_hash(samples),
-            "data.n_examples": len(samples),
-            "package.version": __version__,
-            "package.git_commit": git_commit(),
-        }
-    )
-    tracker.log_params(params)
-    tracker.log_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), "config/resolved.yaml")
-    table = pd.DataFrame(
-        [dict(step=c.step, tokens=c.tokens, source=c.source, revision=c.revision) for c in series.checkpoints]
-    )
-    tracker.log_table(CheckpointTable.check(table), "checkpoints")
-    tracker.log_table(samples, "samples")
-
-
-def git_commit() -> str:
-    """The commit of the source tree this package runs from, or ``unknown``."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"

@@ -14,6 +14,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
 from gated_lpi_exp.config import TrackingConfig
@@ -66,9 +67,11 @@ class Tracker:
                 "Tracking server %s does not answer; logging locally to %s", cfg.uri, LOCAL_FALLBACK_URI
             )
             self.uri = LOCAL_FALLBACK_URI
-        mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
-        self.experiment_id = self._experiment(cfg.experiment, cfg.artifact_location)
+        # Jobs of a sweep start together: one at a time creates the sqlite schema and the experiment.
+        with _sqlite_lock(self.uri):
+            mlflow.set_tracking_uri(self.uri)
+            self.client = MlflowClient(self.uri)
+            self.experiment_id = self._experiment(cfg.experiment, cfg.artifact_location)
 
     def _experiment(self, name: str, artifact_location: str) -> str:
         try:
@@ -93,6 +96,22 @@ class Tracker:
             experiment_id=self.experiment_id, run_name=run_name, tags=dict(tags or {})
         ) as run:
             yield run.info.run_id
+
+    def mark_killed(self, run_id: str, resumed_by: str) -> bool:
+        """End a run left RUNNING by a killed process as KILLED, tagged with the run that resumed it.
+
+        Returns:
+            Whether the run was found RUNNING and marked.
+        """
+        try:
+            if self.client.get_run(run_id).info.status != "RUNNING":
+                return False
+            self.client.set_tag(run_id, "gated_lpi.resumed_by", resumed_by)
+            self.client.set_terminated(run_id, status="KILLED")
+            return True
+        except Exception as exc:  # the run lives in another store, or was deleted
+            log.warning("could not mark MLflow run %s as KILLED: %s", run_id, exc)
+            return False
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params; values longer than MLflow allows are cut and marked."""
@@ -135,3 +154,54 @@ class Tracker:
 
     def log_file(self, path: str | Path, folder: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path=folder)
+
+
+class NullTracker(Tracker):
+    """A tracker that logs nothing: the non-main processes of a multi-process run (process 0 logs the run)."""
+
+    def __init__(self) -> None:
+        self.uri = ""
+        self.client = None  # type: ignore[assignment]
+        self.experiment_id = ""
+
+    @contextmanager
+    def run(self, run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
+        yield ""
+
+    def mark_killed(self, run_id: str, resumed_by: str) -> bool:
+        return False
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        pass
+
+    def log_table(self, table: pd.DataFrame, name: str, folder: str = "tables") -> None:
+        pass
+
+    def log_arrays(self, arrays: dict, path: str) -> None:
+        pass
+
+    def log_figure(self, figure, path: str) -> None:
+        pass
+
+    def log_text(self, text: str, path: str) -> None:
+        pass
+
+    def log_file(self, path: str | Path, folder: str | None = None) -> None:
+        pass
+
+
+def _sqlite_lock(uri: str):
+    """A file lock beside an ``sqlite:///`` database (a no-op context for other stores)."""
+    from contextlib import nullcontext
+
+    if not uri.startswith("sqlite:///"):
+        return nullcontext()
+    path = Path(uri[len("sqlite:///") :]).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path) + ".lock")

@@ -110,6 +110,34 @@ def test_full_run_logged_over_http_to_a_real_mlflow_server(tmp_path):
         assert [m.value for m in client.get_metric_history(run_id, "hit_at_10")] == [0.1, 0.6]
         assert [a.path for a in client.list_artifacts(run_id, "tables")] == ["tables/checkpoints.parquet"]
         assert any((tmp_path / "srv-art").rglob("checkpoints.parquet"))
+        _full_run_over_http(uri, tmp_path)
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _full_run_over_http(uri: str, tmp_path) -> None:
+    """run.py end to end on a tiny local series, logged to the server, read back with MlflowClient."""
+    from scale_helpers import STEPS, make_series, overrides
+
+    from gated_lpi_exp.compose import compose_run_config
+    from gated_lpi_exp.run import run
+
+    args = [a for a in overrides(make_series(tmp_path / "series"), tmp_path) if not a.startswith("tracking.")]
+    cfg = compose_run_config([*args, f"tracking.uri={uri}", "tracking.experiment=full_over_http"])
+    result = run(cfg)
+    client = MlflowClient(uri)
+    logged = client.get_run(result.run_id)
+    assert logged.info.status == "FINISHED" and logged.data.params["run.n_checkpoints"] == str(len(STEPS))
+    for name in ("hit_at_10", "importance.ffn_layer.mean", "j_stab.ffn"):
+        steps = [m.step for m in client.get_metric_history(result.run_id, name)]
+        assert steps and set(steps) <= set(STEPS), name
+    assert logged.data.metrics["final.hit_at_10"] == result.metrics["hit_at_10"]
+    tables = {a.path for a in client.list_artifacts(result.run_id, "tables")}
+    assert {f"tables/{t}.parquet" for t in result.tables} <= tables
+    for table in ("layer_profiles", "dynamics_summary"):
+        local = mlflow.artifacts.download_artifacts(
+            run_id=result.run_id, artifact_path=f"tables/{table}.parquet", dst_path=str(tmp_path / "dl")
+        )
+        pd.testing.assert_frame_equal(pd.read_parquet(local), result.tables[table].reset_index(drop=True))
+    assert {a.path for a in client.list_artifacts(result.run_id, "figures")} >= {"figures/fig1_jaccard.png"}

@@ -59,32 +59,67 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_checkpoint(model: ModelConfig, checkpoint: Checkpoint) -> PreTrainedModel:
-    """Load one checkpoint in eval mode on the configured device.
+def load_checkpoint(
+    model: ModelConfig, checkpoint: Checkpoint, *, device: torch.device | None = None
+) -> PreTrainedModel:
+    """Load one checkpoint in eval mode, safetensors weights only.
+
+    Args:
+        model: How to load (dtype, attention, remote code).
+        checkpoint: Which checkpoint.
+        device: Where to put it; None = as ``model.device`` says (a multi-process run passes each process's
+            own device).
 
     Raises:
-        CheckpointError: the checkpoint is missing, truncated or not in safetensors format.
+        CheckpointError: the checkpoint is missing, truncated, or has no safetensors weights (names the step,
+            the path and the fix).
     """
-    kwargs = dict(
-        revision=checkpoint.revision,
-        dtype=_DTYPES.get(model.dtype, "auto"),
-        use_safetensors=True,
-        trust_remote_code=model.trust_remote_code,
-        attn_implementation=model.attn_implementation,
-    )
+    require_safetensors(checkpoint)
     try:
-        net = AutoModelForCausalLM.from_pretrained(checkpoint.source, **kwargs)
+        net = AutoModelForCausalLM.from_pretrained(
+            checkpoint.source,
+            revision=checkpoint.revision,
+            dtype=_DTYPES.get(model.dtype, "auto"),
+            use_safetensors=True,  # never unpickle weights
+            trust_remote_code=model.trust_remote_code,
+            attn_implementation=model.attn_implementation,
+        )
     except Exception as exc:  # corrupted files surface as many exception types
         where = checkpoint.source + (f"@{checkpoint.revision}" if checkpoint.revision else "")
-        fix = (
-            f"delete {checkpoint.source} (a project suite is rebuilt on the next run)"
-            if Path(checkpoint.source).exists()
-            else "check the revision exists and the network is up"
-        )
+        if Path(checkpoint.source).exists():
+            fix = (
+                f"replace the damaged files in {checkpoint.source} (copy or download that checkpoint again; "
+                "for a project suite, delete the suite folder and it is rebuilt), then run again: the "
+                "checkpoints already analysed are kept in the result store and are not recomputed"
+            )
+        else:
+            fix = "check the revision exists upstream, has safetensors weights, and the network is up"
         raise CheckpointError(
             f"Could not load checkpoint step {checkpoint.step} from {where}: {type(exc).__name__}: {exc}. Fix: {fix}."
         ) from exc
-    return net.to(pick_device(model.device)).eval()
+    return net.to(device or pick_device(model.device)).eval()
+
+
+def require_safetensors(checkpoint: Checkpoint) -> None:
+    """Refuse a local checkpoint folder whose weights are only pickle files (``pytorch_model.bin``).
+
+    Unpickling can run arbitrary code, so this tool reads ``*.safetensors`` weights only (hub checkpoints
+    are loaded with ``use_safetensors=True``, which fails the same way).
+
+    Raises:
+        CheckpointError: the folder has pickle weights and no safetensors weights.
+    """
+    folder = Path(checkpoint.source)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    if pickles:
+        raise CheckpointError(
+            f"Checkpoint step {checkpoint.step} at {folder} has only pickle-format weights ({', '.join(pickles)}); "
+            "this tool loads safetensors weights only, because unpickling a file can run arbitrary code. "
+            "Fix: convert it once, in an environment you trust, with "
+            f"AutoModelForCausalLM.from_pretrained('{folder}').save_pretrained('{folder}', safe_serialization=True)."
+        )
 
 
 def load_tokenizer(model: ModelConfig, checkpoint: Checkpoint) -> PreTrainedTokenizerBase:

@@ -1,0 +1,219 @@
+"""The result store: every finished checkpoint's results, keyed by everything that determines them.
+
+An entry holds one checkpoint's per-example HIT@k ranks, its per-relation attribution sums (from which the
+aggregate is rebuilt exactly), its top units and its ablation rows, as one ``.npz`` file (tables as parquet
+bytes, nothing pickled) written atomically under a per-entry lock (:class:`gated_lpi_exp.cache.ArrayStore`).
+The key is the sha256 of :meth:`ResultStore.describe`: model source, revision and weight files, dtype, the
+data's hash, the evaluation / attribution / ablation settings, the seed and the package version. So a run
+killed half-way, a run that failed on a damaged checkpoint, and every other run or sweep job with the same
+inputs reuse the checkpoints already finished; the processes of a multi-process run hand their results to
+process 0 through it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from filelock import FileLock
+
+from gated_lpi_exp import __version__
+from gated_lpi_exp.cache import ArrayStore, content_key, default_cache_dir
+from gated_lpi_exp.checkpoints.resolve import Checkpoint
+from gated_lpi_exp.config import RunConfig
+from gated_lpi_exp.schemas import AblationResult, ExampleHits, TopUnits
+from gated_lpi_exp.stages.aggregates import UNIT_KINDS, CheckpointAggregate, ScoreSums
+
+log = logging.getLogger(__name__)
+
+RESULT_FORMAT = 1
+"""Bumped when what an entry holds changes meaning."""
+_ATTRIBUTION_FIELDS = ("enabled", "norm", "target", "batch_size", "top_n_logged")
+"""The attribution settings that change results (memory budget and cache location only change speed)."""
+_TABLES = {"hits": ExampleHits, "top_units": TopUnits, "ablation": AblationResult}
+
+
+@dataclass
+class CheckpointResult:
+    """What the per-checkpoint stages computed at one checkpoint."""
+
+    checkpoint: Checkpoint
+    hits: pd.DataFrame
+    aggregate: CheckpointAggregate | None = None
+    top_units: pd.DataFrame | None = None
+    ablation: pd.DataFrame | None = None
+    attribution_seconds: float | None = None
+    """Wall-clock seconds of the attribution stage when it was computed."""
+    attribution_cached: bool = False
+    """Whether every relation's attribution came from the attribution cache when it was computed."""
+    reused: bool = False
+    """True when this run took the result from the store instead of computing it."""
+
+
+def result_root(cfg: RunConfig) -> Path:
+    """``execution.result_dir``, else the attribution cache root."""
+    root = cfg.execution.result_dir or cfg.attribution.cache_dir
+    return Path(root).expanduser() if root else default_cache_dir()
+
+
+def weight_files(checkpoint: Checkpoint) -> list[list[Any]] | None:
+    """``[name, size, mtime_ns]`` of a local checkpoint's weight and config files (None for hub revisions),
+    so a checkpoint whose files were replaced gets a new key."""
+    folder = Path(checkpoint.source)
+    if not folder.is_dir():
+        return None
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
+    return [[p.name, (st := p.stat()).st_size, st.st_mtime_ns] for p in files]
+
+
+class ResultStore:
+    """Per-checkpoint results of runs with one configuration and data set.
+
+    Args:
+        cfg: The run's configuration (model, stage settings, seed, where the store lives).
+        data_hash: :func:`gated_lpi_exp.data.dataset_hash` of the run's examples.
+    """
+
+    def __init__(self, cfg: RunConfig, data_hash: str):
+        self.root = result_root(cfg)
+        self.arrays = ArrayStore(self.root, "results")
+        self.settings: dict[str, Any] = {
+            "format": RESULT_FORMAT,
+            "package": __version__,
+            "model": {
+                "family": cfg.model.family,
+                "dtype": cfg.model.dtype,
+                "attn_implementation": cfg.model.attn_implementation,
+                "trust_remote_code": cfg.model.trust_remote_code,
+            },
+            "data": data_hash,
+            "evaluation": asdict(cfg.evaluation),
+            "attribution": {k: getattr(cfg.attribution, k) for k in _ATTRIBUTION_FIELDS},
+            "ablation": asdict(cfg.ablation),
+            "seed": cfg.seed,
+        }
+        """What every checkpoint of the run shares in its key."""
+
+    def describe(self, checkpoint: Checkpoint) -> dict[str, Any]:
+        """Everything that determines one checkpoint's results."""
+        where = dict(
+            source=checkpoint.source,
+            revision=checkpoint.revision,
+            step=checkpoint.step,
+            files=weight_files(checkpoint),
+        )
+        return {**self.settings, "checkpoint": where}
+
+    def key(self, checkpoint: Checkpoint) -> str:
+        return content_key(self.describe(checkpoint))
+
+    def path(self, checkpoint: Checkpoint) -> Path:
+        return self.arrays.path(self.key(checkpoint))
+
+    def lock(self, checkpoint: Checkpoint) -> FileLock:
+        """Held while a checkpoint is computed, so a second process with the same inputs waits for it."""
+        return self.arrays.lock(self.key(checkpoint))
+
+    def attribution_lock(self, checkpoint: Checkpoint) -> FileLock:
+        """Held while a checkpoint's attribution is computed: the jobs of a sweep that differ only in what
+        comes after attribution (e.g. the ablation) wait for it and take it from the attribution cache."""
+        where = self.describe(checkpoint)["checkpoint"]
+        settings = self.settings
+        inputs = dict(
+            checkpoint=where,
+            package=settings["package"],
+            dtype=settings["model"]["dtype"],
+            data=settings["data"],
+            norm=settings["attribution"]["norm"],
+            target=settings["attribution"]["target"],
+        )
+        return self.arrays.lock("attribution-" + content_key(inputs))
+
+    def describe_run(self, checkpoints: list[Checkpoint], experiment: str) -> dict[str, Any]:
+        """What identifies a run in the run-state manifest: settings, checkpoints (not their files, so a
+        rerun after a damaged checkpoint was replaced is the same run) and the MLflow experiment."""
+        ckpts = [[c.step, c.source, c.revision] for c in checkpoints]
+        return {"settings": self.settings, "checkpoints": ckpts, "experiment": experiment}
+
+    def get(self, checkpoint: Checkpoint) -> CheckpointResult | None:
+        """The stored result of ``checkpoint``, or None (absent, or damaged: reported, then recomputed)."""
+        arrays = self.arrays.get(self.key(checkpoint))
+        if arrays is None:
+            return None
+        try:
+            return _decode(checkpoint, arrays)
+        except Exception as exc:  # an entry from a damaged or foreign file is recomputed, not trusted
+            log.warning(
+                "result entry %s is unreadable (%s); it will be recomputed", self.path(checkpoint), exc
+            )
+            return None
+
+    def put(self, result: CheckpointResult, sums: dict[str, ScoreSums] | None) -> str:
+        """Store ``result`` (with the per-relation sums behind its aggregate) atomically; return its key."""
+        key = self.key(result.checkpoint)
+        description = {
+            **self.describe(result.checkpoint),
+            "written": {"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()},
+        }
+        self.arrays.put(key, _encode(result, sums), description)
+        return key
+
+
+def _encode(result: CheckpointResult, sums: dict[str, ScoreSums] | None) -> dict[str, np.ndarray]:
+    arrays = {}
+    for name in _TABLES:
+        table = getattr(result, name)
+        if table is not None:
+            buffer = io.BytesIO()
+            table.to_parquet(buffer, index=False)
+            arrays[f"table.{name}"] = np.frombuffer(buffer.getvalue(), dtype=np.uint8)
+    sums = sums or {}
+    relations = list(sums)
+    for i, relation in enumerate(relations):
+        arrays[f"counts.{i}"] = sums[relation].counts
+        for kind in UNIT_KINDS:
+            arrays[f"sums.{i}.{kind}"] = sums[relation].sums[kind]
+    meta = {
+        "step": result.checkpoint.step,
+        "relations": relations,
+        "attribution_seconds": result.attribution_seconds,
+        "attribution_cached": result.attribution_cached,
+    }
+    arrays["meta"] = np.array(json.dumps(meta))
+    return arrays
+
+
+def _decode(checkpoint: Checkpoint, arrays: dict[str, np.ndarray]) -> CheckpointResult:
+    meta = json.loads(str(arrays["meta"]))
+    if meta["step"] != checkpoint.step:
+        raise ValueError(f"entry is for step {meta['step']}, not {checkpoint.step}")
+    tables = {
+        name: schema.check(pd.read_parquet(io.BytesIO(arrays[f"table.{name}"].tobytes())))
+        for name, schema in _TABLES.items()
+        if f"table.{name}" in arrays
+    }
+    result = CheckpointResult(
+        checkpoint,
+        tables["hits"],
+        top_units=tables.get("top_units"),
+        ablation=tables.get("ablation"),
+        attribution_seconds=meta["attribution_seconds"],
+        attribution_cached=meta["attribution_cached"],
+        reused=True,
+    )
+    if meta["relations"]:
+        sums = {
+            relation: ScoreSums({k: arrays[f"sums.{i}.{k}"] for k in UNIT_KINDS}, arrays[f"counts.{i}"])
+            for i, relation in enumerate(meta["relations"])
+        }
+        result.aggregate = CheckpointAggregate.from_sums(checkpoint.step, sums)
+    return result

@@ -1,0 +1,110 @@
+"""Shared by the scale-out, resume and bad-input tests: a tiny local series, its overrides, the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from gated_lpi_exp.data import load_relations
+from gated_lpi_exp.testing import save_random_series, word_tokenizer
+
+STEPS = [0, 10, 20, 30]
+CLI = [sys.executable, "-u", "-m", "gated_lpi_exp"]
+VOLATILE = ("time.", "resume.", "attribution.from_cache")
+"""Metrics that say how a run got its numbers, not what the numbers are."""
+
+
+def bundled_tokenizer():
+    samples = load_relations("bundled")
+    words = {w for text in samples["prompt"].tolist() + samples["object"].tolist() for w in text.split()}
+    return word_tokenizer(sorted(words))
+
+
+def make_series(root: Path, steps=STEPS, family: str = "olmo") -> Path:
+    """A local series of random dense checkpoints (fast on CPU) over the bundled data's words."""
+    return save_random_series(root, family, steps, bundled_tokenizer(), name="random")
+
+
+def overrides(series: Path, work: Path, *extra: str) -> list[str]:
+    """A small CPU run of ``series`` whose tracking, caches and result store all live under ``work``."""
+    return [
+        "model=olmo",
+        "model.kind=local",
+        f"model.source={series}",
+        "model.name=random",
+        "model.dtype=float32",
+        "model.device=cpu",
+        "relations=linguistic",
+        "relations.max_per_relation=2",
+        f"tracking.uri=sqlite:///{work}/mlflow.db",
+        f"tracking.artifact_location={work}/mlruns",
+        f"attribution.cache_dir={work}/cache",
+        "progress=false",
+        *extra,
+    ]
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of a CLI subprocess: one thread per process (2 shared cores), no inherited store."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HYDRA_FULL_ERROR="0")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 240, launcher=CLI) -> subprocess.CompletedProcess:
+    """Run ``launcher + args`` to completion; stdout and stderr together in ``.stdout``."""
+    return subprocess.run(
+        [*launcher, *args],
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def runs_of(uri: str, experiment: str = "gated_lpi_exp"):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client, ([] if exp is None else client.search_runs([exp.experiment_id]))
+
+
+def logged_tables(uri: str, run_id: str, dst: Path) -> dict[str, pd.DataFrame]:
+    """Every ``tables/*.parquet`` artifact of a run, read back."""
+    client = MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    out = {}
+    for artifact in client.list_artifacts(run_id, "tables"):
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact.path, dst_path=str(dst / run_id)
+        )
+        out[Path(artifact.path).stem] = pd.read_parquet(local)
+    return out
+
+
+def logged_metrics(uri: str, run_id: str, skip=VOLATILE) -> dict[str, dict[int, float]]:
+    """Metric -> {step: value} of a run (metrics that describe how it ran left out)."""
+    client = MlflowClient(uri)
+    names = client.get_run(run_id).data.metrics
+    return {
+        name: {m.step: m.value for m in client.get_metric_history(run_id, name)}
+        for name in names
+        if not name.startswith(skip)
+    }
+
+
+def assert_same_numbers(uri_a: str, run_a: str, uri_b: str, run_b: str, dst: Path) -> None:
+    """Two runs logged the same tables and the same metric values at the same steps."""
+    a, b = logged_tables(uri_a, run_a, dst), logged_tables(uri_b, run_b, dst)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        pd.testing.assert_frame_equal(a[name], b[name], check_exact=True, obj=name)
+    metrics_a, metrics_b = logged_metrics(uri_a, run_a), logged_metrics(uri_b, run_b)
+    assert metrics_a == metrics_b
