@@ -23,3 +23,7 @@ class AttributionError(GatedLPIError):
 
 class TrackingError(GatedLPIError):
     """The MLflow tracking backend cannot be reached or written."""
+
+
+class NonFiniteError(AttributionError):
+    """The model produced NaN or Inf (logits or scores) at a checkpoint."""

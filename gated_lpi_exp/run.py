@@ -21,7 +21,7 @@ from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.data import dataset_hash, load_relations, select_relations
 from gated_lpi_exp.distributed import DistributedError, ProcessGroup
-from gated_lpi_exp.errors import AttributionError
+from gated_lpi_exp.errors import AttributionError, NonFiniteError
 from gated_lpi_exp.results import CheckpointResult, ResultStore
 from gated_lpi_exp.resume import RunState, attempt
 from gated_lpi_exp.run_logging import log_figures, log_run_params, run_name, run_tags
@@ -153,10 +153,14 @@ def analyse_checkpoint(
     cfg: RunConfig, model, tokenizer, samples: pd.DataFrame, ckpt: Checkpoint, store: ResultStore
 ) -> tuple[CheckpointResult, dict[str, ScoreSums] | None]:
     """Evaluation, attribution and ablation at one checkpoint; also the per-relation attribution sums."""
+    batch = cfg.evaluation.batch_size
     with _bar(cfg, len(samples), f"HIT@k step {ckpt.step}") as bar:
-        hits = evaluate_checkpoint(
-            model, tokenizer, samples, step=ckpt.step, batch_size=cfg.evaluation.batch_size, progress=bar
-        )
+        try:
+            hits = evaluate_checkpoint(
+                model, tokenizer, samples, step=ckpt.step, batch_size=batch, progress=bar
+            )
+        except NonFiniteError as exc:  # say where: layer, damaged weights or overflow
+            raise diagnose.explain(exc, model, tokenizer, samples, ckpt.step, batch) from exc
     result = CheckpointResult(ckpt, hits)
     if not cfg.attribution.enabled:
         return result, None

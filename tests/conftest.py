@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
 
-from gated_lpi_exp.testing import random_olmo, random_olmoe
+# The tiny test models run fastest on one thread (and child processes inherit this); the machine has 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from gated_lpi_exp.testing import random_olmo, random_olmoe  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

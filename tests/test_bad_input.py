@@ -136,7 +136,7 @@ def test_bad_input_fails_with_one_clear_message_and_keeps_what_was_computed(inpu
         "no_relations": (2, ["relations selects nothing: set relations.categories or relations.names."]),
         "unknown_relation": (2, ["unknown relation(s) no_such_relation; available: "]),
         "wrong_schema": (2, ["DataError", "broken.json: field 'samples' is missing or not a non-empty list"]),
-        "non_finite": (2, ["Non-finite Gated-LPI scores at checkpoint step 10", "NaN/Inf at layer 1",
+        "non_finite": (2, ["Non-finite model outputs at checkpoint step 10", "NaN/Inf at layer 1",
                             "model.layers.1.mlp.down_proj.weight", "Fix: replace the damaged"]),
         "pickle_weights": (2, ["only pickle-format weights (pytorch_model.bin)", "safetensors"]),
         "tracking_down": (2, [f"127.0.0.1:{port} does not answer", "tracking.on_unreachable=local"]),

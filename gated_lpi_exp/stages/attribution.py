@@ -17,6 +17,7 @@ from gated_lpi_exp.cache import ArrayStore, content_key
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.config import AttributionConfig
 from gated_lpi_exp.errors import AttributionError
+from gated_lpi_exp.results import weight_files
 from gated_lpi_exp.schemas import DataFrame, HeadScores, TopUnits
 from gated_lpi_exp.stages.aggregates import UNIT_KINDS, CheckpointAggregate, ScoreSums
 from gated_lpi_exp.stages.batching import prompt_batches
@@ -45,6 +46,7 @@ def relation_key(checkpoint: Checkpoint, dtype: str, rows: pd.DataFrame, cfg: At
         "package": __version__,
         "model": checkpoint.source,
         "revision": checkpoint.revision,
+        "weights": weight_files(checkpoint),  # a local checkpoint overwritten in place gets a new key
         "dtype": dtype,
         "relation": rows["relation"].iloc[0],
         "rows": content_key({"rows": content}),

@@ -9,7 +9,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gated_lpi_exp.attribution.targets import position_ids_from_mask
-from gated_lpi_exp.errors import AttributionError
+from gated_lpi_exp.errors import AttributionError, NonFiniteError
 from gated_lpi_exp.stages.batching import prompt_batches
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
@@ -67,7 +67,8 @@ def explain(
         cause = (
             "its weights are finite, so the activations overflowed: use model.dtype=float32 (or bfloat16)."
         )
+    what = "model outputs" if isinstance(exc, NonFiniteError) else "Gated-LPI scores"
     return AttributionError(
-        f"Non-finite Gated-LPI scores at checkpoint step {step}: values first become NaN/Inf at {where} "
+        f"Non-finite {what} at checkpoint step {step}: values first become NaN/Inf at {where} "
         f"({exc}); {cause}"
     )

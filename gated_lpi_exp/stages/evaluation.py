@@ -8,6 +8,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gated_lpi_exp.attribution import final_logits
+from gated_lpi_exp.errors import NonFiniteError
 from gated_lpi_exp.schemas import DataFrame, ExampleHits, HitSummary
 from gated_lpi_exp.stages.batching import prompt_batches
 
@@ -33,6 +34,8 @@ def evaluate_checkpoint(
     parts = []
     for batch in prompt_batches(tokenizer, samples, batch_size, device):
         logits = final_logits(model, batch.input_ids, batch.attention_mask)  # [batch, vocab] float32
+        if not bool(torch.isfinite(logits).all()):  # a NaN logit would otherwise rank the gold token first
+            raise NonFiniteError(f"the model's own logits at checkpoint step {step} contain NaN or Inf")
         ranks = gold_ranks(logits, batch.gold_ids)
         parts.append(
             pd.DataFrame(
