@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from gated_lpi_exp.checkpoints.resolve import (
     Checkpoint,
@@ -19,6 +20,8 @@ from gated_lpi_exp.config import CheckpointsConfig, ModelConfig
 from gated_lpi_exp.errors import CheckpointError
 
 log = logging.getLogger(__name__)
+# One weight-loading bar per checkpoint drowns the run's own progress bars; the run shows its own.
+hf_logging.disable_progress_bar()
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
