@@ -6,13 +6,22 @@ pushed through φ (``projection.py``) in chunks sized to the memory budget. Noth
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from gated_lpi_exp.adapters import ModelAdapter, NeuronGroup, get_adapter
+from gated_lpi_exp.adapters import FFNNeurons, ModelAdapter, NeuronGroup, get_adapter
 from gated_lpi_exp.attribution.capture import Captured, capture
-from gated_lpi_exp.attribution.projection import BaseState, Projection, chunk_scores, chunk_size
+from gated_lpi_exp.attribution.kernels import resolve_kernel
+from gated_lpi_exp.attribution.projection import (
+    BaseState,
+    Projection,
+    chunk_scores,
+    chunk_size,
+    fused_chunk_size,
+)
 from gated_lpi_exp.attribution.result import Attribution
 from gated_lpi_exp.errors import AttributionError
 
@@ -36,7 +45,9 @@ def gated_lpi(
         attention_mask: ``[batch, seq]``.
         target_ids: ``[batch]`` the token ``w`` (see ``gold_targets`` / ``predicted_targets``).
         norm: ``"frozen"`` (final-norm scale fixed at ``h_L``) or ``"exact"`` (the norm applied as it stands).
-        memory_budget_mb: Budget for the ``[rows, chunk, V]`` float32 working tensors, in MiB.
+        memory_budget_mb: Budget for the chunk's float32 working tensors, in MiB: the shared projection
+            ``[chunk, V]`` with a fused exp-sum kernel, ``[rows, chunk, V]`` logits with the eager one
+            (``GATED_LPI_KERNEL``, see ``kernels.py``).
         progress: Show a progress bar over layers.
 
     Returns:
@@ -57,9 +68,10 @@ def gated_lpi(
     target = target_ids.to(acts.h_final.device, torch.long)
     projection = Projection(adapter, acts.h_final, target, norm)
     scores = _allocate(adapter, input_ids.shape[0], acts.h_final.device)
+    budget = Budget(memory_budget_mb, resolve_kernel(acts.h_final.device))
     for layer in tqdm(range(adapter.n_layers), disable=not progress, desc="gated-lpi layers"):
-        _score_attention(adapter, projection, acts, layer, scores, memory_budget_mb)
-        _score_ffn(adapter, projection, acts, layer, scores, memory_budget_mb)
+        _score_attention(adapter, projection, acts, layer, scores, budget)
+        _score_ffn(adapter, projection, acts, layer, scores, budget)
     for name, value in scores.items():
         if value is not None and value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise AttributionError(f"non-finite Gated-LPI scores in {name!r}")
@@ -69,6 +81,21 @@ def gated_lpi(
         base_logprob=projection.base(acts.h_final).logprob,
         norm=norm,
     )
+
+
+class Budget(NamedTuple):
+    """The memory budget in MiB and the exp-sum backend (``kernels.resolve_kernel``) it is spent on."""
+
+    mb: float
+    kernel: str = "eager"
+
+    def neuron_chunk(self, rows: int, vocab: int, size: int) -> int:
+        """Neurons per chunk of a ``size``-neuron group, balanced so the last chunk is not a sliver."""
+        step = (
+            chunk_size(self.mb, rows, vocab) if self.kernel == "eager" else fused_chunk_size(self.mb, vocab)
+        )
+        pieces = -(-size // max(1, step))
+        return -(-size // max(1, pieces))
 
 
 def _allocate(adapter: ModelAdapter, batch: int, device: torch.device) -> dict[str, Tensor | None]:
@@ -89,7 +116,7 @@ def _allocate(adapter: ModelAdapter, batch: int, device: torch.device) -> dict[s
 
 
 def _score_attention(
-    adapter: ModelAdapter, projection: Projection, acts: Captured, layer: int, scores: dict, budget: float
+    adapter: ModelAdapter, projection: Projection, acts: Captured, layer: int, scores: dict, budget: Budget
 ) -> None:
     base = projection.base(acts.r_in[:, layer])
     z = acts.z[:, layer]  # [batch, H*dh]
@@ -102,47 +129,74 @@ def _score_attention(
 
 
 def _score_ffn(
-    adapter: ModelAdapter, projection: Projection, acts: Captured, layer: int, scores: dict, budget: float
+    adapter: ModelAdapter, projection: Projection, acts: Captured, layer: int, scores: dict, budget: Budget
 ) -> None:
     base = projection.base(acts.r_mid[:, layer])
     routing = acts.routing[:, layer] if acts.routing is not None else None
     neurons = adapter.ffn_neurons_at(layer, acts.x_hat[:, layer], routing)
-    out = scores["ffn"][:, layer]  # [batch, ffn_neurons] view: unrouted experts are never written, stay 0
+    score_neurons(projection, base, neurons, budget, out=scores["ffn"][:, layer])
+    if neurons.routed is not None:
+        scores["routed"][:, layer] = neurons.routed
+    scores["ffn_layer"][:, layer] = _score_vectors(projection, base, acts.f[:, layer, None], budget)[:, 0]
+
+
+def score_neurons(
+    projection: Projection, base: BaseState, neurons: FFNNeurons, budget: Budget, out: Tensor | None = None
+) -> Tensor:
+    """Scores ``[batch, ffn_neurons]`` of one layer's FFN/expert neurons: the hot path of the engine.
+
+    Args:
+        projection: The model's φ.
+        base: The layer's projected base states (``projection.base(r_mid)``).
+        neurons: The layer's coefficients and weight-column groups (``adapter.ffn_neurons_at``).
+        budget: Memory budget and exp-sum backend.
+        out: ``[batch, ffn_neurons]`` to write into (zeros where no group writes); a new one when None.
+
+    Returns:
+        ``out``; unrouted experts are never written, so they stay exactly 0.
+    """
+    if out is None:
+        out = neurons.coef.new_zeros(neurons.coef.shape)  # [batch, ffn_neurons]
     for group in neurons.groups:
         block = _score_group(projection, base, group, neurons.coef, budget)  # [rows, size]
         if group.rows is None:
             out[:, group.start : group.start + group.size] = block
         else:
             out[group.rows, group.start : group.start + group.size] = block
-    if neurons.routed is not None:
-        scores["routed"][:, layer] = neurons.routed
-    scores["ffn_layer"][:, layer] = _score_vectors(projection, base, acts.f[:, layer, None], budget)[:, 0]
+    return out
 
 
 def _score_group(
-    projection: Projection, base: BaseState, group: NeuronGroup, coef_all: Tensor, budget: float
+    projection: Projection, base: BaseState, group: NeuronGroup, coef_all: Tensor, budget: Budget
 ) -> Tensor:
-    """Scores ``[rows, size]`` of one neuron group; ``coef_all [batch, N]`` is indexed at the group's span."""
+    """Scores ``[rows, size]`` of one neuron group; ``coef_all [batch, N]`` is indexed at the group's span.
+
+    Each chunk's projection ``P [n, V]`` is computed once and shared by every row of the group.
+    """
     rows = group.rows
     q = base.q if rows is None else base.q[rows]  # [rows, V]
     target = projection.target if rows is None else projection.target[rows]
     base_lp = base.logprob if rows is None else base.logprob[rows]
     coef_rows = coef_all if rows is None else coef_all[rows]  # [rows, N]
-    step = chunk_size(budget, q.shape[0], q.shape[1])
+    step = budget.neuron_chunk(q.shape[0], q.shape[1], group.size)
     out = q.new_empty(q.shape[0], group.size)  # [rows, size]
     for lo in range(0, group.size, step):
         hi = min(lo + step, group.size)
         proj, centered = projection.columns(group.columns[:, lo:hi])  # [n, V], [d, n]
         coef = coef_rows[:, group.start + lo : group.start + hi]  # [rows, n]
         inv = projection.neuron_inv(base, rows, coef, centered)  # [rows, n]
-        out[:, lo:hi] = chunk_scores(q, coef, proj, inv, projection.bias, target, base_lp)
+        out[:, lo:hi] = chunk_scores(q, coef, proj, inv, projection.bias, target, base_lp, budget.kernel)
+        del proj  # free this chunk's projection before the next one is allocated
     return out
 
 
-def _score_vectors(projection: Projection, base: BaseState, vecs: Tensor, budget: float) -> Tensor:
-    """Scores ``[batch, k]`` of per-example contribution vectors ``vecs [batch, k, d]`` (heads, layers)."""
+def _score_vectors(projection: Projection, base: BaseState, vecs: Tensor, budget: Budget) -> Tensor:
+    """Scores ``[batch, k]`` of per-example contribution vectors ``vecs [batch, k, d]`` (heads, layers).
+
+    Their projections are per example (``[batch, k, V]``), so nothing is shared and the eager kernel runs.
+    """
     batch, k = vecs.shape[:2]
-    step = chunk_size(budget, batch, base.q.shape[1])
+    step = chunk_size(budget.mb, batch, base.q.shape[1])
     out = vecs.new_empty(batch, k)
     ones = vecs.new_ones(batch, min(step, k))
     for lo in range(0, k, step):

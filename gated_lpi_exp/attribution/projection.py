@@ -17,17 +17,24 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gated_lpi_exp.adapters import ModelAdapter
+from gated_lpi_exp.adapters import ModelAdapter, NormSpec
+from gated_lpi_exp.attribution import kernels
 from gated_lpi_exp.errors import AttributionError
 
 NORM_MODES = ("frozen", "exact")
-# [rows, chunk, V] float32 tensors alive at once in chunk_scores: the logits, logsumexp's shifted exp, and
-# the projection (at most as large). The chunk is sized so that all three fit the budget.
+# [rows, chunk, V] float32 tensors alive at once in the eager kernel: the logits, logsumexp's shifted exp, and
+# the projection (at most as large). The eager chunk is sized so that all three fit the budget.
 WORKING_COPIES = 3
+# Fused kernels keep only the shared projection [chunk, V]; this share of the budget goes to it, the rest to
+# the small per-chunk tensors, the matmul's packing buffers and the recomputation of underflowed pairs.
+FUSED_SHARE = 0.85
+# A fused sum below this means the shift bound was so loose that the terms underflowed (a gap of ~46 nats):
+# such pairs are recomputed with an exact max. Terms clamped at exp(-87.3) add at most V·1e-38 to a sum.
+UNDERFLOW = 1e-20
 
 
 def chunk_size(memory_budget_mb: float, rows: int, vocab: int) -> int:
-    """Neurons per chunk so that ``WORKING_COPIES * rows * chunk * vocab * 4`` bytes fit the budget (≥ 1).
+    """Neurons per eager chunk so that ``WORKING_COPIES * rows * chunk * vocab * 4`` bytes fit (≥ 1).
 
     Args:
         memory_budget_mb: Budget for the chunk's working tensors, in MiB.
@@ -41,23 +48,63 @@ def chunk_size(memory_budget_mb: float, rows: int, vocab: int) -> int:
     return max(1, int(memory_budget_mb * 2**20) // per_neuron)
 
 
+def fused_chunk_size(memory_budget_mb: float, vocab: int) -> int:
+    """Neurons per fused chunk: the shared projection ``[chunk, V]`` float32 in ``FUSED_SHARE`` of the budget.
+
+    A fused kernel never holds ``[rows, chunk, V]``, so the chunk does not shrink with the batch and the
+    projection matmul keeps a large, efficient M dimension (a whole 1024-neuron expert at 512 MiB).
+    """
+    return max(1, int(memory_budget_mb * 2**20 * FUSED_SHARE) // (vocab * 4))
+
+
 def chunk_scores(
-    q: Tensor, coef: Tensor, proj: Tensor, inv: Tensor, bias: Tensor | None, target: Tensor, base_lp: Tensor
+    q: Tensor,
+    coef: Tensor,
+    proj: Tensor,
+    inv: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    base_lp: Tensor,
+    kernel: str = "eager",
 ) -> Tensor:
-    """``I = log p(w | base + coef·col) − log p(w | base)`` for one chunk (the hot kernel; keep it small).
+    """``I = log p(w | base + coef·col) − log p(w | base)`` for one chunk (the hot kernel).
 
     Args:
         q: ``[rows, V]`` ``W_U(γ ⊙ center(base))``.
         coef: ``[rows, n]`` contribution coefficients.
-        proj: ``[n, V]`` shared column projections, or ``[rows, n, V]`` per-example ones.
+        proj: ``[n, V]`` shared column projections, or ``[rows, n, V]`` per-example ones (always eager).
         inv: ``[rows, n]`` inverse norm scale of each perturbed state.
         bias: ``[V]`` ``W_U β`` or None.
         target: ``[rows]`` target token ids.
         base_lp: ``[rows]`` ``log p(w | base)``.
+        kernel: ``eager`` (materialise ``[rows, n, V]`` logits), or a fused backend of ``kernels.py``
+            (``native``, ``compiled``) that holds nothing larger than ``proj``.
 
     Returns:
         ``[rows, n]`` scores.
     """
+    if kernel == "eager" or proj.dim() == 3:
+        return _eager_scores(q, coef, proj, inv, bias, target, base_lp)
+    # logits[r, n, v] = a·q[r, v] + c·P[n, v] + β[v] with a = inv, c = inv·coef (inv > 0).
+    a, c = inv, inv * coef  # [rows, n]
+    # Upper bound of max_v logits: every exp term is ≤ 1, so one pass needs no running max.
+    shift = a * q.amax(1)[:, None] + torch.maximum(c * proj.amax(1), c * proj.amin(1))  # [rows, n]
+    if bias is not None:
+        shift = shift + bias.max()
+    sums = kernels.expsum(q, proj, a, c, shift, bias, kernel)  # [rows, n]
+    lse = shift + sums.log()
+    bad = ~(sums > UNDERFLOW)  # underflow, or NaN from non-finite inputs
+    if bool(bad.any()):
+        lse[bad] = _exact_lse(q, proj, a, c, bias, bad)
+    target_logit = a * q.gather(1, target[:, None]) + c * proj[:, target].T  # [rows, n]
+    if bias is not None:
+        target_logit = target_logit + bias[target][:, None]
+    return target_logit - lse - base_lp[:, None]
+
+
+def _eager_scores(
+    q: Tensor, coef: Tensor, proj: Tensor, inv: Tensor, bias: Tensor | None, target: Tensor, base_lp: Tensor
+) -> Tensor:
     logits = torch.addcmul(q[:, None, :], coef[:, :, None], proj)  # [rows, n, V]
     logits.mul_(inv[:, :, None])
     if bias is not None:
@@ -65,6 +112,18 @@ def chunk_scores(
     index = target[:, None, None].expand(-1, logits.shape[1], 1)  # [rows, n, 1]
     target_logit = logits.gather(2, index).squeeze(2)  # [rows, n]
     return target_logit - torch.logsumexp(logits, dim=2) - base_lp[:, None]
+
+
+def _exact_lse(q: Tensor, proj: Tensor, a: Tensor, c: Tensor, bias: Tensor | None, bad: Tensor) -> Tensor:
+    """Two-pass logsumexp of the ``bad [rows, n]`` pairs, in batches no larger than ``proj`` itself."""
+    rows, cols = bad.nonzero(as_tuple=True)  # [k] each
+    step = max(1, proj.shape[0] // 2)
+    out = []
+    for lo in range(0, rows.numel(), step):
+        r, n = rows[lo : lo + step], cols[lo : lo + step]
+        logits = a[r, n, None] * q[r] + c[r, n, None] * proj[n]  # [k, V]
+        out.append(torch.logsumexp(logits + bias if bias is not None else logits, dim=1))
+    return torch.cat(out)
 
 
 @dataclass
@@ -85,13 +144,24 @@ class Projection:
     """
 
     def __init__(self, adapter: ModelAdapter, h_final: Tensor, target: Tensor, norm: str = "frozen") -> None:
+        self._setup(adapter.final_norm_spec(), adapter.unembedding().weight, h_final, target, norm)
+
+    @classmethod
+    def from_parts(
+        cls, spec: NormSpec, unembedding: Tensor, h_final: Tensor, target: Tensor, norm: str = "frozen"
+    ) -> Projection:
+        """φ from a final-norm spec and ``W_U [V, d]`` directly (benchmarks; no model needed)."""
+        self = cls.__new__(cls)
+        self._setup(spec, unembedding, h_final, target, norm)
+        return self
+
+    def _setup(self, spec: NormSpec, weight: Tensor, h_final: Tensor, target: Tensor, norm: str) -> None:
         if norm not in NORM_MODES:
             raise AttributionError(f"norm must be one of {NORM_MODES}, got {norm!r}")
-        self.spec = adapter.final_norm_spec()
+        self.spec = spec
         self.mode = norm
         self.target = target  # [batch]
         device = h_final.device
-        weight = adapter.unembedding().weight
         w_u = weight.to(device, torch.float32)  # [V, d]; the parameter itself when already float32
         bias, gain = self.spec.bias, self.spec.weight
         self.bias = w_u @ bias.to(device, torch.float32) if bias is not None else None  # [V] W_U β

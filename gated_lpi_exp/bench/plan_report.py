@@ -1,0 +1,107 @@
+"""Print a :class:`~gated_lpi_exp.bench.planner.Plan`, and the ``plan`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from gated_lpi_exp.bench import costs
+from gated_lpi_exp.bench.machine import Rates, machine_info
+from gated_lpi_exp.bench.planner import Plan, make_plan
+
+
+def human_seconds(seconds: float) -> str:
+    """``93 s``, ``12.4 min``, ``5.1 h`` or ``3.2 d``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size * (2 if unit == "min" else 1):
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.0f} s"
+
+
+def human_bytes(n: float) -> str:
+    """``1.5 GB`` style (powers of 1000)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def format_plan(plan: Plan, cfg_line: str = "") -> str:
+    """The plan as text: model, checkpoints, examples, work, time, storage."""
+    d, w = plan.dims, plan.work
+    ffn = f"{d.experts} experts x {d.width} (top-{d.top_k})" if d.is_moe else f"FFN {d.width}"
+    n_ckpt = plan.checkpoints.value
+    est = " (estimate)" if plan.checkpoints.estimate else ""
+    lines = [
+        f"== plan: {plan.model}{' - ' + cfg_line if cfg_line else ''}",
+        f"model: {d.family}, {d.layers} layers, d {d.hidden}, {ffn}, {d.heads} heads x {d.head_dim}, "
+        f"vocab {d.vocab}, {d.total_params / 1e9:.3g}B params [{d.source}]",
+        f"checkpoints: {n_ckpt}{est} [{plan.checkpoints.note}]",
+        f"examples: {plan.examples.value}{' (estimate)' if plan.examples.estimate else ''} "
+        f"[{plan.examples.note}] in {len(plan.batches)} batches of <= {max(plan.batches)}",
+        "work per checkpoint (elements = prompts x units x vocab; FLOPs = projection matmuls):",
+    ]
+    for part, label in (
+        ("ffn", "FFN/expert neurons"),
+        ("attn", "ATTN neurons"),
+        ("heads+layers", "heads + layers"),
+    ):
+        p = w.parts.get(part, {"elements": 0.0, "flops": 0.0})
+        lines.append(f"  {label:20} {p['elements']:11.3e} elements  {p['flops']:11.3e} FLOPs")
+    lines.append(
+        f"  {'total':20} {w.elements:11.3e} elements  {w.matmul_flops:11.3e} FLOPs "
+        f"(+ {w.forward_flops:.2e} forward-pass FLOPs)"
+    )
+    lines += [
+        "time (attribution only):",
+        f"  this machine: {human_seconds(plan.cpu_s)} per checkpoint, {human_seconds(plan.cpu_s * n_ckpt)} "
+        f"for the run{est} [{plan.cpu_method}]",
+        f"  one H100, float32: {human_seconds(plan.h100_s)} per checkpoint, "
+        f"{human_seconds(plan.h100_s * n_ckpt)} for the run (least {human_seconds(plan.h100_least_s)} "
+        f"per checkpoint) [{costs.H100_RATES.matmul_flops_per_s / 1e12:.1f} TFLOP/s FP32, "
+        f"{costs.H100_RATES.exp_sum_per_s / 1e12:.2f}e12 exp/s, {costs.H100_EFFICIENCY:.0%} of peak, "
+        f"{costs.H100_CALL_OVERHEAD_S * 1e3:.1f} ms per chunk call]",
+        f"  rates here: matmul {plan.rates.matmul_flops_per_s / 1e9:.1f} GFLOP/s, exp-sum "
+        f"{plan.rates.exp_sum_per_s / 1e9:.2f} G/s, eager logsumexp "
+        f"{(plan.rates.exp_sum_eager_per_s or plan.rates.exp_sum_per_s) / 1e9:.2f} G/s "
+        f"[{plan.rates_note}]",
+    ]
+    if plan.sensitivity:
+        lines.append("  shared projections are recomputed per batch; per checkpoint at a larger batch size:")
+        for label, (cpu, gpu) in plan.sensitivity.items():
+            lines.append(
+                f"    attribution.batch_size={label}: {human_seconds(cpu)} here, {human_seconds(gpu)} on H100"
+            )
+    lines += [
+        f"storage: download {human_bytes(plan.download_bytes)}, disk {human_bytes(plan.disk_bytes)} "
+        f"[{plan.storage_note}; {human_bytes(plan.disk_bytes / max(n_ckpt, 1))} per checkpoint]",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    """``python -m gated_lpi_exp.bench plan [--rates JSON] [overrides...]``."""
+    from gated_lpi_exp.compose import compose_run_config
+
+    parser = argparse.ArgumentParser(
+        prog="python -m gated_lpi_exp.bench plan",
+        description="Cost of a run before anything is downloaded (Hydra overrides as for the run).",
+    )
+    parser.add_argument("--rates", type=Path, help="a benchmark report (--json) to take the rates from")
+    parser.add_argument("overrides", nargs="*", help="e.g. model=olmoe checkpoints=paper")
+    args = parser.parse_args(argv)
+    cfg = compose_run_config(args.overrides)
+    rates = efficiency = None
+    if args.rates:
+        report = json.loads(args.rates.read_text())
+        rates = Rates.from_dict(report["rates"])
+        shapes = report.get("shapes", {}).values()
+        if shapes:
+            efficiency = min(s["efficiency_vs_ceiling"] for s in shapes)
+    plan = make_plan(cfg, rates, efficiency, f"from {args.rates}" if args.rates else "")
+    info = machine_info()
+    print(format_plan(plan, " ".join(args.overrides)))
+    print(
+        f"this machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, kernel={info['kernel']}"
+    )

@@ -1,0 +1,264 @@
+"""``python -m gated_lpi_exp.bench plan [--rates JSON] [overrides...]``: a run's cost before any download.
+
+Dimensions come from a built-in table for hub models (no network), from the suite spec (or a built suite's
+``config.json``), or from a local series' ``config.json``. Checkpoints: explicit step lists as configured;
+``all`` or a range on a hub model is estimated from the series' known branch count and spacing. Examples:
+the configured relations, loaded from local data (``lre`` counts as 906, the paper's number, when not cached).
+Time on this machine: for small models (≤ ``CALIBRATE_MAX_PARAMS``) one batch of ``gated_lpi`` is timed on a
+random model of the same dimensions, because fixed per-call costs dominate there; otherwise the roofline of
+``costs.py`` at rates measured now (or read from a benchmark report) divided by the engine's efficiency.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gated_lpi_exp.bench import costs
+from gated_lpi_exp.bench.costs import BYTES_PER_PARAM, KNOWN_MODELS, KNOWN_SERIES, ModelDims, Work
+from gated_lpi_exp.bench.machine import Rates, measure_rates
+from gated_lpi_exp.config import RunConfig
+from gated_lpi_exp.errors import ConfigurationError
+
+CALIBRATE_MAX_PARAMS = 100e6
+PAPER_LRE_EXAMPLES = 906
+PAPER_RELATIONS = {"linguistic": 3, "commonsense": 3, "factual": 2, "bias": 4}  # SPEC.md: 12 in all
+
+
+@dataclass
+class Count:
+    """A number and how it was obtained."""
+
+    value: int
+    note: str
+    estimate: bool = False
+
+
+@dataclass
+class Plan:
+    """Everything the planner prints."""
+
+    model: str
+    dims: ModelDims
+    checkpoints: Count
+    examples: Count
+    batches: list[int]
+    work: Work
+    cpu_s: float  # per checkpoint, this machine
+    cpu_method: str
+    h100_least_s: float
+    h100_s: float
+    download_bytes: float
+    disk_bytes: float
+    storage_note: str
+    rates: Rates
+    rates_note: str
+    sensitivity: dict[str, tuple[float, float]]  # larger batch size -> (this machine, H100) s/checkpoint
+
+
+def model_dims(cfg: RunConfig) -> ModelDims:
+    """The model's dimensions without any network access."""
+    model = cfg.model
+    if model.kind == "hub":
+        if model.source not in KNOWN_MODELS:
+            raise ConfigurationError(
+                f"no built-in dimensions for {model.source!r}; known: {', '.join(KNOWN_MODELS)}. "
+                "Add it to gated_lpi_exp.bench.costs.KNOWN_MODELS."
+            )
+        return KNOWN_MODELS[model.source]
+    if model.kind == "suite":
+        built = _suite_config(cfg)
+        if built is not None:
+            return costs.dims_from_hf_config(json.loads(built.read_text()), f"{built}")
+        spec = model.suite.resolved()
+        moe = spec.family == "olmoe"
+        return ModelDims(
+            family=spec.family,
+            layers=spec.num_layers,
+            hidden=spec.hidden_size,
+            heads=spec.num_heads,
+            head_dim=spec.hidden_size // spec.num_heads,
+            vocab=spec.vocab_size,
+            width=spec.ffn_width // spec.experts_per_token if moe else spec.ffn_width,
+            experts=spec.num_experts if moe else 1,
+            top_k=spec.experts_per_token if moe else 1,
+            source="suite spec (not built yet; vocab is the tokenizer's target size)",
+        )
+    first = _local_steps(cfg)[0]
+    path = Path(first.source) / "config.json"
+    return costs.dims_from_hf_config(json.loads(path.read_text()), str(path))
+
+
+def count_checkpoints(cfg: RunConfig) -> Count:
+    """Checkpoints the run will walk: exact for suites and local series, from the table for hub models."""
+    sel = cfg.checkpoints
+    if cfg.model.kind != "hub":
+        from gated_lpi_exp.checkpoints.resolve import select_checkpoints
+
+        available = _local_steps(cfg)
+        chosen = select_checkpoints(
+            available, select=sel.select, steps=sel.steps, start=sel.start, stop=sel.stop,
+            every=sel.every, match=sel.match, missing="warn", limit=sel.limit,
+        ).checkpoints  # fmt: skip
+        return Count(len(chosen), f"{len(available)} in the series")
+    if sel.select == "steps":
+        n = len(set(sel.steps))
+        note = "explicit step list" + (
+            ", each mapped to the nearest branch" if sel.match == "nearest" else ""
+        )
+        return Count(min(n, sel.limit or n), note)
+    if cfg.model.source not in KNOWN_SERIES:
+        raise ConfigurationError(
+            f"checkpoint count of {cfg.model.source!r} is unknown offline; use checkpoints=paper or "
+            "checkpoints.select=steps, or add it to gated_lpi_exp.bench.costs.KNOWN_SERIES."
+        )
+    total, spacing, source = KNOWN_SERIES[cfg.model.source]
+    n = total
+    if sel.select == "range":
+        lo, hi = sel.start or spacing, sel.stop or total * spacing
+        n = max(0, (min(hi, total * spacing) - max(lo, spacing)) // max(spacing, sel.every or 0) + 1)
+    return Count(min(n, sel.limit or n), f"estimate: {source}", estimate=True)
+
+
+def count_examples(cfg: RunConfig) -> tuple[Count, list[int]]:
+    """Examples and their per-relation counts (attribution batches never cross relations)."""
+    rel = cfg.relations
+    if rel.source == "lre" and not _lre_cached():
+        wanted = len(rel.names) if rel.names else sum(PAPER_RELATIONS[c] for c in set(rel.categories))
+        n = round(PAPER_LRE_EXAMPLES * min(wanted, 12) / 12)
+        per = [math.ceil(n / min(wanted, 12))] * min(wanted, 12)
+        return Count(n, "lre is not cached: the paper's 906 examples (not downloaded)", estimate=True), per
+    from gated_lpi_exp.data import load_relations, select_relations
+
+    samples = load_relations(rel.source, template=rel.template, duplicates=rel.duplicates)
+    samples = select_relations(
+        samples, names=rel.names or None, categories=None if rel.names else rel.categories
+    )
+    per = samples.groupby("relation", sort=False).size().tolist()
+    if rel.max_per_relation is not None:
+        per = [min(n, rel.max_per_relation) for n in per]
+    return Count(sum(per), f"{rel.source} relations, {len(per)} relations"), per
+
+
+def make_plan(
+    cfg: RunConfig, rates: Rates | None = None, efficiency: float | None = None, rates_note: str = ""
+) -> Plan:
+    """The cost of ``cfg``'s attribution per checkpoint and in total (rates measured now when None)."""
+    dims = model_dims(cfg)
+    checkpoints = count_checkpoints(cfg)
+    examples, per_relation = count_examples(cfg)
+    budget = cfg.attribution.memory_budget_mb
+
+    def work_at(size: int, across: bool = False) -> Work:
+        counts = [sum(per_relation)] if across else per_relation
+        batches = [min(size, n - lo) for n in counts for lo in range(0, n, size)]
+        chunk = max(1, int(budget * 2**20 * 0.85) // (dims.vocab * 4))  # projection.fused_chunk_size
+        return costs.checkpoint_work(dims, batches, chunk_neurons=chunk)
+
+    size = cfg.attribution.batch_size
+    batches = [min(size, n - lo) for n in per_relation for lo in range(0, n, size)]
+    work = work_at(size)
+    rates = rates or measure_rates(quick=True)
+    rates_note = rates_note or "measured now (quick)"
+    if dims.total_params <= CALIBRATE_MAX_PARAMS:
+        cpu_s, method = calibrated_seconds(dims, batches, cfg.attribution.norm, budget)
+    else:
+        eff = efficiency or costs.DEFAULT_CPU_EFFICIENCY
+        cpu_s = costs.roofline_seconds(work, rates) / eff
+        method = f"roofline at the rates below / efficiency {eff:.2f}"
+    least, h100 = costs.h100_seconds(work)
+    # Projections are recomputed for every batch: larger batches amortise them. The attribution stage
+    # batches within a relation, so the last option needs batching across relations.
+    sensitivity = {}
+    options = {
+        f"{b}": (b, False) for b in sorted({4 * size, max(per_relation)}) if size < b <= max(per_relation)
+    }
+    options[f"{sum(per_relation)} (all examples, across relations)"] = (sum(per_relation), True)
+    for label, (larger, across) in options.items():
+        scale = costs.roofline_seconds(work_at(larger, across), rates) / costs.roofline_seconds(work, rates)
+        sensitivity[label] = (cpu_s * scale, costs.h100_seconds(work_at(larger, across))[1])
+    download, disk, note = _storage(cfg, dims, checkpoints.value)
+    return Plan(
+        cfg.model.name, dims, checkpoints, examples, batches, work, cpu_s, method, least, h100,
+        download, disk, note, rates, rates_note, sensitivity,
+    )  # fmt: skip
+
+
+def calibrated_seconds(dims: ModelDims, batches: list[int], norm: str, budget_mb: float) -> tuple[float, str]:
+    """Time ``gated_lpi`` on a random model with ``dims`` for a full and a one-prompt batch; interpolate."""
+    from gated_lpi_exp.attribution import gated_lpi
+
+    model = _random_model(dims)
+    gen = torch.Generator().manual_seed(0)
+
+    def timed(b: int) -> float:
+        ids = torch.randint(3, dims.vocab, (b, 12), generator=gen)
+        start = time.perf_counter()
+        gated_lpi(model, ids, torch.ones_like(ids), ids[:, -1], norm=norm, memory_budget_mb=budget_mb)
+        return time.perf_counter() - start
+
+    full = max(batches)
+    timed(full)  # warm-up: kernel build, first-call allocations
+    t_full, t_one = min(timed(full) for _ in range(3)), min(timed(1) for _ in range(3))
+    per_prompt = (t_full - t_one) / max(full - 1, 1)
+    total = sum(t_one + per_prompt * (b - 1) for b in batches)
+    return total, f"measured: gated_lpi on a random model of these dims ({full} prompts: {t_full:.3f} s)"
+
+
+def _random_model(dims: ModelDims) -> torch.nn.Module:
+    """A float32 model with ``dims`` and the library's default init (scales like a trained small model)."""
+    from transformers import OlmoConfig, OlmoeConfig, OlmoeForCausalLM, OlmoForCausalLM
+
+    shape: dict[str, Any] = dict(
+        vocab_size=dims.vocab, hidden_size=dims.hidden, num_hidden_layers=dims.layers,
+        num_attention_heads=dims.heads, num_key_value_heads=dims.heads, intermediate_size=dims.width,
+        max_position_embeddings=64, pad_token_id=0, bos_token_id=None, eos_token_id=1,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    if dims.is_moe:
+        moe = OlmoeConfig(
+            num_experts=dims.experts, num_experts_per_tok=dims.top_k, norm_topk_prob=False, **shape
+        )
+        return OlmoeForCausalLM._from_config(moe, attn_implementation="sdpa", dtype=torch.float32).eval()
+    dense = OlmoConfig(clip_qkv=None, **shape)
+    return OlmoForCausalLM._from_config(dense, attn_implementation="sdpa", dtype=torch.float32).eval()
+
+
+def _storage(cfg: RunConfig, dims: ModelDims, checkpoints: int) -> tuple[float, float, str]:
+    per_ckpt = dims.total_params * BYTES_PER_PARAM.get(cfg.model.dtype, 4)
+    if cfg.model.kind == "hub":
+        size = BYTES_PER_PARAM.get(cfg.model.dtype, 4)
+        note = f"{cfg.model.dtype} weights ({size} B/param); the hub cache keeps every branch"
+        return per_ckpt * checkpoints, per_ckpt * checkpoints, note
+    per_ckpt = dims.total_params * 4  # suites and local series are saved in float32
+    return 0.0, per_ckpt * checkpoints, "nothing to download; float32 checkpoints on local disk"
+
+
+def _local_steps(cfg: RunConfig) -> list:
+    from gated_lpi_exp.checkpoints.resolve import Checkpoint, list_local_checkpoints
+
+    if cfg.model.kind == "local":
+        return list_local_checkpoints(cfg.model.source)
+    spec = cfg.model.suite.resolved()
+    return [Checkpoint(step=s, source="") for s in spec.checkpoint_steps or []]
+
+
+def _suite_config(cfg: RunConfig) -> Path | None:
+    from gated_lpi_exp.suites.spec import suite_dir
+
+    root = suite_dir(cfg.model.suite)
+    found = sorted(root.glob("step*/config.json")) if root.is_dir() else []
+    return found[0] if found else None
+
+
+def _lre_cached() -> bool:
+    from gated_lpi_exp.data.lre import LRE_SHA256, default_cache_dir
+
+    return all((default_cache_dir() / path).is_file() for path in LRE_SHA256)

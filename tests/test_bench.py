@@ -1,0 +1,214 @@
+"""The benchmark (quick mode), the exp-sum backends, and the cost planner (offline)."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import time
+
+import pytest
+import torch
+
+from gated_lpi_exp.attribution import gated_lpi, kernels, projection
+from gated_lpi_exp.attribution.engine import Budget, score_neurons
+from gated_lpi_exp.attribution.projection import chunk_scores
+from gated_lpi_exp.bench import costs
+from gated_lpi_exp.bench.__main__ import main as bench_main
+from gated_lpi_exp.bench.layers import LayerShape, build_layer
+from gated_lpi_exp.bench.machine import Rates
+from gated_lpi_exp.bench.plan_report import format_plan
+from gated_lpi_exp.bench.plan_report import main as plan_main
+from gated_lpi_exp.bench.planner import make_plan
+from gated_lpi_exp.compose import compose_run_config
+from gated_lpi_exp.testing import random_olmoe
+
+SHAPE_FIELDS = (
+    "elements_per_s",
+    "speedup_vs_reference",
+    "efficiency_vs_ceiling",
+    "peak_mem_mb",
+    "max_abs_diff",
+)
+RATES = Rates(
+    matmul_flops_per_s=100e9, exp_sum_compiled_per_s=1e9, exp_sum_kernel_per_s=3e9, exp_sum_eager_per_s=3e8
+)
+TINY = LayerShape("moe", 48, 500, 4, 24, 2, 6, 3, "rms")
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the planner tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_every_field(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    bench_main(["--quick", "--repeat", "1", "--json", str(path)])
+    report = json.loads(path.read_text())
+    assert {"cores", "torch", "threads", "kernel"} <= set(report["machine"])
+    assert report["memory_budget_mb"] == 512 and report["quick"] is True
+    assert set(report["shapes"]) == {"moe", "dense"}
+    for shape in report["shapes"].values():
+        assert {"hidden", "vocab", "experts", "width", "top_k", "prompts"} <= set(shape["shape"])
+        for field in SHAPE_FIELDS:
+            assert shape[field] is not None and math.isfinite(shape[field]), field
+        assert shape["max_abs_diff"] <= 1e-4 and shape["compared_scores"] > 0
+        assert shape["elements_per_s"] > 0 and shape["speedup_vs_reference"] > 0
+    assert "speedup_vs_reference" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", ["native", "compiled"])
+def test_fused_backends_match_eager(kernel):
+    layer = build_layer(TINY)
+    scores = {}
+    for name in ("eager", kernel):
+        with kernels.use_kernel(name):
+            backend = kernels.resolve_kernel("cpu")
+            scores[name] = score_neurons(layer.projection, layer.base, layer.neurons, Budget(512, backend))
+    assert backend == kernel, f"{kernel} backend unavailable here"
+    torch.testing.assert_close(scores[kernel], scores["eager"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_gated_lpi_agrees_across_backends():
+    model = random_olmoe()
+    ids = torch.tensor([[5, 9, 13, 4], [7, 3, 31, 2]])
+    targets = torch.tensor([3, 17])
+    results = {}
+    for name in ("eager", "native", "compiled"):
+        with kernels.use_kernel(name):
+            results[name] = gated_lpi(model, ids, torch.ones_like(ids), targets, norm="exact")
+    for name in ("native", "compiled"):
+        for field in ("ffn", "attn", "heads", "ffn_layer", "attn_layer"):
+            torch.testing.assert_close(
+                getattr(results[name], field), getattr(results["eager"], field), atol=1e-5, rtol=0
+            )
+
+
+def test_underflowing_pairs_are_recomputed_exactly(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    rows, n, vocab = 3, 5, 300
+    q = torch.randn(rows, vocab, generator=gen) * 3
+    q[:, 0] = 60.0  # q peaks at token 0, P at token 1: the shift bound overshoots the max by ~60 nats
+    proj = torch.randn(n, vocab, generator=gen)
+    proj[:, 1] = 60.0
+    coef = torch.rand(rows, n, generator=gen) + 0.5
+    inv = torch.rand(rows, 1, generator=gen).expand(rows, n) + 0.5
+    target = torch.tensor([1, 2, 3])
+    base_lp = torch.zeros(rows)
+    eager = chunk_scores(q, coef, proj, inv, None, target, base_lp, "eager")
+    recomputed = []
+    exact = projection._exact_lse
+    monkeypatch.setattr(projection, "_exact_lse", lambda *a: recomputed.append(int(a[-1].sum())) or exact(*a))
+    for name in ("native", "compiled"):
+        with kernels.use_kernel(name):
+            backend = kernels.resolve_kernel("cpu")
+        fused = chunk_scores(q, coef, proj, inv, None, target, base_lp, backend)
+        torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-6)
+    assert len(recomputed) == 2 and min(recomputed) > 0
+
+
+def test_kernel_choice_env_var_and_fallback(monkeypatch, caplog):
+    monkeypatch.setenv(kernels.ENV_VAR, "eager")
+    assert kernels.resolve_kernel("cpu") == "eager"
+    monkeypatch.setenv(kernels.ENV_VAR, "fastest")
+    with pytest.raises(ValueError, match="fastest"):
+        kernels.resolve_kernel("cpu")
+    monkeypatch.setenv(kernels.ENV_VAR, "native")
+    state = {**kernels._state, "native:cpu": None, "warned": set()}
+    monkeypatch.setattr(kernels, "_state", state)
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    monkeypatch.setattr(kernels.shutil, "which", lambda name: None)
+    with caplog.at_level("WARNING"):
+        first, second = kernels.resolve_kernel("cpu"), kernels.resolve_kernel("cpu")
+    assert first == second and first in ("compiled", "eager")
+    assert sum("native kernel unavailable" in r.message for r in caplog.records) == 1
+
+
+def test_planner_math_on_a_tiny_shape():
+    dims = costs.ModelDims(
+        "olmoe", layers=2, hidden=8, heads=2, head_dim=4, vocab=10, width=3, experts=4, top_k=2
+    )
+    work = costs.checkpoint_work(dims, [2, 1], tokens_per_prompt=5)
+    routed = {2: 4 * (1 - 0.5**2), 1: 4 * (1 - 0.5)}  # expected distinct experts: 3 and 2
+    ffn_el = 2 * sum(b * 2 * 3 * 10 for b in (2, 1))  # layers x prompts x top_k x width x vocab
+    attn_el = 2 * sum(b * 8 * 10 for b in (2, 1))
+    vec_el = 2 * sum(b * 4 * 10 for b in (2, 1))  # heads + 2 layer vectors
+    assert work.parts["ffn"]["elements"] == ffn_el == 360
+    assert work.parts["attn"]["elements"] == attn_el and work.eager_elements == vec_el
+    assert work.parts["ffn"]["flops"] == pytest.approx(2 * sum(2 * routed[b] * 3 * 8 * 10 for b in (2, 1)))
+    flops = (
+        work.parts["ffn"]["flops"] + 2 * 2 * (2 * 8 * 8 * 10) + 2 * sum(2 * b * 4 * 8 * 10 for b in (2, 1))
+    )
+    assert work.matmul_flops == pytest.approx(flops + 2 * sum(4 * b * 8 * 10 for b in (2, 1)))
+    idle = 2 * (4 - 2) * 3 * 8 * 3
+    assert work.forward_flops == pytest.approx(2 * (dims.total_params - idle) * 3 * 5)
+    seconds = costs.roofline_seconds(work, RATES)
+    hand = (work.matmul_flops + work.forward_flops) / 100e9 + (ffn_el + attn_el) / 3e9 + vec_el / 3e8
+    assert seconds == pytest.approx(hand)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expect"),
+    [
+        (
+            ["model=olmoe", "checkpoints=paper"],
+            ["checkpoints: 14", "64 experts x 1024 (top-8)", "6.9B params"],
+        ),
+        (["model=olmo"], ["checkpoints: 489 (estimate)", "FFN 11008", "32 layers"]),
+    ],
+)
+def test_planner_prints_every_section_offline(offline, tmp_path, capsys, overrides, expect):
+    report = tmp_path / "bench.json"
+    report.write_text(
+        json.dumps({"rates": RATES.to_dict(), "shapes": {"moe": {"efficiency_vs_ceiling": 0.9}}})
+    )
+    plan_main(["--rates", str(report), *overrides])
+    out = capsys.readouterr().out
+    sections = ("model:", "checkpoints:", "examples:", "work per checkpoint", "FFN/expert neurons")
+    sections += ("ATTN neurons", "heads + layers", "this machine:", "H100", "storage: download")
+    for section in sections:
+        assert section in out, section
+    for text in expect:
+        assert text in out, text
+
+
+@pytest.mark.slow
+def test_planner_estimate_within_2x_of_measured_attribution(tmp_path):
+    from gated_lpi_exp.checkpoints.loading import load_checkpoint, load_tokenizer, resolve_series
+    from gated_lpi_exp.data import load_relations
+    from gated_lpi_exp.run import load_samples
+    from gated_lpi_exp.stages.attribution import attribute_checkpoint
+    from gated_lpi_exp.testing import save_random_series, word_tokenizer
+
+    samples = load_relations("bundled")
+    words = sorted({w for t in samples["prompt"].tolist() + samples["object"].tolist() for w in t.split()})
+    micro = dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_experts=16, intermediate_size=16
+    )
+    save_random_series(tmp_path / "series", "olmoe", [0, 10], word_tokenizer(words), **micro)
+    cfg = compose_run_config(
+        ["model=micro_moe", "model.kind=local", f"model.source={tmp_path / 'series'}", "model.device=cpu",
+         "relations.max_per_relation=24", "attribution.use_cache=false", "progress=false"]
+    )  # fmt: skip
+    plan = make_plan(cfg, RATES)
+    assert plan.checkpoints.value == 2 and "measured" in plan.cpu_method
+    ckpt = resolve_series(cfg.model, cfg.checkpoints).checkpoints[-1]
+    model, tokenizer = (
+        load_checkpoint(cfg.model, ckpt, device=torch.device("cpu")),
+        load_tokenizer(cfg.model, ckpt),
+    )
+    rows = load_samples(cfg)
+    start = time.perf_counter()
+    attribute_checkpoint(model, tokenizer, rows, ckpt, cfg.attribution)
+    measured = time.perf_counter() - start
+    assert plan.examples.value == len(rows)
+    assert 0.5 <= plan.cpu_s / measured <= 2.0, (plan.cpu_s, measured, format_plan(plan))
