@@ -167,7 +167,7 @@ class AttributionConfig:
     ``exact`` (the model's own final norm applied to each perturbed residual)."""
     target: str = "gold"
     """``gold`` (first token of the object) or ``predicted`` (the model's own top-1 token)."""
-    batch_size: int = 16
+    batch_size: int = 64
     """Prompts per attribution batch."""
     memory_budget_mb: int = 512
     """Bound on the engine's largest working tensor; chunk sizes follow from it."""

@@ -72,29 +72,40 @@ def attribute_checkpoint(
     """
     store = ArrayStore(cfg.cache_dir, "attribution") if cfg.use_cache else None
     sums: dict[str, ScoreSums] = {}
-    cached = 0
+    missing: dict[str, tuple[str, dict]] = {}
     for relation, rows in samples.groupby("relation", sort=False):
         description = relation_key(checkpoint, dtype, rows, cfg)
         key = content_key(description)
         hit = store.get(key) if store else None
-        if hit is not None:
-            sums[relation] = _from_arrays(hit)
-            cached += 1
-            if progress is not None:
-                progress.update(len(rows))
+        if hit is None:
+            missing[relation] = (key, description)
             continue
-        sums[relation] = _relation_sums(model, tokenizer, rows, checkpoint.step, cfg, progress)
-        if store:
-            store.put(key, _to_arrays(sums[relation]), description)
-    aggregate = CheckpointAggregate.from_sums(checkpoint.step, sums)
-    return AttributionOutcome(aggregate, sums, cached, len(sums) - cached)
+        sums[relation] = _from_arrays(hit)
+        if progress is not None:
+            progress.update(len(rows))
+    if missing:
+        # One pass over every uncached relation: batches span relations, so the shared per-neuron
+        # projections (the dominant cost) are amortised over as many prompts as a batch holds.
+        todo = samples[samples["relation"].isin(missing)]
+        computed = _relation_sums(model, tokenizer, todo, checkpoint.step, cfg, progress)
+        for relation, (key, description) in missing.items():
+            sums[relation] = computed[relation]
+            if store:
+                store.put(key, _to_arrays(computed[relation]), description)
+    ordered = {rel: sums[rel] for rel in samples["relation"].unique()}
+    aggregate = CheckpointAggregate.from_sums(checkpoint.step, ordered)
+    return AttributionOutcome(aggregate, ordered, len(ordered) - len(missing), len(missing))
 
 
-def _relation_sums(model, tokenizer, rows, step, cfg, progress) -> ScoreSums:
+def _relation_sums(model, tokenizer, rows, step, cfg, progress) -> dict[str, ScoreSums]:
+    """Per-relation, per-parity sums of every score over ``rows`` (which may span relations)."""
     device = next(model.parameters()).device
-    parity = (rows["sample_id"].to_numpy() % 2).astype(int)
+    relations = list(rows["relation"].unique())
+    # Slot 2*r + parity collects relation r's even (0) or odd (1) examples.
+    slots = rows["relation"].map({r: i for i, r in enumerate(relations)}).to_numpy() * 2
+    slots = slots + (rows["sample_id"].to_numpy() % 2)
+    counts = np.bincount(slots, minlength=2 * len(relations)).astype(np.int64)
     totals: dict[str, np.ndarray] | None = None
-    counts = np.bincount(parity, minlength=2).astype(np.int64)
     offset = 0
     for batch in prompt_batches(tokenizer, rows, cfg.batch_size, device):
         targets = batch.gold_ids
@@ -109,20 +120,23 @@ def _relation_sums(model, tokenizer, rows, step, cfg, progress) -> ScoreSums:
             memory_budget_mb=cfg.memory_budget_mb,
         )
         check_finite(result, step)
-        par = torch.as_tensor(parity[offset : offset + len(batch.rows)])
+        where = torch.as_tensor(slots[offset : offset + len(batch.rows)])
         offset += len(batch.rows)
-        part = {kind: _parity_sums(getattr(result, kind).cpu(), par) for kind in UNIT_KINDS}
+        part = {kind: _slot_sums(getattr(result, kind).cpu(), where, len(counts)) for kind in UNIT_KINDS}
         totals = part if totals is None else {k: totals[k] + part[k] for k in totals}
         if progress is not None:
             progress.update(len(batch.rows))
     assert totals is not None
-    return ScoreSums(totals, counts)
+    return {
+        rel: ScoreSums({k: v[2 * i : 2 * i + 2] for k, v in totals.items()}, counts[2 * i : 2 * i + 2])
+        for i, rel in enumerate(relations)
+    }
 
 
-def _parity_sums(scores: torch.Tensor, parity: torch.Tensor) -> np.ndarray:
-    """[batch, ...] scores -> [2, ...] float64 sums over even / odd examples."""
-    out = torch.zeros((2, *scores.shape[1:]), dtype=torch.float64)
-    out.index_add_(0, parity, scores.double())
+def _slot_sums(scores: torch.Tensor, slots: torch.Tensor, n_slots: int) -> np.ndarray:
+    """[batch, ...] scores -> [n_slots, ...] float64 sums per slot."""
+    out = torch.zeros((n_slots, *scores.shape[1:]), dtype=torch.float64)
+    out.index_add_(0, slots, scores.double())
     return out.numpy()
 
 
