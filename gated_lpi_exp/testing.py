@@ -22,53 +22,42 @@ from transformers import (
 
 from gated_lpi_exp.checkpoints.manifest import Manifest, ManifestEntry, write_manifest
 
+_SHARED = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=64,
+    pad_token_id=0,
+    bos_token_id=None,
+    eos_token_id=1,
+    tie_word_embeddings=False,
+)
+"""Dimensions both tiny random families share (the attention shape matches, as in the project's suites)."""
+
+
+def _build(config_cls, model_cls, seed: int, **cfg):
+    torch.manual_seed(seed)
+    config = config_cls(**{**_SHARED, **cfg})
+    config._attn_implementation = "eager"
+    return model_cls(config).float().eval()
+
 
 def random_olmoe(vocab_size: int = 97, seed: int = 0, **overrides) -> OlmoeForCausalLM:
     """A tiny OLMoE (fused experts) with random float32 weights and eager attention."""
-    cfg = dict(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        num_experts=8,
-        num_experts_per_tok=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        bos_token_id=None,
-        eos_token_id=1,
-        tie_word_embeddings=False,
-    )
-    cfg.update(overrides)
-    torch.manual_seed(seed)
-    config = OlmoeConfig(**cfg)
-    config._attn_implementation = "eager"
-    model = OlmoeForCausalLM(config).float().eval()
+    cfg = {
+        **dict(vocab_size=vocab_size, intermediate_size=16, num_experts=8, num_experts_per_tok=2),
+        **overrides,
+    }
+    model = _build(OlmoeConfig, OlmoeForCausalLM, seed, **cfg)
     _spread_norm_gains(model, seed)
     return model
 
 
 def random_olmo(vocab_size: int = 97, seed: int = 0, **overrides) -> OlmoForCausalLM:
     """A tiny OLMo (non-parametric LayerNorm) with random float32 weights and eager attention."""
-    cfg = dict(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        bos_token_id=None,
-        eos_token_id=1,
-        tie_word_embeddings=False,
-    )
-    cfg.update(overrides)
-    torch.manual_seed(seed)
-    config = OlmoConfig(**cfg)
-    config._attn_implementation = "eager"
-    model = OlmoForCausalLM(config).float().eval()
+    cfg = {**dict(vocab_size=vocab_size, intermediate_size=48), **overrides}
+    model = _build(OlmoConfig, OlmoForCausalLM, seed, **cfg)
     # Random init uses std 0.02, which makes every score tiny; widen it so tests see real signal.
     with torch.no_grad():
         for p in model.parameters():
