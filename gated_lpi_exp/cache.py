@@ -75,7 +75,7 @@ class ArrayStore:
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
             try:
                 with os.fdopen(fd, "wb") as fh:
-                    np.savez_compressed(fh, **arrays)
+                    np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]  # numpy stubs type **kwds as bool
                     fh.flush()
                     os.fsync(fh.fileno())
                 os.replace(tmp, path)

@@ -100,7 +100,7 @@ def load_checkpoint(
         raise CheckpointError(
             f"Could not load checkpoint step {checkpoint.step} from {where}: {type(exc).__name__}: {exc}. Fix: {fix}."
         ) from exc
-    return net.to(device or pick_device(model.device)).eval()
+    return net.to(device or pick_device(model.device)).eval()  # type: ignore[arg-type]  # transformers wraps .to
 
 
 def require_safetensors(checkpoint: Checkpoint) -> None:
