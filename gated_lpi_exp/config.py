@@ -8,6 +8,7 @@ and names the valid choices.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -309,6 +310,15 @@ class RunConfig:
     """Seed of everything random in the analysis (the random ablation control, held-out splits)."""
     progress: bool = True
     """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        if not self.attribution.enabled and self.ablation.name != "none":
+            # Units are ranked by their attribution, so without it there is nothing to ablate.
+            logging.getLogger(__name__).warning(
+                "attribution.enabled=false: skipping ablation=%s (it ranks units by attribution)",
+                self.ablation.name,
+            )
+            self.ablation = AblationConfig()
 
 
 def register_configs() -> None:

@@ -36,7 +36,7 @@ def test_defaults_are_the_embedded_tiny_moe_suite_with_paper_choices():
     assert cfg.attribution.norm == "frozen" and cfg.attribution.target == "gold"
     assert cfg.relations.template == "zs:0" and cfg.relations.source == "bundled"
     assert cfg.tracking.uri == "sqlite:///mlflow.db"
-    assert cfg.ablation.name == "none"
+    assert cfg.ablation.name == "top10_heads"  # the default run exercises every stage
 
 
 def test_group_choices_set_the_documented_fields():

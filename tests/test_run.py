@@ -111,3 +111,22 @@ def test_failure_inside_the_run_ends_it_failed_with_what_was_logged(series, tmp_
     (failed,) = client.search_runs([exp.experiment_id])
     assert failed.info.status == "FAILED"
     assert sorted(m.step for m in client.get_metric_history(failed.info.run_id, "hit_at_10")) == [0, 10]
+
+
+def test_the_default_run_on_a_micro_suite_exercises_every_stage(tmp_path, monkeypatch):
+    monkeypatch.setenv("GATED_LPI_CACHE", str(tmp_path / "cache"))
+    cfg = compose_run_config(
+        [
+            "model=micro_moe",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+            "relations.max_per_relation=3",
+            "progress=false",
+        ]
+    )
+    assert cfg.ablation.name != "none" and cfg.attribution.enabled
+    result = run(cfg)
+    for table in ("hit_summary", "top_units", "layer_profiles", "dynamics_summary", "ablation"):
+        assert len(result.tables[table]) > 0, table
+    hits = result.tables["hit_summary"]
+    overall = hits[(hits["scope"] == "overall") & (hits["k"] == 10)].sort_values("step")["hit"].to_numpy()
+    assert overall[-1] > overall[0]  # the micro suite learned
