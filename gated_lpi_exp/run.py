@@ -179,7 +179,7 @@ def analyse_checkpoint(
     result.top_units = top_units(outcome.aggregate, model, cfg.attribution.top_n_logged)
     if cfg.ablation.name != "none":
         result.ablation = ablate_checkpoint(
-            model, tokenizer, samples, outcome.aggregate, outcome.sums, cfg.ablation,
+            model, tokenizer, samples, hits, outcome.aggregate, outcome.sums, cfg.ablation,
             seed=cfg.seed, batch_size=cfg.evaluation.batch_size,
         )  # fmt: skip
     return result, outcome.sums

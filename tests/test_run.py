@@ -128,5 +128,9 @@ def test_the_default_run_on_a_micro_suite_exercises_every_stage(tmp_path, monkey
     for table in ("hit_summary", "top_units", "layer_profiles", "dynamics_summary", "ablation"):
         assert len(result.tables[table]) > 0, table
     hits = result.tables["hit_summary"]
+    # The ablation's base is the evaluation stage's HIT@10 at the same step (no held-out split here).
+    base = result.tables["ablation"].query("condition == 'base'").set_index("step")["hit_at_10"]
+    top10 = hits[(hits["scope"] == "overall") & (hits["k"] == 10)].set_index("step")["hit"]
+    assert base.to_dict() == pytest.approx(top10.loc[base.index].to_dict())
     overall = hits[(hits["scope"] == "overall") & (hits["k"] == 10)].sort_values("step")["hit"].to_numpy()
     assert overall[-1] > overall[0]  # the micro suite learned

@@ -44,6 +44,7 @@ def ablate_checkpoint(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     samples: pd.DataFrame,
+    hits: pd.DataFrame,
     aggregate: CheckpointAggregate,
     sums: dict[str, ScoreSums],
     cfg: AblationConfig,
@@ -52,6 +53,9 @@ def ablate_checkpoint(
     batch_size: int = 32,
 ) -> DataFrame[AblationResult]:
     """Base, targeted and random-control HIT@10 at one checkpoint.
+
+    The base HIT@10 is read from the evaluation stage's ``hits`` (same examples, unablated model), so only
+    the interventions need forward passes.
 
     Units are ranked by the checkpoint's mean importance over the run's examples; with ``cfg.heldout`` they
     are ranked on the even-``sample_id`` half and evaluated on the odd half, so selection does not inflate
@@ -63,14 +67,15 @@ def ablate_checkpoint(
     scores = ranking.scores(UNIT_SCORES[cfg.unit])  # [layers, units]
     n = unit_count(cfg, scores.size)
 
-    def hit10(units: np.ndarray | None) -> float:
-        chosen = {} if units is None else as_layer_map(units, scores.shape[1])
+    def hit10(units: np.ndarray) -> float:
+        chosen = as_layer_map(units, scores.shape[1])
         kwargs = {"heads": chosen} if cfg.unit == "head" else {"ffn_neurons": chosen}
         with ablate(model, **kwargs):
             hits = evaluate_checkpoint(model, tokenizer, evaluated, step=step, batch_size=batch_size)
         return float((hits["gold_rank"] <= 10).mean())
 
-    base = hit10(None)
+    evaluated_hits = hits.merge(evaluated[["relation", "sample_id"]], on=["relation", "sample_id"])
+    base = float((evaluated_hits["gold_rank"] <= 10).mean())
     rows = [dict(condition="base", seed=-1, n_units=0, hit_at_10=base)]
     rows.append(
         dict(condition="targeted", seed=-1, n_units=n, hit_at_10=hit10(rank_units(scores, n, cfg.rank_by)))

@@ -12,11 +12,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gated_lpi_exp import __version__
 from gated_lpi_exp.adapters import get_adapter
-from gated_lpi_exp.attribution import Attribution, gated_lpi, predicted_targets
+from gated_lpi_exp.attribution import gated_lpi, predicted_targets
 from gated_lpi_exp.cache import ArrayStore, content_key
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.config import AttributionConfig
-from gated_lpi_exp.errors import AttributionError
 from gated_lpi_exp.results import weight_files
 from gated_lpi_exp.schemas import DataFrame, HeadScores, TopUnits
 from gated_lpi_exp.stages.aggregates import UNIT_KINDS, CheckpointAggregate, ScoreSums
@@ -68,7 +67,7 @@ def attribute_checkpoint(
     """Mean Gated-LPI of every unit over ``samples`` at ``checkpoint``, reusing cached relations.
 
     Raises:
-        AttributionError: a score is NaN or infinite (names the checkpoint, unit kind and layer).
+        AttributionError: a score is NaN or infinite (raised by the engine; the run traces it to a layer).
     """
     store = ArrayStore(cfg.cache_dir, "attribution") if cfg.use_cache else None
     sums: dict[str, ScoreSums] = {}
@@ -87,7 +86,7 @@ def attribute_checkpoint(
         # One pass over every uncached relation: batches span relations, so the shared per-neuron
         # projections (the dominant cost) are amortised over as many prompts as a batch holds.
         todo = samples[samples["relation"].isin(missing)]
-        computed = _relation_sums(model, tokenizer, todo, checkpoint.step, cfg, progress)
+        computed = _relation_sums(model, tokenizer, todo, cfg, progress)
         for relation, (key, description) in missing.items():
             sums[relation] = computed[relation]
             if store:
@@ -97,7 +96,7 @@ def attribute_checkpoint(
     return AttributionOutcome(aggregate, ordered, len(ordered) - len(missing), len(missing))
 
 
-def _relation_sums(model, tokenizer, rows, step, cfg, progress) -> dict[str, ScoreSums]:
+def _relation_sums(model, tokenizer, rows, cfg, progress) -> dict[str, ScoreSums]:
     """Per-relation, per-parity sums of every score over ``rows`` (which may span relations)."""
     device = next(model.parameters()).device
     relations = list(rows["relation"].unique())
@@ -119,7 +118,6 @@ def _relation_sums(model, tokenizer, rows, step, cfg, progress) -> dict[str, Sco
             norm=cfg.norm,
             memory_budget_mb=cfg.memory_budget_mb,
         )
-        check_finite(result, step)
         where = torch.as_tensor(slots[offset : offset + len(batch.rows)])
         offset += len(batch.rows)
         part = {kind: _slot_sums(getattr(result, kind).cpu(), where, len(counts)) for kind in UNIT_KINDS}
@@ -138,19 +136,6 @@ def _slot_sums(scores: torch.Tensor, slots: torch.Tensor, n_slots: int) -> np.nd
     out = torch.zeros((n_slots, *scores.shape[1:]), dtype=torch.float64)
     out.index_add_(0, slots, scores.double())
     return out.numpy()
-
-
-def check_finite(result: Attribution, step: int) -> None:
-    """Fail on NaN/Inf, naming the checkpoint, the unit kind and the first bad layer."""
-    for kind in UNIT_KINDS:
-        scores = getattr(result, kind)  # [batch, layers, ...]
-        bad = ~torch.isfinite(scores)
-        if bad.any():
-            layer = int(bad.reshape(bad.shape[0], bad.shape[1], -1).any(dim=(0, 2)).nonzero()[0])
-            raise AttributionError(
-                f"Non-finite Gated-LPI scores at checkpoint step {step}, {kind} of layer {layer}. "
-                "The checkpoint's weights may be damaged, or float16 overflowed: try model.dtype=float32."
-            )
 
 
 def _to_arrays(sums: ScoreSums) -> dict[str, np.ndarray]:
