@@ -101,7 +101,11 @@ def logged_metrics(uri: str, run_id: str, skip=VOLATILE) -> dict[str, dict[int, 
 
 
 def assert_same_numbers(uri_a: str, run_a: str, uri_b: str, run_b: str, dst: Path) -> None:
-    """Two runs logged the same tables and the same metric values at the same steps."""
+    """Two runs logged the same tables and the same metric values at the same steps.
+
+    Exact equality is the code's own guarantee here, not a dependency's: both runs do the same float
+    computations on the same batches in the same environment with one torch thread (conftest), so nothing
+    can round differently."""
     a, b = logged_tables(uri_a, run_a, dst), logged_tables(uri_b, run_b, dst)
     assert sorted(a) == sorted(b)
     for name in a:

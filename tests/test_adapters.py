@@ -54,13 +54,22 @@ def test_final_norm_spec_reproduces_the_module(make):
 
 
 def test_moe_routing_recomputed_equals_model_choice(tiny_olmoe):
+    """The adapter's own top-k (float32 softmax of ``x̂ @ W_router``) picks the experts the model's router
+    picked. The two compute the same logits through different kernels, so they may disagree only at a near-tie:
+    wherever the choices differ, the swapped experts' router logits are within 1e-5 of each other. Where the
+    choices agree, the coefficients are the same float32 computation on the same inputs, hence equal."""
     adapter = get_adapter(tiny_olmoe)
     acts = capture(adapter, IDS, MASK)
     for layer in range(adapter.n_layers):
         chosen = adapter.ffn_neurons_at(layer, acts.x_hat[:, layer], acts.routing[:, layer])
         recomputed = adapter.ffn_neurons_at(layer, acts.x_hat[:, layer])
-        assert torch.equal(chosen.routed, recomputed.routed)
-        torch.testing.assert_close(chosen.coef, recomputed.coef, atol=0, rtol=0)
+        agree = (chosen.routed == recomputed.routed).all(-1)  # [batch]
+        logits = acts.x_hat[:, layer] @ adapter.router(layer).weight.float().T  # [batch, experts]
+        for row in (~agree).nonzero()[:, 0].tolist():
+            swapped = chosen.routed[row] ^ recomputed.routed[row]
+            assert float(logits[row, swapped].max() - logits[row, swapped].min()) < 1e-5, f"row {row}"
+        assert agree.float().mean() > 0.5, "routing disagrees on most examples: not a near-tie effect"
+        torch.testing.assert_close(chosen.coef[agree], recomputed.coef[agree], atol=0, rtol=0)
 
 
 def _moe_output(adapter, acts, layer) -> torch.Tensor:

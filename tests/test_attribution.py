@@ -1,8 +1,8 @@
-"""Gated-LPI engine against an independent brute force, plus invariances the SPEC requires.
+"""Gated-LPI engine against an independent brute force, plus the invariances docs/definitions.md states.
 
 The brute force below shares no code with the engine: it hooks the model itself, materialises every
 contribution vector ``c_v``, and pushes ``base + c_v`` through the real final norm module (exact) or the frozen
-formula written from SPEC.md, then through the real ``lm_head``.
+formula written from docs/definitions.md, then through the real ``lm_head``.
 """
 
 from __future__ import annotations
@@ -76,7 +76,9 @@ def _ffn_contributions(layer, x_hat: torch.Tensor, n_neurons: int) -> tuple[torc
     """Every FFN/expert neuron's contribution vector ``[N, d]`` and whether it is routed ``[N]``."""
     mlp = layer.mlp
     if hasattr(mlp, "experts"):
-        _, weights, index = copy.deepcopy(mlp.gate).float()(x_hat[None])  # float32 router, as SPEC says
+        _, weights, index = copy.deepcopy(mlp.gate).float()(
+            x_hat[None]
+        )  # float32 router, as the definitions say
         ex = mlp.experts
         width = ex.down_proj.shape[2]
         vecs = torch.zeros(n_neurons, x_hat.shape[0])
@@ -92,7 +94,7 @@ def _ffn_contributions(layer, x_hat: torch.Tensor, n_neurons: int) -> tuple[torc
 
 
 def brute_force(model, seq: list[int], target: int, norm: str) -> dict[str, torch.Tensor]:
-    """SPEC's score table for one example, one contribution vector at a time."""
+    """The score table of docs/definitions.md for one example, one contribution vector at a time."""
     acts = _record(model, torch.tensor([seq]))
     # float32 copies of the real modules: the model's dtype must not leak into the reference math.
     final_norm, lm_head = copy.deepcopy(model.model.norm).float(), copy.deepcopy(model.lm_head).float()

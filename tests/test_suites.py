@@ -54,6 +54,8 @@ def weights(step_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
+    """Bit-identical weights: two builds run the same computations in one environment on one torch thread
+    (conftest), which is what a deterministic build promises."""
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
     for key in wa:

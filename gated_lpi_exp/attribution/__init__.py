@@ -1,4 +1,4 @@
-"""Gated-LPI attribution: per-example importance of every neuron, head and layer (SPEC.md)."""
+"""Gated-LPI attribution: per-example importance of every neuron, head and layer (docs/definitions.md)."""
 
 from gated_lpi_exp.attribution.capture import Captured, capture
 from gated_lpi_exp.attribution.engine import gated_lpi

@@ -1,6 +1,6 @@
 """One hooked forward pass that records every activation Gated-LPI needs, at position T only.
 
-Site names follow one pattern (SPEC notation): ``r_in``, ``z``, ``a``, ``r_mid``, ``x_hat``, ``f`` per layer,
+Site names follow one pattern (the notation of docs/definitions.md): ``r_in``, ``z``, ``a``, ``r_mid``, ``x_hat``, ``f`` per layer,
 ``h_final`` once, and ``routing`` (the model's own expert choice) for MoE layers.
 """
 

@@ -1,4 +1,4 @@
-"""Gated-LPI over every unit of SPEC.md's score table, for a batch of prompts.
+"""Gated-LPI over every unit of the score table in docs/definitions.md, for a batch of prompts.
 
 One hooked forward pass captures the activations at T; then, layer by layer, each unit's contribution is
 pushed through φ (``projection.py``) in chunks sized to the memory budget. Nothing here names a model family.
@@ -37,7 +37,7 @@ def gated_lpi(
     memory_budget_mb: float = 512,
     progress: bool = False,
 ) -> Attribution:
-    """Score every attention neuron, head, FFN/expert neuron and layer for each prompt (SPEC table).
+    """Score every attention neuron, head, FFN/expert neuron and layer for each prompt (the score table of docs/definitions.md).
 
     Args:
         model: A supported causal LM (see ``gated_lpi_exp.adapters``), any dtype; the math runs in float32.

@@ -68,7 +68,7 @@ def final_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) ->
 
 
 def predicted_targets(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """SPEC ``target=predicted``: the model's own top-1 token at T.
+    """``target=predicted``: the model's own top-1 token at T.
 
     Returns:
         ``[batch]`` long tensor.
@@ -77,7 +77,7 @@ def predicted_targets(model: nn.Module, input_ids: Tensor, attention_mask: Tenso
 
 
 def gold_targets(tokenizer, prompts: list[str], objects: list[str]) -> Tensor:
-    """SPEC ``target=gold``: the first token of the object as it follows the prompt.
+    """``target=gold``: the first token of the object as it follows the prompt.
 
     Tokenises ``prompt + " " + object`` and takes the first token after the prompt's own tokens (both without
     special tokens, so a BOS/EOS the tokenizer adds cannot break the prefix). Where the prompt's ids are not

@@ -1,6 +1,6 @@
 """The cost model of one checkpoint's attribution: model dimensions, work counts, and time from rates.
 
-Per batch of ``b`` prompts and per layer, ``gated_lpi`` does (SPEC's unit table, ``engine.py``):
+Per batch of ``b`` prompts and per layer, ``gated_lpi`` does (the unit table of docs/definitions.md, ``engine.py``):
 
 - FFN/expert neurons: projections of every column of every expert any of the ``b`` prompts routes to
   (``2·d·V`` FLOPs each; expected routed experts ``E·(1 − (1 − k/E)^b)`` under uniform routing), and
@@ -83,7 +83,7 @@ KNOWN_MODELS["allenai/OLMo-7B"] = KNOWN_MODELS["allenai/OLMo-7B-0424-hf"]
 
 KNOWN_SERIES = {
     # repo: (branches, step spacing, where the number comes from)
-    "allenai/OLMoE-1B-7B-0924": (244, 5000, "SPEC.md: 244 step branches"),
+    "allenai/OLMoE-1B-7B-0924": (244, 5000, "244 step branches on the hub"),
     "allenai/OLMo-7B-0424-hf": (489, 1000, "model card: every 1000 steps over 2.05T tokens at ~4.2M/step"),
     "allenai/OLMo-7B-0724-hf": (489, 1000, "model card: the 0424 checkpoints, copied"),
 }

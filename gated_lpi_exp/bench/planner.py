@@ -28,7 +28,7 @@ from gated_lpi_exp.errors import ConfigurationError
 
 CALIBRATE_MAX_PARAMS = 100e6
 PAPER_LRE_EXAMPLES = 906
-PAPER_RELATIONS = {"linguistic": 3, "commonsense": 3, "factual": 2, "bias": 4}  # SPEC.md: 12 in all
+PAPER_RELATIONS = {"linguistic": 3, "commonsense": 3, "factual": 2, "bias": 4}  # the paper's 12 relations
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Neuron-level dynamics: top-|I| sets (SPEC "Top set"), J_stab (paper eq. 7) and R_t (paper eq. 8)."""
+"""Neuron-level dynamics: top-|I| sets ("Top set" in docs/definitions.md), J_stab (paper eq. 7) and R_t (paper eq. 8)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def jaccard_stability(scores: Any, top_frac: float = 0.01) -> tuple[float, np.nd
 
     Args:
         scores: Importance per checkpoint, shape ``[S, N]``; rows in training-step order. Extra trailing dims
-            (e.g. ``[S, L, N]``) are flattened into one population of neurons, as the SPEC's population is
+            (e.g. ``[S, L, N]``) are flattened into one population of neurons, as the population is
             every neuron of a type in every layer.
         top_frac: Share of the population in each top set.
 

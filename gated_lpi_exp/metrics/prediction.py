@@ -1,4 +1,4 @@
-"""Prediction-level metrics: HIT@k (paper eq. 6) and the ablation drop % (SPEC "Ablations")."""
+"""Prediction-level metrics: HIT@k (paper eq. 6) and the ablation drop % (docs/definitions.md, "Ablations")."""
 
 from __future__ import annotations
 

@@ -174,7 +174,7 @@ register_metric(
     "drop_percent",
     higher_is_better=False,
     aggregation="none",
-    paper_ref="Table 4 (SPEC 'Ablations')",
+    paper_ref="Table 4 (docs/definitions.md, 'Ablations')",
     description=(
         "100*(HIT@10 base - ablated)/base: lower = knowledge survives losing its top units "
         "(the paper's functional robustness); higher = the ablated units matter more causally"
