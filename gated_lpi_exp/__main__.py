@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from gated_lpi_exp.compose import CONF_DIR, prepare_hydra
 from gated_lpi_exp.config import to_run_config
 from gated_lpi_exp.errors import GatedLPIError
+from gated_lpi_exp.tracking.names import JOB_NUM_TAG, OVERRIDES_TAG, SWEEP_TAG
 
 prepare_hydra()
 log = logging.getLogger("gated_lpi_exp")
@@ -24,10 +25,10 @@ def hydra_tags() -> dict[str, str]:
     if not HydraConfig.initialized():
         return {}
     hc = HydraConfig.get()
-    tags = {"gated_lpi.overrides": " ".join(hc.overrides.task) or "(defaults)"}
+    tags = {OVERRIDES_TAG: " ".join(hc.overrides.task) or "(defaults)"}
     if hc.mode == RunMode.MULTIRUN:
-        tags["gated_lpi.sweep"] = str(Path(hc.sweep.dir).resolve())
-        tags["gated_lpi.job_num"] = str(hc.job.num)
+        tags[SWEEP_TAG] = str(Path(hc.sweep.dir).resolve())
+        tags[JOB_NUM_TAG] = str(hc.job.num)
     return tags
 
 

@@ -1,8 +1,8 @@
 """One run, as a recipe: data -> checkpoints -> per-checkpoint stages -> dynamics -> tables/figures -> tracking.
 
-Each finished checkpoint goes to the result store (:mod:`gated_lpi_exp.results`), so a killed or failed run
-resumes where it stopped; launched as several processes, the run splits its checkpoints over them and
-process 0 collects their results from that store and logs the one MLflow run (docs/scaling.md).
+How the checkpoints are executed (the result store that makes a killed or failed run resume where it stopped,
+the processes of a multi-process run, out-of-memory retries) lives in :mod:`gated_lpi_exp.execution`; what is
+logged, in :mod:`gated_lpi_exp.tracking` (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -10,36 +10,29 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from gated_lpi_exp.checkpoints.loading import load_checkpoint, load_tokenizer, resolve_series
+from gated_lpi_exp.attribution.aggregate import CheckpointAggregate, ScoreSums
+from gated_lpi_exp.checkpoints.loading import resolve_series
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.data import dataset_hash, load_relations, select_relations
-from gated_lpi_exp.distributed import DistributedError, ProcessGroup
-from gated_lpi_exp.errors import AttributionError, NonFiniteError
-from gated_lpi_exp.results import CheckpointResult, ResultStore
-from gated_lpi_exp.resume import RunState, attempt
-from gated_lpi_exp.run_logging import log_figures, log_run_params, run_name, run_tags
+from gated_lpi_exp.execution.attempts import attempt
+from gated_lpi_exp.execution.process_group import ProcessGroup
+from gated_lpi_exp.execution.stage_guards import attribution_stage, evaluation_stage
+from gated_lpi_exp.execution.walk import walk_all
 from gated_lpi_exp.schemas import RelationSamples
-from gated_lpi_exp.stages import diagnose
-from gated_lpi_exp.stages.ablation import ablate_checkpoint, ablation_metrics
-from gated_lpi_exp.stages.aggregates import CheckpointAggregate, ScoreSums
-from gated_lpi_exp.stages.attribution import (
-    AttributionOutcome,
-    aggregate_arrays,
-    attribute_checkpoint,
-    head_scores,
-    top_units,
-)
+from gated_lpi_exp.stages.ablation import ablate_checkpoint
+from gated_lpi_exp.stages.attribution import head_scores, top_units
 from gated_lpi_exp.stages.dynamics import compute_dynamics, dynamics_metrics, layer_profiles
-from gated_lpi_exp.stages.evaluation import evaluate_checkpoint, hit_metrics, summarise_hits
-from gated_lpi_exp.stages.retry import retry_out_of_memory
-from gated_lpi_exp.tracking import NullTracker, Tracker
+from gated_lpi_exp.stages.evaluation import hit_metrics, summarise_hits
+from gated_lpi_exp.storage.results import CheckpointResult, ResultStore
+from gated_lpi_exp.storage.run_state import RunState
+from gated_lpi_exp.tracking.run_logging import log_figures, log_run_params, run_name, run_tags
+from gated_lpi_exp.tracking.tracker import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +62,10 @@ def load_samples(cfg: RunConfig) -> pd.DataFrame:
 def run(cfg: RunConfig, *, hydra_tags: dict[str, str] | None = None) -> RunResult:
     """Execute one run (this process's share of it) and log it to MLflow.
 
+    The README's stages in order: the examples (:func:`load_samples`), the checkpoint series, the
+    per-checkpoint stages (:func:`analyse_checkpoint`, over this process's share of the checkpoints), then
+    dynamics, tables, figures and final metrics (:func:`summarise_run`), all in one MLflow run.
+
     Raises:
         GatedLPIError: bad input, with the problem and its fix; checkpoints finished before it stay in the
             result store, and a rerun resumes after them.
@@ -85,23 +82,24 @@ def run(cfg: RunConfig, *, hydra_tags: dict[str, str] | None = None) -> RunResul
     store = ResultStore(cfg, dataset_hash(samples))
     state = RunState(store.root, store.describe_run(series.checkpoints, cfg.tracking.experiment))
     plan = group.plan(series.checkpoints, cfg.execution.shard)
+
+    def analyse(model, tokenizer, ckpt: Checkpoint) -> tuple[CheckpointResult, dict[str, ScoreSums] | None]:
+        return analyse_checkpoint(cfg, model, tokenizer, samples, ckpt, store)
+
     with (
         tracker.run(run_name(cfg), tags=run_tags(cfg, hydra_tags)) as run_id,
         attempt(state, tracker, run_id) if group.is_main else nullcontext(),
     ):
         log_run_params(tracker, cfg, series, samples, [[c.step for c in part] for part in plan])
-        mine = plan[group.rank]
-        own = group.agree(lambda: walk_checkpoints(cfg, mine, samples, store, state, tracker, group))
-        reused = group.gather({r.checkpoint.step: r.reused for r in own})
-        if not group.is_main:
+        results = walk_all(cfg, series.checkpoints, analyse, store, state, tracker, group)
+        if results is None:  # not process 0: its results reach process 0 through the result store
             return RunResult("", series.checkpoints, {})
-        results = collect_results(cfg, own, reused, series.checkpoints, store, tracker)
-        tables, final = report(cfg, results, tracker)
+        tables, final = summarise_run(cfg, results, tracker)
         log.info("done: run %s, final %s", run_id, {k: round(v, 3) for k, v in final.items() if "." not in k})
     return RunResult(run_id, series.checkpoints, tables, final)
 
 
-def report(
+def summarise_run(
     cfg: RunConfig, results: list[CheckpointResult], tracker: Tracker
 ) -> tuple[dict[str, pd.DataFrame], dict[str, float]]:
     """Tables (with the dynamics over checkpoints), figures and final metrics of the whole run, logged."""
@@ -118,49 +116,11 @@ def report(
     return tables, final
 
 
-def walk_checkpoints(
-    cfg: RunConfig,
-    checkpoints: list[Checkpoint],
-    samples: pd.DataFrame,
-    store: ResultStore,
-    state: RunState,
-    tracker: Tracker,
-    group: ProcessGroup,
-) -> list[CheckpointResult]:
-    """This process's checkpoints in step order: each taken from the result store when an earlier run
-    finished it, else computed and stored; logged as it completes."""
-    tokenizer = None
-    results = []
-    bar = tqdm(checkpoints, desc="checkpoints", unit="ckpt", disable=not cfg.progress)
-    for ckpt in bar:
-        bar.set_postfix(step=ckpt.step)
-        with store.lock(ckpt):  # the same checkpoint in another process with the same inputs waits
-            result = store.get(ckpt) if cfg.execution.resume else None
-            if result is not None:
-                log.info("step %d: result from the result store, not recomputed", ckpt.step)
-            else:
-                tokenizer = tokenizer or load_tokenizer(cfg.model, ckpt)
-                model = load_checkpoint(cfg.model, ckpt, device=group.device)
-                result, sums = analyse_checkpoint(cfg, model, tokenizer, samples, ckpt, store)
-                del model
-                state.record(ckpt.step, store.put(result, sums), group.rank)
-        log_checkpoint(tracker, cfg, result)
-        results.append(result)
-    return results
-
-
 def analyse_checkpoint(
     cfg: RunConfig, model, tokenizer, samples: pd.DataFrame, ckpt: Checkpoint, store: ResultStore
 ) -> tuple[CheckpointResult, dict[str, ScoreSums] | None]:
     """Evaluation, attribution and ablation at one checkpoint; also the per-relation attribution sums."""
-    batch = cfg.evaluation.batch_size
-    with _bar(cfg, len(samples), f"HIT@k step {ckpt.step}") as bar:
-        try:
-            hits = evaluate_checkpoint(
-                model, tokenizer, samples, step=ckpt.step, batch_size=batch, progress=bar
-            )
-        except NonFiniteError as exc:  # say where: layer, damaged weights or overflow
-            raise diagnose.explain(exc, model, tokenizer, samples, ckpt.step, batch) from exc
+    hits = evaluation_stage(cfg, model, tokenizer, samples, ckpt)
     result = CheckpointResult(ckpt, hits)
     if not cfg.attribution.enabled:
         return result, None
@@ -183,83 +143,6 @@ def analyse_checkpoint(
             seed=cfg.seed, batch_size=cfg.evaluation.batch_size,
         )  # fmt: skip
     return result, outcome.sums
-
-
-def attribution_stage(
-    cfg: RunConfig, model, tokenizer, samples: pd.DataFrame, ckpt: Checkpoint, store: ResultStore
-) -> AttributionOutcome:
-    """Gated-LPI at one checkpoint: shared with concurrent sweep jobs that need the same attribution,
-    retried with smaller chunks on out-of-memory, and non-finite scores traced to a layer."""
-
-    def attribute(budget_mb: int) -> AttributionOutcome:
-        settings = replace(cfg.attribution, memory_budget_mb=budget_mb)
-        with _bar(cfg, len(samples), f"Gated-LPI step {ckpt.step}") as bar:
-            try:
-                return attribute_checkpoint(
-                    model, tokenizer, samples, ckpt, settings, dtype=cfg.model.dtype, progress=bar
-                )
-            except AttributionError as exc:  # say where: checkpoint, layer, damaged weights or overflow
-                batch = cfg.evaluation.batch_size
-                raise diagnose.explain(exc, model, tokenizer, samples, ckpt.step, batch) from exc
-
-    # Sweep jobs needing this attribution wait here, then take it from the attribution cache.
-    with store.attribution_lock(ckpt) if cfg.attribution.use_cache else nullcontext():
-        return retry_out_of_memory(
-            attribute,
-            cfg.attribution.memory_budget_mb,
-            cfg.attribution.min_memory_budget_mb,
-            where=f"checkpoint step {ckpt.step}",
-        )
-
-
-def collect_results(
-    cfg: RunConfig,
-    own: list[CheckpointResult],
-    reused: list[dict[int, bool]],
-    checkpoints: list[Checkpoint],
-    store: ResultStore,
-    tracker: Tracker,
-) -> list[CheckpointResult]:
-    """All checkpoints' results in step order: this process's, and the other processes' from the result
-    store (``reused``: each process's step -> taken-from-store flags), which are logged here."""
-    by_step = {r.checkpoint.step: r for r in own}
-    flags = {step: flag for part in reused for step, flag in part.items()}
-    for ckpt in checkpoints:
-        if ckpt.step in by_step:
-            continue
-        result = store.get(ckpt)
-        if result is None:
-            raise DistributedError(
-                f"Step {ckpt.step} was finished by another process but is not in the result store "
-                f"{store.root}. Fix: set execution.result_dir to a folder every process can read."
-            )
-        result.reused = flags.get(ckpt.step, True)
-        log_checkpoint(tracker, cfg, result)
-        by_step[ckpt.step] = result
-    return [by_step[c.step] for c in checkpoints]
-
-
-def log_checkpoint(tracker: Tracker, cfg: RunConfig, result: CheckpointResult) -> None:
-    """One checkpoint's metrics (at its training step) and its mean-score arrays."""
-    step = result.checkpoint.step
-    tracker.log_metrics(step_metrics(cfg, result), step=step)
-    if result.aggregate is not None:
-        tracker.log_arrays(aggregate_arrays(result.aggregate), f"attribution/step{step}.npz")
-
-
-def step_metrics(cfg: RunConfig, result: CheckpointResult) -> dict[str, float]:
-    metrics = hit_metrics(summarise_hits(result.hits, cfg.evaluation.ks), result.checkpoint.step)
-    metrics["resume.from_store"] = float(result.reused)
-    if result.aggregate is not None:
-        agg = result.aggregate
-        if not result.reused:  # time spent by this run
-            metrics["time.attribution_s"] = result.attribution_seconds or 0.0
-        metrics["attribution.from_cache"] = float(result.attribution_cached or result.reused)
-        metrics["importance.ffn_layer.mean"] = float(agg.ffn_layer.mean())
-        metrics["importance.attn_layer.mean"] = float(agg.attn_layer.mean())
-    if result.ablation is not None:
-        metrics.update(ablation_metrics(result.ablation))
-    return metrics
 
 
 def collect_tables(cfg: RunConfig, results: list[CheckpointResult]) -> dict[str, pd.DataFrame]:
@@ -294,7 +177,3 @@ def attribution_aggregates(results: list[CheckpointResult]) -> list[CheckpointAg
     if len(aggregates) != len(results):
         raise ValueError("a checkpoint result has no attribution aggregate")
     return aggregates
-
-
-def _bar(cfg: RunConfig, total: int, desc: str):
-    return tqdm(total=total, desc=f"  {desc}", unit="ex", leave=False, disable=not cfg.progress)

@@ -23,10 +23,10 @@ from gated_lpi_exp.checkpoints.manifest import Manifest, ManifestEntry, write_ma
 from gated_lpi_exp.compose import compose_run_config
 from gated_lpi_exp.data import dataset_hash
 from gated_lpi_exp.errors import AttributionError
-from gated_lpi_exp.results import ResultStore
+from gated_lpi_exp.execution.retry import retry_out_of_memory
 from gated_lpi_exp.run import load_samples, run
 from gated_lpi_exp.stages.attribution import attribute_checkpoint
-from gated_lpi_exp.stages.retry import retry_out_of_memory
+from gated_lpi_exp.storage.results import ResultStore
 from gated_lpi_exp.testing import random_olmo
 
 DRIVER = textwrap.dedent(

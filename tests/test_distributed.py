@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from scale_helpers import STEPS, assert_same_numbers, make_series, overrides, run_cli, runs_of
 
 from gated_lpi_exp.compose import CONF_DIR, compose_run_config, prepare_hydra
-from gated_lpi_exp.distributed import ProcessGroup
+from gated_lpi_exp.execution.process_group import ProcessGroup
 from gated_lpi_exp.run import run
 
 

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
+from gated_lpi_exp.attribution.aggregate import CheckpointAggregate
 from gated_lpi_exp.config import DynamicsConfig
 from gated_lpi_exp.schemas import DynamicsCurve, DynamicsSummary, LayerProfile
-from gated_lpi_exp.stages.aggregates import CheckpointAggregate
 from gated_lpi_exp.stages.dynamics import compute_dynamics, dynamics_metrics, layer_profiles, metric_name
 
 # 3 checkpoints, 2 layers x 5 FFN neurons (population 10; top_frac 0.2 -> top 2, per layer top 1).

@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from gated_lpi_exp.attribution.aggregate import CheckpointAggregate
 from gated_lpi_exp.config import DynamicsConfig, TrackingConfig
 from gated_lpi_exp.report import main
 from gated_lpi_exp.report.runs import RunData, make_columns, select_runs
 from gated_lpi_exp.report.tables import Cell, Row, mark_best
 from gated_lpi_exp.schemas import AblationResult, HitSummary
-from gated_lpi_exp.stages.aggregates import CheckpointAggregate
 from gated_lpi_exp.stages.dynamics import compute_dynamics, layer_profiles
-from gated_lpi_exp.tracking import Tracker
+from gated_lpi_exp.tracking.tracker import Tracker
 
 STEPS = [0, 10, 20, 30]
 WINDOWS = {"early": [0, 20], "late": [20, None]}

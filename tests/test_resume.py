@@ -20,8 +20,8 @@ from gated_lpi_exp.checkpoints.loading import resolve_series
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.compose import compose_run_config
 from gated_lpi_exp.data import dataset_hash
-from gated_lpi_exp.results import ResultStore
 from gated_lpi_exp.run import load_samples, run
+from gated_lpi_exp.storage.results import ResultStore
 
 STEPS = [0, 10, 20, 30, 40, 50, 60, 70]
 SLOWER = ["relations=all", "ablation=top1_head", "ablation.random_seeds=1"]
@@ -101,9 +101,9 @@ WRITER = textwrap.dedent(
     import numpy as np, pandas as pd
     from gated_lpi_exp.checkpoints.resolve import Checkpoint
     from gated_lpi_exp.compose import compose_run_config
-    from gated_lpi_exp.results import CheckpointResult, ResultStore
-    from gated_lpi_exp.resume import RunState
-    from gated_lpi_exp.stages.aggregates import UNIT_KINDS, ScoreSums
+    from gated_lpi_exp.storage.results import CheckpointResult, ResultStore
+    from gated_lpi_exp.storage.run_state import RunState
+    from gated_lpi_exp.attribution.aggregate import UNIT_KINDS, ScoreSums
 
     root, who = sys.argv[1], int(sys.argv[2])
     Path(root, f"ready-{who}").touch()

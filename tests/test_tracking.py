@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from gated_lpi_exp.config import TrackingConfig
 from gated_lpi_exp.errors import TrackingError
-from gated_lpi_exp.tracking import Tracker, flatten, server_reachable
+from gated_lpi_exp.tracking.tracker import Tracker, flatten, server_reachable
 
 
 def test_flatten_nested_config():

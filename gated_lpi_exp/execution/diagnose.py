@@ -9,8 +9,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gated_lpi_exp.attribution.targets import position_ids_from_mask
+from gated_lpi_exp.data.batches import prompt_batches
 from gated_lpi_exp.errors import AttributionError, NonFiniteError
-from gated_lpi_exp.stages.batching import prompt_batches
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 

@@ -13,8 +13,9 @@ from gated_lpi_exp import __version__
 from gated_lpi_exp.errors import ConfigurationError
 from gated_lpi_exp.report.figures import render_figures
 from gated_lpi_exp.report.render import Header, render_html, render_markdown
-from gated_lpi_exp.report.runs import REPORT_TAG, load_run, make_columns, select_runs
+from gated_lpi_exp.report.runs import load_run, make_columns, select_runs
 from gated_lpi_exp.report.tables import build_tables
+from gated_lpi_exp.tracking.names import REPORT_RUNS_TAG, REPORT_TAG, VERSION_TAG
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def _log_report(client: MlflowClient, experiment: str, out: Path, run_ids: list[
         raise ConfigurationError(
             f"--log-artifact: no MLflow experiment {experiment!r} to log the report into."
         )
-    tags = {REPORT_TAG: "1", "gated_lpi.report.runs": ",".join(run_ids), "gated_lpi.version": __version__}
+    tags = {REPORT_TAG: "1", REPORT_RUNS_TAG: ",".join(run_ids), VERSION_TAG: __version__}
     run = client.create_run(found.experiment_id, run_name=f"report-{datetime.now():%Y%m%d-%H%M%S}", tags=tags)
     try:
         client.log_artifacts(run.info.run_id, str(out), artifact_path="report")

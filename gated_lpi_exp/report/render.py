@@ -13,6 +13,7 @@ from gated_lpi_exp.report.figures import RenderedFigure
 from gated_lpi_exp.report.paper import PAPER_CITATION, PAPER_MODELS
 from gated_lpi_exp.report.runs import Column, RunData
 from gated_lpi_exp.report.tables import BEST_MARK, ReportTable
+from gated_lpi_exp.tracking.names import FAMILY_TAG, N_CHECKPOINTS_PARAM
 
 RUN_HEADERS = [
     "column",
@@ -67,12 +68,12 @@ def run_summary(label: str, data: RunData) -> list[str]:
     ckpts = (
         f"{len(steps)}: {format_step(steps[0])}–{format_step(steps[-1])}"
         if steps
-        else params.get("run.n_checkpoints", "?")
+        else params.get(N_CHECKPOINTS_PARAM, "?")
     )
     end = data.run.info.end_time
     finished = f"{datetime.fromtimestamp(end / 1000, timezone.utc):%Y-%m-%d %H:%M} UTC" if end else "?"
     tags = data.tags
-    return [label, data.run_id, data.run.info.run_name or "", data.model, tags.get("gated_lpi.family", "?"),
+    return [label, data.run_id, data.run.info.run_name or "", data.model, tags.get(FAMILY_TAG, "?"),
             relations or "?", data.ablation, ckpts, finished]  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from pandera.errors import SchemaError, SchemaErrors
 
 from gated_lpi_exp.errors import ConfigurationError
 from gated_lpi_exp.schemas import AblationResult, DynamicsCurve, DynamicsSummary, HitSummary, LayerProfile
+from gated_lpi_exp.tracking.names import ABLATION_TAG, DATA_HASH_PARAM, MODEL_TAG, REPORT_TAG, SWEEP_TAG
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,6 @@ TABLES = {
 }
 """Run artifacts ``tables/<name>.parquet`` the report reads, with their schemas."""
 NOT_COMPUTED = "not computed in this run"
-SWEEP_TAG, MODEL_TAG, FAMILY_TAG, ABLATION_TAG, REPORT_TAG = (
-    "gated_lpi.sweep", "gated_lpi.model", "gated_lpi.family", "gated_lpi.ablation", "gated_lpi.report",
-)  # fmt: skip
 _SHAPING_PARAMS = (
     "model.",
     "relations.",
@@ -42,7 +40,7 @@ _SHAPING_PARAMS = (
     "evaluation.",
     "attribution.",
     "dynamics.",
-    "data.hash",
+    DATA_HASH_PARAM,
 )
 
 

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from gated_lpi_exp.attribution.aggregate import CheckpointAggregate, ScoreSums
 from gated_lpi_exp.config import AblationConfig
 from gated_lpi_exp.interventions import ablate
 from gated_lpi_exp.metrics import drop_percent
 from gated_lpi_exp.schemas import AblationResult, DataFrame
-from gated_lpi_exp.stages.aggregates import CheckpointAggregate, ScoreSums
 from gated_lpi_exp.stages.evaluation import evaluate_checkpoint
 
 UNIT_SCORES = {"head": "heads", "ffn_neuron": "ffn"}

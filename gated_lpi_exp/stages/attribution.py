@@ -13,13 +13,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from gated_lpi_exp import __version__
 from gated_lpi_exp.adapters import get_adapter
 from gated_lpi_exp.attribution import gated_lpi, predicted_targets
-from gated_lpi_exp.cache import ArrayStore, content_key
+from gated_lpi_exp.attribution.aggregate import UNIT_KINDS, CheckpointAggregate, ScoreSums
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.config import AttributionConfig
-from gated_lpi_exp.results import weight_files
+from gated_lpi_exp.data.batches import prompt_batches
 from gated_lpi_exp.schemas import DataFrame, HeadScores, TopUnits
-from gated_lpi_exp.stages.aggregates import UNIT_KINDS, CheckpointAggregate, ScoreSums
-from gated_lpi_exp.stages.batching import prompt_batches
+from gated_lpi_exp.storage.arrays import ArrayStore, content_key
+from gated_lpi_exp.storage.results import weight_files
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from gated_lpi_exp.attribution.aggregate import CheckpointAggregate
 from gated_lpi_exp.config import DynamicsConfig
 from gated_lpi_exp.metrics import (
     cross_step_cv,
@@ -35,7 +36,6 @@ from gated_lpi_exp.metrics import (
     window_mask,
 )
 from gated_lpi_exp.schemas import DataFrame, DynamicsCurve, DynamicsSummary, LayerProfile
-from gated_lpi_exp.stages.aggregates import CheckpointAggregate
 
 log = logging.getLogger(__name__)
 

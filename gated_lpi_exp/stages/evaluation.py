@@ -8,9 +8,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gated_lpi_exp.attribution import final_logits
+from gated_lpi_exp.data.batches import prompt_batches
 from gated_lpi_exp.errors import NonFiniteError
 from gated_lpi_exp.schemas import DataFrame, ExampleHits, HitSummary
-from gated_lpi_exp.stages.batching import prompt_batches
 
 
 def gold_ranks(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 An entry holds one checkpoint's per-example HIT@k ranks, its per-relation attribution sums (from which the
 aggregate is rebuilt exactly), its top units and its ablation rows, as one ``.npz`` file (tables as parquet
-bytes, nothing pickled) written atomically under a per-entry lock (:class:`gated_lpi_exp.cache.ArrayStore`).
+bytes, nothing pickled) written atomically under a per-entry lock (:class:`gated_lpi_exp.storage.arrays.ArrayStore`).
 The key is the sha256 of :meth:`ResultStore.describe`: model source, revision and weight files, dtype, the
 data's hash, the evaluation / attribution / ablation settings, the seed and the package version. So a run
 killed half-way, a run that failed on a damaged checkpoint, and every other run or sweep job with the same
@@ -27,11 +27,11 @@ import pandas as pd
 from filelock import FileLock
 
 from gated_lpi_exp import __version__
-from gated_lpi_exp.cache import ArrayStore, content_key, default_cache_dir
+from gated_lpi_exp.attribution.aggregate import UNIT_KINDS, CheckpointAggregate, ScoreSums
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.schemas import AblationResult, ExampleHits, TopUnits
-from gated_lpi_exp.stages.aggregates import UNIT_KINDS, CheckpointAggregate, ScoreSums
+from gated_lpi_exp.storage.arrays import ArrayStore, content_key, default_cache_dir
 
 log = logging.getLogger(__name__)
 

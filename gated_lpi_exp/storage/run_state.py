@@ -11,36 +11,25 @@
 Every change is a read-modify-write under a file lock, written atomically, so the processes of a
 multi-process run can record their checkpoints in the same file.
 
-What happens to a killed run (:func:`attempt`): a process killed with SIGKILL cannot end its MLflow run, so
-that run stays RUNNING and its attempt stays ``running`` here. The next run with the same settings and
-checkpoints is a **new** MLflow run, tagged ``gated_lpi.resumed_from=<old run id>``; it reuses every
-checkpoint the old one finished (from the result store) and computes the rest. When the old attempt ran on
-this host and its process is gone, the old MLflow run is ended as KILLED and tagged
-``gated_lpi.resumed_by=<new run id>``. (Its process alive means another run of the same settings is in
-progress: it is left alone and the two share finished checkpoints through the store.) A run that failed
-(e.g. on a damaged checkpoint) ended FAILED itself; its successor is tagged ``gated_lpi.resumed_from`` too.
+What a killed or failed run leaves here, and how the next run resumes it:
+:mod:`gated_lpi_exp.execution.attempts`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
-from gated_lpi_exp.cache import content_key
-from gated_lpi_exp.tracking import Tracker
-
-log = logging.getLogger(__name__)
+from gated_lpi_exp.storage.arrays import content_key
 
 RUNSTATE_FORMAT = "gated_lpi_exp.runstate/1"
 
@@ -124,51 +113,3 @@ class RunState:
                     a["status"] = status
 
         self._update(change)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def settle_previous(state: RunState, tracker: Tracker, previous: Attempt, run_id: str) -> str | None:
-    """Decide what an unfinished earlier attempt is; return its run id when this run resumes it."""
-    here = previous.host == socket.gethostname()
-    if previous.status == "running" and here and process_alive(previous.pid):
-        log.warning(
-            "run %s (pid %d) with the same settings is still running; both share finished checkpoints "
-            "through the result store",
-            previous.run_id,
-            previous.pid,
-        )
-        return None
-    if previous.status == "running" and here:
-        state.set_status(previous.run_id, "killed")
-        if previous.tracking_uri == tracker.uri and tracker.mark_killed(previous.run_id, resumed_by=run_id):
-            log.info("MLflow run %s was left RUNNING by a killed process; marked KILLED", previous.run_id)
-    log.info(
-        "resuming run %s (%s): checkpoints it finished come from the result store",
-        previous.run_id,
-        previous.status,
-    )
-    tracker.set_tags({"gated_lpi.resumed_from": previous.run_id})
-    return previous.run_id
-
-
-@contextmanager
-def attempt(state: RunState, tracker: Tracker, run_id: str) -> Iterator[str | None]:
-    """Record this run's attempt for its whole body (``finished`` or ``failed``); yield the id of the run it
-    resumes, if any. Process 0 only."""
-    previous = state.begin(run_id, tracker.uri)
-    resumed = settle_previous(state, tracker, previous, run_id) if previous is not None else None
-    try:
-        yield resumed
-    except BaseException:
-        state.set_status(run_id, "failed")
-        raise
-    state.set_status(run_id, "finished")

@@ -1,4 +1,5 @@
-"""What a run writes to MLflow besides its metrics: name, tags, params, resolved config, figures."""
+"""What a run writes to MLflow: name, tags, params, resolved config, each checkpoint's metrics and
+arrays, figures."""
 
 from __future__ import annotations
 
@@ -22,7 +23,19 @@ from gated_lpi_exp.plots import (
     plot_layer_importance_over_steps,
 )
 from gated_lpi_exp.schemas import CheckpointTable
-from gated_lpi_exp.tracking import Tracker, flatten
+from gated_lpi_exp.stages.ablation import ablation_metrics
+from gated_lpi_exp.stages.attribution import aggregate_arrays
+from gated_lpi_exp.stages.evaluation import hit_metrics, summarise_hits
+from gated_lpi_exp.storage.results import CheckpointResult
+from gated_lpi_exp.tracking.names import (
+    ABLATION_TAG,
+    DATA_HASH_PARAM,
+    FAMILY_TAG,
+    MODEL_TAG,
+    N_CHECKPOINTS_PARAM,
+    VERSION_TAG,
+)
+from gated_lpi_exp.tracking.tracker import Tracker, flatten
 
 
 def run_name(cfg: RunConfig) -> str:
@@ -40,10 +53,10 @@ def run_name(cfg: RunConfig) -> str:
 
 def run_tags(cfg: RunConfig, hydra_tags: dict[str, str] | None) -> dict[str, str]:
     tags = {
-        "gated_lpi.model": cfg.model.name,
-        "gated_lpi.family": cfg.model.family,
-        "gated_lpi.ablation": cfg.ablation.name,
-        "gated_lpi.version": __version__,
+        MODEL_TAG: cfg.model.name,
+        FAMILY_TAG: cfg.model.family,
+        ABLATION_TAG: cfg.ablation.name,
+        VERSION_TAG: __version__,
     }
     tags.update(hydra_tags or {})
     return tags
@@ -62,13 +75,13 @@ def log_run_params(
     params.update(
         {
             "run.revisions": ",".join(c.label for c in series.checkpoints),
-            "run.n_checkpoints": len(series.checkpoints),
+            N_CHECKPOINTS_PARAM: len(series.checkpoints),
             "run.missing_steps": ",".join(map(str, series.missing_steps)) or "none",
             "run.processes": len(assignment),
             "run.assignment": "; ".join(
                 f"{rank}: {','.join(map(str, steps)) or '-'}" for rank, steps in enumerate(assignment)
             ),
-            "data.hash": dataset_hash(samples),
+            DATA_HASH_PARAM: dataset_hash(samples),
             "data.n_examples": len(samples),
             "package.version": __version__,
             "package.git_commit": git_commit(),
@@ -100,6 +113,29 @@ def log_figures(cfg: RunConfig, tables: dict[str, pd.DataFrame], tracker: Tracke
         figures["figures/fig5_ablation.png"] = plot_ablation({name: tables["ablation"]})
     for path, fig in figures.items():
         tracker.log_figure(fig, path)
+
+
+def log_checkpoint(tracker: Tracker, cfg: RunConfig, result: CheckpointResult) -> None:
+    """One checkpoint's metrics (at its training step) and its mean-score arrays."""
+    step = result.checkpoint.step
+    tracker.log_metrics(step_metrics(cfg, result), step=step)
+    if result.aggregate is not None:
+        tracker.log_arrays(aggregate_arrays(result.aggregate), f"attribution/step{step}.npz")
+
+
+def step_metrics(cfg: RunConfig, result: CheckpointResult) -> dict[str, float]:
+    metrics = hit_metrics(summarise_hits(result.hits, cfg.evaluation.ks), result.checkpoint.step)
+    metrics["resume.from_store"] = float(result.reused)
+    if result.aggregate is not None:
+        agg = result.aggregate
+        if not result.reused:  # time spent by this run
+            metrics["time.attribution_s"] = result.attribution_seconds or 0.0
+        metrics["attribution.from_cache"] = float(result.attribution_cached or result.reused)
+        metrics["importance.ffn_layer.mean"] = float(agg.ffn_layer.mean())
+        metrics["importance.attn_layer.mean"] = float(agg.attn_layer.mean())
+    if result.ablation is not None:
+        metrics.update(ablation_metrics(result.ablation))
+    return metrics
 
 
 def git_commit() -> str:

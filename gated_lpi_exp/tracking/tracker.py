@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from gated_lpi_exp.config import TrackingConfig
 from gated_lpi_exp.errors import TrackingError
+from gated_lpi_exp.tracking.names import RESUMED_BY_TAG
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class Tracker:
         try:
             if self.client.get_run(run_id).info.status != "RUNNING":
                 return False
-            self.client.set_tag(run_id, "gated_lpi.resumed_by", resumed_by)
+            self.client.set_tag(run_id, RESUMED_BY_TAG, resumed_by)
             self.client.set_terminated(run_id, status="KILLED")
             return True
         except Exception as exc:  # the run lives in another store, or was deleted
