@@ -11,14 +11,23 @@ from omegaconf import DictConfig
 
 from gated_lpi_exp.config import RunConfig, register_configs, to_run_config
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = PROJECT_ROOT / "conf"
-EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
+
+def config_root() -> Path:
+    """The folder holding ``conf/`` and ``experiments/``: the installed package, where a wheel ships them
+    (``pyproject.toml`` maps the top-level folders into it), else the source tree (an editable install)."""
+    package = Path(__file__).resolve().parent
+    return package if (package / "conf" / "config.yaml").is_file() else package.parent
+
+
+CONFIG_ROOT = config_root()
+CONF_DIR = CONFIG_ROOT / "conf"
+EXPERIMENTS_DIR = CONFIG_ROOT / "experiments"
 
 
 def prepare_hydra() -> None:
-    """Register the schemas and let Hydra find the ``experiments`` presets (``./experiments/*.yaml``)."""
-    os.environ.setdefault("GATED_LPI_EXP_ROOT", str(PROJECT_ROOT))
+    """Register the schemas and let Hydra find the ``experiments`` presets (``<root>/experiments/*.yaml``,
+    the root being ``$GATED_LPI_EXP_ROOT`` when set, else :data:`CONFIG_ROOT`)."""
+    os.environ.setdefault("GATED_LPI_EXP_ROOT", str(CONFIG_ROOT))
     register_configs()
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import gated_lpi_exp
-from gated_lpi_exp.compose import PROJECT_ROOT
 
 PACKAGE = Path(gated_lpi_exp.__file__).parent
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _calls(attr: str):
