@@ -213,6 +213,31 @@ class DynamicsConfig:
 
 
 @dataclass
+class StatisticsConfig:
+    """How sure each number is: bootstrap intervals over examples and random-set baselines."""
+
+    resamples: int = 200
+    """Bootstrap replicates R (Poisson weights per example, see docs/definitions.md); 0 turns intervals
+    off. Attribution keeps ``R x (FFN + ATTN neurons)`` replicate means per checkpoint (float32 when
+    stored), so lower it for hub-sized models."""
+    level: float = 0.95
+    """Coverage of every interval (percentile bootstrap)."""
+    seed: int = 0
+    """Seed of the bootstrap weights; with it an example's weights depend only on the example, so every
+    checkpoint, stage and run resamples the same examples in replicate r."""
+    baseline_draws: int = 200
+    """Random unit sets drawn per value for the seeded empirical baselines of J_stab and R_t."""
+
+    def __post_init__(self) -> None:
+        if self.resamples < 0:
+            raise ConfigurationError(f"statistics.resamples={self.resamples} must be >= 0 (0: no intervals).")
+        if not 0.0 < self.level < 1.0:
+            raise ConfigurationError(f"statistics.level={self.level} must be in (0, 1), e.g. 0.95.")
+        if self.baseline_draws < 1:
+            raise ConfigurationError(f"statistics.baseline_draws={self.baseline_draws} must be >= 1.")
+
+
+@dataclass
 class AblationConfig:
     """The causal-intervention stage."""
 
@@ -303,6 +328,7 @@ class RunConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)

@@ -138,9 +138,9 @@ def analyse_checkpoint(
     result.aggregate = outcome.aggregate
     result.top_units = top_units(outcome.aggregate, model, cfg.attribution.top_n_logged)
     if cfg.ablation.name != "none":
-        result.ablation = ablate_checkpoint(
+        result.ablation, result.ablation_examples = ablate_checkpoint(
             model, tokenizer, samples, hits, outcome.aggregate, outcome.sums, cfg.ablation,
-            seed=cfg.seed, batch_size=cfg.evaluation.batch_size,
+            seed=cfg.seed, batch_size=cfg.evaluation.batch_size, statistics=cfg.statistics,
         )  # fmt: skip
     return result, outcome.sums
 
@@ -148,7 +148,7 @@ def analyse_checkpoint(
 def collect_tables(cfg: RunConfig, results: list[CheckpointResult]) -> dict[str, pd.DataFrame]:
     """The per-checkpoint outputs, concatenated over checkpoints."""
     hits = pd.concat([r.hits for r in results], ignore_index=True)
-    tables = {"example_hits": hits, "hit_summary": summarise_hits(hits, cfg.evaluation.ks)}
+    tables = {"example_hits": hits, "hit_summary": summarise_hits(hits, cfg.evaluation.ks, cfg.statistics)}
     if cfg.attribution.enabled:
         tables["top_units"] = pd.concat([r.top_units for r in results], ignore_index=True)
         aggregates = attribution_aggregates(results)
@@ -156,6 +156,7 @@ def collect_tables(cfg: RunConfig, results: list[CheckpointResult]) -> dict[str,
         tables["layer_profiles"] = layer_profiles(aggregates)
     if cfg.ablation.name != "none":
         tables["ablation"] = pd.concat([r.ablation for r in results], ignore_index=True)
+        tables["ablation_examples"] = pd.concat([r.ablation_examples for r in results], ignore_index=True)
     return tables
 
 
@@ -163,12 +164,14 @@ def dynamics_tables(
     cfg: RunConfig, results: list[CheckpointResult], tracker: Tracker
 ) -> dict[str, pd.DataFrame]:
     """Stability, concentration and consolidation over the checkpoints; curves and summaries to MLflow."""
-    curves, summary = compute_dynamics(attribution_aggregates(results), cfg.dynamics)
+    curves, summary, replicates = compute_dynamics(
+        attribution_aggregates(results), cfg.dynamics, cfg.statistics
+    )
     per_step, totals = dynamics_metrics(curves, summary)
     for step, values in sorted(per_step.items()):
         tracker.log_metrics(values, step=step)
     tracker.log_metrics(totals)
-    return {"dynamics_curves": curves, "dynamics_summary": summary}
+    return {"dynamics_curves": curves, "dynamics_summary": summary, "dynamics_replicates": replicates}
 
 
 def attribution_aggregates(results: list[CheckpointResult]) -> list[CheckpointAggregate]:

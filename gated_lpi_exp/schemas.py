@@ -60,6 +60,8 @@ class HitSummary(Schema):
     k: Series[int] = pa.Field(ge=1)
     hit: Series[float] = pa.Field(ge=0.0, le=1.0)
     n: Series[int] = pa.Field(ge=1)
+    ci_low: Series[float] = pa.Field(nullable=True)  # bootstrap interval over examples; NaN: not computed
+    ci_high: Series[float] = pa.Field(nullable=True)
 
 
 class CheckpointTable(Schema):
@@ -97,20 +99,37 @@ class LayerProfile(Schema):
 class DynamicsCurve(Schema):
     """A per-step dynamics metric: J_t at the later step of each pair, R_t at step t."""
 
-    metric: Series[str] = pa.Field(isin=["j_stab", "r_t"])
+    metric: Series[str] = pa.Field(isin=["j_stab", "r_t", "r_t_pop"])
     unit: Series[str] = pa.Field(isin=["ffn", "attn"])
     step: Series[int] = pa.Field(ge=0)
     value: Series[float] = pa.Field(nullable=True)
+    ci_low: Series[float] = pa.Field(nullable=True)  # bootstrap interval over examples; NaN: not computed
+    ci_high: Series[float] = pa.Field(nullable=True)
+    baseline: Series[float] = pa.Field(nullable=True)  # expected value for random sets of the same size
 
 
 class DynamicsSummary(Schema):
     """Single-value dynamics metrics over the whole range (window ``all``) and named step windows."""
 
-    metric: Series[str] = pa.Field(isin=["j_stab", "r_t", "rho_avg", "sigma_rel"])
+    metric: Series[str] = pa.Field(isin=["j_stab", "r_t", "r_t_pop", "rho_avg", "sigma_rel"])
     unit: Series[str] = pa.Field(isin=["ffn", "attn"])
     window: Series[str]
     value: Series[float] = pa.Field(nullable=True)
     n_checkpoints: Series[int] = pa.Field(ge=0)
+    ci_low: Series[float] = pa.Field(nullable=True)  # bootstrap interval over examples; NaN: not computed
+    ci_high: Series[float] = pa.Field(nullable=True)
+    baseline: Series[float] = pa.Field(nullable=True)  # closed form for random sets; NaN: not a set metric
+    baseline_empirical: Series[float] = pa.Field(nullable=True)  # mean over seeded random sets
+
+
+class DynamicsReplicates(Schema):
+    """Every bootstrap replicate of every dynamics summary value (for combining runs replicate-wise)."""
+
+    metric: Series[str] = pa.Field(isin=["j_stab", "r_t", "r_t_pop", "rho_avg", "sigma_rel"])
+    unit: Series[str] = pa.Field(isin=["ffn", "attn"])
+    window: Series[str]
+    replicate: Series[int] = pa.Field(ge=0)
+    value: Series[float] = pa.Field(nullable=True)
 
 
 class AblationResult(Schema):
@@ -123,7 +142,23 @@ class AblationResult(Schema):
     n_units: Series[int] = pa.Field(ge=0)
     hit_at_10: Series[float] = pa.Field(ge=0.0, le=1.0)
     drop_percent: Series[float] = pa.Field(nullable=True)
+    drop_ci_low: Series[float] = pa.Field(
+        nullable=True
+    )  # bootstrap interval over examples; NaN: not computed
+    drop_ci_high: Series[float] = pa.Field(nullable=True)
     heldout: Series[bool]
+
+
+class AblationExamples(Schema):
+    """Per checkpoint, condition and evaluated example: whether the gold token stayed in the top 10."""
+
+    step: Series[int] = pa.Field(ge=0)
+    ablation: Series[str]
+    condition: Series[str] = pa.Field(isin=["base", "targeted", "random"])
+    seed: Series[int] = pa.Field(ge=-1)
+    relation: Series[str]
+    sample_id: Series[int] = pa.Field(ge=0)
+    hit_at_10: Series[int] = pa.Field(isin=[0, 1])
 
 
 class CleaningChanges(Schema):

@@ -62,7 +62,7 @@ def test_layer_profiles_overall_and_per_relation(aggregates):
 
 
 def test_curves_at_the_later_step_of_each_pair(aggregates):
-    curves, _ = compute_dynamics(aggregates, DynamicsConfig(top_frac=0.2))
+    curves, _, _ = compute_dynamics(aggregates, DynamicsConfig(top_frac=0.2))
     DynamicsCurve.check(curves)
     by = {(r.metric, r.unit, r.step): r.value for r in curves.itertuples()}
     assert by[("j_stab", "ffn", 10)] == pytest.approx(1 / 3)
@@ -71,11 +71,15 @@ def test_curves_at_the_later_step_of_each_pair(aggregates):
     assert by[("r_t", "ffn", 20)] == pytest.approx(0.5)  # layer 0 has no gain
     assert by[("j_stab", "attn", 10)] == by[("j_stab", "attn", 20)] == 1.0
     assert math.isnan(by[("r_t", "attn", 10)]) and math.isnan(by[("r_t", "attn", 20)])
-    assert len(curves) == 2 * 2 * 2
+    # Pooled: one top-2 set over all 10 neurons. 0->10 gains 8 and 1 of 9; 10->20 gains 2 and 1 of 4.
+    assert by[("r_t_pop", "ffn", 10)] == pytest.approx(1.0)
+    assert by[("r_t_pop", "ffn", 20)] == pytest.approx(0.75)
+    assert len(curves) == 3 * 2 * 2
+    assert curves.ci_low.isna().all()  # no replicates, no intervals
 
 
 def test_whole_range_summary(aggregates):
-    _, summary = compute_dynamics(aggregates, DynamicsConfig(top_frac=0.2))
+    _, summary, _ = compute_dynamics(aggregates, DynamicsConfig(top_frac=0.2))
     DynamicsSummary.check(summary)
     assert _value(summary, "j_stab", "ffn") == (pytest.approx(2 / 3), 3)
     assert _value(summary, "r_t", "ffn")[0] == pytest.approx((8 / 9 + 0.5) / 2)
@@ -91,8 +95,8 @@ def test_whole_range_summary(aggregates):
 def test_windows_including_one_too_short(aggregates, caplog):
     cfg = DynamicsConfig(top_frac=0.2, windows={"early": [0, 15], "late": [20, None]})
     with caplog.at_level(logging.WARNING, logger="gated_lpi_exp.stages.dynamics"):
-        _, summary = compute_dynamics(aggregates, cfg)
-    assert set(summary.window) == {"all", "early", "late"} and len(summary) == 3 * 4 * 2
+        _, summary, _ = compute_dynamics(aggregates, cfg)
+    assert set(summary.window) == {"all", "early", "late"} and len(summary) == 3 * 5 * 2
     assert _value(summary, "j_stab", "ffn", "early") == (pytest.approx(1 / 3), 2)
     assert _value(summary, "r_t", "ffn", "early")[0] == pytest.approx(8 / 9)
     assert _value(summary, "rho_avg", "ffn", "early")[0] == pytest.approx(1.0)
@@ -103,8 +107,8 @@ def test_windows_including_one_too_short(aggregates, caplog):
 
 
 def test_single_checkpoint_gives_empty_curves_and_nan_summary():
-    curves, summary = compute_dynamics([_aggregate(0)], DynamicsConfig(top_frac=0.2))
-    assert curves.empty and list(curves.columns) == ["metric", "unit", "step", "value"]
+    curves, summary, _ = compute_dynamics([_aggregate(0)], DynamicsConfig(top_frac=0.2))
+    assert curves.empty and list(curves.columns) == list(DynamicsCurve.to_schema().columns)
     assert summary.value.isna().all() and (summary.n_checkpoints == 1).all()
 
 
@@ -119,13 +123,17 @@ def test_bad_inputs():
 
 def test_metric_names(aggregates):
     cfg = DynamicsConfig(top_frac=0.2, windows={"early": [0, 15]})
-    per_step, totals = dynamics_metrics(*compute_dynamics(aggregates, cfg))
+    per_step, totals = dynamics_metrics(*compute_dynamics(aggregates, cfg)[:2])
     assert sorted(per_step) == [10, 20]
-    assert set(per_step[10]) == {"j_stab.ffn", "r_t.ffn", "j_stab.attn", "r_t.attn"}
+    values = {n for n in per_step[10] if not n.endswith((".ci_low", ".ci_high", ".baseline"))}
+    assert values == {"j_stab.ffn", "r_t.ffn", "r_t_pop.ffn", "j_stab.attn", "r_t.attn", "r_t_pop.attn"}
+    assert per_step[10]["j_stab.ffn.baseline"] == pytest.approx(19 / 135)
     assert per_step[10]["j_stab.ffn"] == pytest.approx(1 / 3)
     assert totals["j_stab.ffn.mean"] == pytest.approx(2 / 3)
     assert totals["j_stab.ffn.early"] == pytest.approx(1 / 3)
     assert totals["rho_avg.attn"] == pytest.approx(-1 / 3)
     assert {"sigma_rel.ffn", "sigma_rel.attn.early", "r_t.attn.mean", "rho_avg.ffn.early"} <= set(totals)
-    assert len(totals) == 4 * 2 * 2
+    assert len([n for n in totals if not n.endswith(".baseline")]) == 5 * 2 * 2
+    assert totals["r_t.ffn.mean.baseline"] == pytest.approx(0.2)
+    assert not any(n.endswith(".ci_low") for n in totals)  # no replicates, no intervals
     assert metric_name("r_t", "attn") == "r_t.attn" and metric_name("rho_avg", "ffn", "all") == "rho_avg.ffn"

@@ -59,6 +59,9 @@ class CheckpointAggregate:
     n_examples: int
     per_relation: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     """Relation -> kind -> mean array, for per-relation tables."""
+    replicates: dict[str, np.ndarray] | None = None
+    """Kind -> bootstrap replicates of the mean ``[R, ...]`` (``gated_lpi_exp.attribution.replicates``);
+    None when intervals are off."""
 
     @classmethod
     def from_sums(

@@ -45,8 +45,9 @@ def attribution_stage(
         with stage_bar(cfg, len(samples), f"Gated-LPI step {ckpt.step}") as bar:
             try:
                 return attribute_checkpoint(
-                    model, tokenizer, samples, ckpt, settings, dtype=cfg.model.dtype, progress=bar
-                )
+                    model, tokenizer, samples, ckpt, settings,
+                    dtype=cfg.model.dtype, progress=bar, statistics=cfg.statistics,
+                )  # fmt: skip
             except AttributionError as exc:  # say where: checkpoint, layer, damaged weights or overflow
                 batch = cfg.evaluation.batch_size
                 raise diagnose.explain(exc, model, tokenizer, samples, ckpt.step, batch) from exc

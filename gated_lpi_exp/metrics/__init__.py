@@ -12,7 +12,12 @@ Conventions shared by the functions (details in each docstring):
 
 from gated_lpi_exp.metrics._arrays import top_count
 from gated_lpi_exp.metrics.layers import cross_step_cv, layer_consistency
-from gated_lpi_exp.metrics.neurons import jaccard_stability, positive_gain_concentration, top_set
+from gated_lpi_exp.metrics.neurons import (
+    jaccard_stability,
+    pooled_gain_concentration,
+    positive_gain_concentration,
+    top_set,
+)
 from gated_lpi_exp.metrics.prediction import drop_percent, hit_at_k
 from gated_lpi_exp.metrics.registry import (
     AGGREGATIONS,
@@ -35,6 +40,7 @@ __all__ = [
     "jaccard_stability",
     "layer_consistency",
     "metric_versions",
+    "pooled_gain_concentration",
     "positive_gain_concentration",
     "register_metric",
     "top_count",

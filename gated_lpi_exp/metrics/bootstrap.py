@@ -125,3 +125,20 @@ def mean_interval(values: Any, weights: np.ndarray, level: float = 0.95) -> tupl
     """
     low, high = percentile_interval(weighted_means(values, weights), level)
     return float(low), float(high)
+
+
+def drop_percent_replicates(base: Any, ablated: Any, weights: np.ndarray) -> np.ndarray:
+    """Replicates of ``100 · (HIT_base − HIT_ablated) / HIT_base`` from paired per-example hits # [R]
+
+    Args:
+        base: Per-example 0/1 hits without the ablation ``[n]``.
+        ablated: The same examples' hits with it ``[n]``.
+        weights: ``[R, n]`` for those examples: both scores of a replicate use the same resample.
+
+    Returns:
+        NaN in a replicate whose base HIT is 0 (or whose weights sum to 0).
+    """
+    b = weighted_means(base, weights)  # [R]
+    a = weighted_means(ablated, weights)  # [R]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(b > 0, 100.0 * (b - a) / b, np.nan)

@@ -109,3 +109,21 @@ def positive_gain_concentration(scores: Any, top_frac: float = 0.01) -> np.ndarr
     sums = np.where(valid, per_layer, 0.0).sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def pooled_gain_concentration(scores: Any, top_frac: float = 0.01) -> np.ndarray:
+    """R_t over the whole population: one top set of ``ceil(top_frac · L · N)`` gainers across all layers.
+
+    The same eq. 8 as :func:`positive_gain_concentration` with every layer's neurons pooled, so the top set
+    is as large as J_stab's; the per-layer form takes ``ceil(top_frac · N)`` per layer, which is only a
+    handful of neurons in a small model.
+
+    Args:
+        scores: Importance per checkpoint ``[S, L, N]`` or ``[S, N]``; rows in training-step order.
+        top_frac: Share of the population counted as the top.
+
+    Returns:
+        float64 curve ``[S - 1]`` (NaN where no neuron gains).
+    """
+    s = as_float(scores, "scores", (2, 3))
+    return positive_gain_concentration(s.reshape(s.shape[0], -1), top_frac)

@@ -14,7 +14,11 @@ from typing import Any
 import numpy as np
 
 from gated_lpi_exp.metrics.layers import cross_step_cv, layer_consistency
-from gated_lpi_exp.metrics.neurons import jaccard_stability, positive_gain_concentration
+from gated_lpi_exp.metrics.neurons import (
+    jaccard_stability,
+    pooled_gain_concentration,
+    positive_gain_concentration,
+)
 from gated_lpi_exp.metrics.prediction import drop_percent, hit_at_k
 
 
@@ -140,6 +144,14 @@ register_metric(
     description="Positive-gain concentration: share of a layer's positive importance gain taken by its "
     "top-1% gainers (higher = more concentrated reinforcement); fn returns the curve over steps",
 )(positive_gain_concentration)
+register_metric(
+    "r_t_pop",
+    higher_is_better=True,
+    aggregation="nanmean",
+    paper_ref="eq. 8, population-wide top set (ours)",
+    description="Positive-gain concentration with one top-1% set over every layer's neurons (as large as "
+    "J_stab's), instead of eq. 8's per-layer sets; fn returns the curve over steps",
+)(pooled_gain_concentration)
 register_metric(
     "rho_avg",
     higher_is_better=True,

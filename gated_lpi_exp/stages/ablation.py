@@ -9,11 +9,12 @@ import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gated_lpi_exp.attribution.aggregate import CheckpointAggregate, ScoreSums
-from gated_lpi_exp.config import AblationConfig
+from gated_lpi_exp.config import AblationConfig, StatisticsConfig
 from gated_lpi_exp.interventions import ablate
 from gated_lpi_exp.metrics import drop_percent
-from gated_lpi_exp.schemas import AblationResult, DataFrame
-from gated_lpi_exp.stages.evaluation import evaluate_checkpoint
+from gated_lpi_exp.metrics.bootstrap import drop_percent_replicates, percentile_interval
+from gated_lpi_exp.schemas import AblationExamples, AblationResult, DataFrame
+from gated_lpi_exp.stages.evaluation import evaluate_checkpoint, example_weights_of
 
 UNIT_SCORES = {"head": "heads", "ffn_neuron": "ffn"}
 
@@ -51,48 +52,73 @@ def ablate_checkpoint(
     *,
     seed: int = 0,
     batch_size: int = 32,
-) -> DataFrame[AblationResult]:
-    """Base, targeted and random-control HIT@10 at one checkpoint.
+    statistics: StatisticsConfig | None = None,
+) -> tuple[DataFrame[AblationResult], DataFrame[AblationExamples]]:
+    """Base, targeted and random-control HIT@10 at one checkpoint, with each example's outcome.
 
     The base HIT@10 is read from the evaluation stage's ``hits`` (same examples, unablated model), so only
     the interventions need forward passes.
 
     Units are ranked by the checkpoint's mean importance over the run's examples; with ``cfg.heldout`` they
     are ranked on the even-``sample_id`` half and evaluated on the odd half, so selection does not inflate
-    the drop.
+    the drop. With ``statistics`` each drop gets a bootstrap interval over the evaluated examples, the chosen
+    units held fixed (the interval is about which facts are asked, not about which units are picked).
+
+    Returns:
+        ``(table, examples)``: one row per condition (and random seed), and per example its 0/1 HIT@10
+        under each condition (for intervals over several checkpoints, and targeted minus random).
     """
     step = aggregate.step
     ranking = CheckpointAggregate.from_sums(step, sums, parity=0) if cfg.heldout else aggregate
     evaluated = samples[samples["sample_id"] % 2 == 1] if cfg.heldout else samples
+    keys = evaluated[["relation", "sample_id"]].reset_index(drop=True)
     scores = ranking.scores(UNIT_SCORES[cfg.unit])  # [layers, units]
     n = unit_count(cfg, scores.size)
 
-    def hit10(units: np.ndarray) -> float:
+    def outcome(condition: str, seed_: int, ranks: pd.DataFrame) -> pd.DataFrame:
+        table = keys.merge(ranks[["relation", "sample_id", "gold_rank"]], on=["relation", "sample_id"])
+        hit = (table["gold_rank"] <= 10).astype(int)
+        return keys.assign(condition=condition, seed=seed_, hit_at_10=hit.to_numpy())
+
+    def ablated(units: np.ndarray) -> pd.DataFrame:
         chosen = as_layer_map(units, scores.shape[1])
         kwargs = {"heads": chosen} if cfg.unit == "head" else {"ffn_neurons": chosen}
         with ablate(model, **kwargs):
-            hits = evaluate_checkpoint(model, tokenizer, evaluated, step=step, batch_size=batch_size)
-        return float((hits["gold_rank"] <= 10).mean())
+            return evaluate_checkpoint(model, tokenizer, evaluated, step=step, batch_size=batch_size)
 
-    evaluated_hits = hits.merge(evaluated[["relation", "sample_id"]], on=["relation", "sample_id"])
-    base = float((evaluated_hits["gold_rank"] <= 10).mean())
-    rows = [dict(condition="base", seed=-1, n_units=0, hit_at_10=base)]
-    rows.append(
-        dict(condition="targeted", seed=-1, n_units=n, hit_at_10=hit10(rank_units(scores, n, cfg.rank_by)))
-    )
+    parts = [outcome("base", -1, hits), outcome("targeted", -1, ablated(rank_units(scores, n, cfg.rank_by)))]
     for s in range(cfg.random_seeds):
         rng = np.random.default_rng([seed, s, step])
+        parts.append(outcome("random", s, ablated(rng.choice(scores.size, n, replace=False))))
+    examples = pd.concat(parts, ignore_index=True).assign(step=step, ablation=cfg.name)
+    table = _condition_rows(examples, n, statistics).assign(heldout=cfg.heldout)
+    return (
+        AblationResult.check(table[list(AblationResult.to_schema().columns)]),
+        AblationExamples.check(examples[list(AblationExamples.to_schema().columns)]),
+    )
+
+
+def _condition_rows(
+    examples: pd.DataFrame, n_units: int, statistics: StatisticsConfig | None
+) -> pd.DataFrame:
+    """One row per (condition, seed): HIT@10, drop % against base and its bootstrap interval."""
+    base = examples[examples["condition"] == "base"]
+    weights = example_weights_of(base, statistics)  # [R, n] in base's example order, or None
+    level = statistics.level if statistics is not None else 0.95
+    base_hits = base["hit_at_10"].to_numpy()
+    rows = []
+    for (condition, seed), part in examples.groupby(["condition", "seed"], sort=False):
+        hits = part["hit_at_10"].to_numpy()  # same example order as base (built from the same keys)
+        low = high = math.nan
+        if weights is not None and condition != "base":
+            low, high = percentile_interval(drop_percent_replicates(base_hits, hits, weights), level)
         rows.append(
-            dict(
-                condition="random",
-                seed=s,
-                n_units=n,
-                hit_at_10=hit10(rng.choice(scores.size, n, replace=False)),
-            )
-        )
-    table = pd.DataFrame(rows).assign(step=step, ablation=cfg.name, heldout=cfg.heldout)
-    table["drop_percent"] = [drop_percent(base, h) for h in table["hit_at_10"]]
-    return AblationResult.check(table[list(AblationResult.to_schema().columns)])
+            dict(condition=condition, seed=seed, n_units=0 if condition == "base" else n_units,
+                 hit_at_10=float(hits.mean()), drop_percent=drop_percent(base_hits.mean(), hits.mean()),
+                 drop_ci_low=float(low), drop_ci_high=float(high))
+        )  # fmt: skip
+    first = examples.iloc[0]
+    return pd.DataFrame(rows).assign(step=first["step"], ablation=first["ablation"])
 
 
 def ablation_metrics(table: DataFrame[AblationResult]) -> dict[str, float]:
@@ -101,9 +127,11 @@ def ablation_metrics(table: DataFrame[AblationResult]) -> dict[str, float]:
     for condition in ("base", "targeted"):
         part = table[table["condition"] == condition]
         out[f"ablation.hit_at_10.{condition}"] = float(part["hit_at_10"].iloc[0])
-    out["ablation.drop_percent.targeted"] = float(
-        table.loc[table["condition"] == "targeted", "drop_percent"].iloc[0]
-    )
+    targeted = table[table["condition"] == "targeted"].iloc[0]
+    out["ablation.drop_percent.targeted"] = float(targeted["drop_percent"])
+    if not math.isnan(targeted["drop_ci_low"]):
+        out["ablation.drop_percent.targeted.ci_low"] = float(targeted["drop_ci_low"])
+        out["ablation.drop_percent.targeted.ci_high"] = float(targeted["drop_ci_high"])
     rand = table[table["condition"] == "random"]
     if len(rand):
         out["ablation.hit_at_10.random_mean"] = float(rand["hit_at_10"].mean())

@@ -14,9 +14,11 @@ from gated_lpi_exp import __version__
 from gated_lpi_exp.adapters import get_adapter
 from gated_lpi_exp.attribution import gated_lpi, predicted_targets
 from gated_lpi_exp.attribution.aggregate import UNIT_KINDS, CheckpointAggregate, ScoreSums
+from gated_lpi_exp.attribution.replicates import REPLICATE_KINDS, ReplicateAccumulator
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
-from gated_lpi_exp.config import AttributionConfig
+from gated_lpi_exp.config import AttributionConfig, StatisticsConfig
 from gated_lpi_exp.data.batches import prompt_batches
+from gated_lpi_exp.metrics.bootstrap import METHOD, example_weights
 from gated_lpi_exp.schemas import DataFrame, HeadScores, TopUnits
 from gated_lpi_exp.storage.arrays import ArrayStore, content_key
 from gated_lpi_exp.storage.results import weight_files
@@ -54,6 +56,20 @@ def relation_key(checkpoint: Checkpoint, dtype: str, rows: pd.DataFrame, cfg: At
     }
 
 
+def replicates_key(
+    checkpoint: Checkpoint, dtype: str, samples: pd.DataFrame, cfg: AttributionConfig, stats: StatisticsConfig
+) -> dict:
+    """Everything that determines the bootstrap replicates of one checkpoint's mean scores."""
+    content = samples[["relation", "sample_id", "subject", "object", "prompt"]].astype(str)
+    description = relation_key(checkpoint, dtype, samples, cfg)
+    description.update(
+        relation="(all)",
+        rows=content_key({"rows": content.to_numpy().tolist()}),
+        bootstrap={"method": METHOD, "resamples": stats.resamples, "seed": stats.seed},
+    )
+    return description
+
+
 def attribute_checkpoint(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -63,13 +79,22 @@ def attribute_checkpoint(
     *,
     dtype: str = "auto",
     progress=None,
+    statistics: StatisticsConfig | None = None,
 ) -> AttributionOutcome:
     """Mean Gated-LPI of every unit over ``samples`` at ``checkpoint``, reusing cached relations.
+
+    With ``statistics.resamples > 0`` the aggregate also carries bootstrap replicates of the mean scores
+    (:mod:`gated_lpi_exp.attribution.replicates`), cached for the whole example set; when they are not in
+    the cache, every relation is recomputed in one pass (their sums are replaced by identical ones).
 
     Raises:
         AttributionError: a score is NaN or infinite (raised by the engine; the run traces it to a layer).
     """
     store = ArrayStore(cfg.cache_dir, "attribution") if cfg.use_cache else None
+    wanted = statistics is not None and statistics.resamples > 0
+    rep_entry = replicates_key(checkpoint, dtype, samples, cfg, statistics) if wanted else None
+    rep_key = content_key(rep_entry) if rep_entry else None
+    replicates = store.get(rep_key) if store and rep_key else None
     sums: dict[str, ScoreSums] = {}
     missing: dict[str, tuple[str, dict]] = {}
     for relation, rows in samples.groupby("relation", sort=False):
@@ -78,26 +103,42 @@ def attribute_checkpoint(
         hit = store.get(key) if store else None
         if hit is None:
             missing[relation] = (key, description)
-            continue
-        sums[relation] = _from_arrays(hit)
-        if progress is not None:
-            progress.update(len(rows))
-    if missing:
+        else:
+            sums[relation] = _from_arrays(hit)
+    recompute_all = wanted and replicates is None
+    if progress is not None:
+        progress.update(0 if recompute_all else int((~samples["relation"].isin(missing)).sum()))
+    if missing or recompute_all:
         # One pass over every uncached relation: batches span relations, so the shared per-neuron
         # projections (the dominant cost) are amortised over as many prompts as a batch holds.
-        todo = samples[samples["relation"].isin(missing)]
-        computed = _relation_sums(model, tokenizer, todo, cfg, progress)
+        todo = samples if recompute_all else samples[samples["relation"].isin(missing)]
+        accumulator = _accumulator(todo, statistics) if recompute_all else None
+        computed = _relation_sums(model, tokenizer, todo, cfg, progress, accumulator)
         for relation, (key, description) in missing.items():
-            sums[relation] = computed[relation]
             if store:
                 store.put(key, _to_arrays(computed[relation]), description)
+        sums.update(computed)
+        if accumulator is not None:
+            replicates = accumulator.means()
+            if store and rep_key and rep_entry:
+                store.put(rep_key, replicates, rep_entry)
     ordered = {rel: sums[rel] for rel in samples["relation"].unique()}
     aggregate = CheckpointAggregate.from_sums(checkpoint.step, ordered)
+    aggregate.replicates = replicates
     return AttributionOutcome(aggregate, ordered, len(ordered) - len(missing), len(missing))
 
 
-def _relation_sums(model, tokenizer, rows, cfg, progress) -> dict[str, ScoreSums]:
-    """Per-relation, per-parity sums of every score over ``rows`` (which may span relations)."""
+def _accumulator(rows: pd.DataFrame, statistics: StatisticsConfig | None) -> ReplicateAccumulator:
+    assert statistics is not None
+    weights = example_weights(
+        rows["relation"].tolist(), rows["sample_id"].tolist(), statistics.resamples, statistics.seed
+    )  # [R, n] in the order prompt_batches delivers the rows
+    return ReplicateAccumulator(weights)
+
+
+def _relation_sums(model, tokenizer, rows, cfg, progress, accumulator=None) -> dict[str, ScoreSums]:
+    """Per-relation, per-parity sums of every score over ``rows`` (which may span relations); also feeds
+    each batch's scores to ``accumulator`` (bootstrap replicates) when one is given."""
     device = next(model.parameters()).device
     relations = list(rows["relation"].unique())
     # Slot 2*r + parity collects relation r's even (0) or odd (1) examples.
@@ -122,6 +163,8 @@ def _relation_sums(model, tokenizer, rows, cfg, progress) -> dict[str, ScoreSums
         offset += len(batch.rows)
         part = {kind: _slot_sums(getattr(result, kind).cpu(), where, len(counts)) for kind in UNIT_KINDS}
         totals = part if totals is None else {k: totals[k] + part[k] for k in totals}
+        if accumulator is not None:
+            accumulator.add({kind: getattr(result, kind) for kind in REPLICATE_KINDS})
         if progress is not None:
             progress.update(len(batch.rows))
     assert totals is not None

@@ -10,10 +10,16 @@ number as restricting the checkpoints first and recomputing.
 
 MLflow metric names (:func:`metric_name`, :func:`dynamics_metrics`), with ``<unit>`` in ``ffn | attn``:
 
-- per step (logged with ``step=`` the later checkpoint of the pair): ``j_stab.<unit>``, ``r_t.<unit>``;
-- whole range: ``j_stab.<unit>.mean``, ``r_t.<unit>.mean`` (curve means), ``rho_avg.<unit>``,
-  ``sigma_rel.<unit>`` (single values);
-- named window ``<w>`` of ``dynamics.windows``: ``<metric>.<unit>.<w>`` for all four metrics.
+- per step (logged with ``step=`` the later checkpoint of the pair): ``j_stab.<unit>``, ``r_t.<unit>``,
+  ``r_t_pop.<unit>``;
+- whole range: ``j_stab.<unit>.mean``, ``r_t.<unit>.mean``, ``r_t_pop.<unit>.mean`` (curve means),
+  ``rho_avg.<unit>``, ``sigma_rel.<unit>`` (single values);
+- named window ``<w>`` of ``dynamics.windows``: ``<metric>.<unit>.<w>`` for every metric;
+- each of these with ``.ci_low`` / ``.ci_high`` (bootstrap interval) and, for the set metrics,
+  ``.baseline`` (closed-form random-set value) appended, where defined.
+
+Intervals: every bootstrap replicate of the checkpoints' mean scores goes through the same curve and window
+code as the means themselves (:mod:`gated_lpi_exp.metrics.series`).
 """
 
 from __future__ import annotations
@@ -26,25 +32,23 @@ import numpy as np
 import pandas as pd
 
 from gated_lpi_exp.attribution.aggregate import CheckpointAggregate
-from gated_lpi_exp.config import DynamicsConfig
-from gated_lpi_exp.metrics import (
-    cross_step_cv,
-    get_metric,
-    jaccard_stability,
-    layer_consistency,
-    positive_gain_concentration,
-    window_mask,
+from gated_lpi_exp.config import DynamicsConfig, StatisticsConfig
+from gated_lpi_exp.metrics import window_mask
+from gated_lpi_exp.metrics.bootstrap import percentile_interval
+from gated_lpi_exp.metrics.series import (
+    CURVE_METRICS,
+    ReplicateSeries,
+    pair_values,
+    replicate_series,
+    set_baselines,
+    window_summary,
 )
-from gated_lpi_exp.schemas import DataFrame, DynamicsCurve, DynamicsSummary, LayerProfile
+from gated_lpi_exp.schemas import DataFrame, DynamicsCurve, DynamicsReplicates, DynamicsSummary, LayerProfile
 
 log = logging.getLogger(__name__)
 
 UNITS: dict[str, tuple[str, str]] = {"ffn": ("ffn", "ffn_layer"), "attn": ("attn", "attn_layer")}
 """Unit -> (neuron score kind, layer score kind) of :class:`CheckpointAggregate`."""
-CURVE_METRICS = ("j_stab", "r_t")
-"""Metrics with a value per consecutive checkpoint pair; their summary is the registry's aggregation."""
-PROFILE_METRICS = ("rho_avg", "sigma_rel")
-"""Metrics with one value per window, computed on the layer profiles."""
 WHOLE_RANGE = "all"
 """Window name of the whole checkpoint range in :class:`DynamicsSummary`."""
 _RESERVED_WINDOWS = (WHOLE_RANGE, "mean")
@@ -108,37 +112,27 @@ def layer_profiles(aggregates: Sequence[CheckpointAggregate]) -> DataFrame[Layer
     return LayerProfile.check(table)
 
 
-def _pair_curves(ordered: list[CheckpointAggregate], kind: str, top_frac: float) -> dict[str, np.ndarray]:
-    """J_t and R_t of consecutive checkpoint pairs, two checkpoints in memory at a time: each ``[S-1]``."""
-    n_pairs = len(ordered) - 1
-    out = {"j_stab": np.full(n_pairs, np.nan), "r_t": np.full(n_pairs, np.nan)}
-    for t in range(n_pairs):
-        pair = np.stack([ordered[t].scores(kind), ordered[t + 1].scores(kind)])  # [2, L, N]
-        out["j_stab"][t] = jaccard_stability(pair, top_frac)[1][0]
-        out["r_t"][t] = positive_gain_concentration(pair, top_frac)[0]
+def _curves(ordered: list[CheckpointAggregate], kind: str, top_frac: float) -> dict[str, np.ndarray]:
+    """Curve metrics of consecutive pairs of the mean scores, two checkpoints in memory at a time:
+    each ``[S-1]``."""
+    out = {m: np.full(len(ordered) - 1, np.nan) for m in CURVE_METRICS}
+    for t in range(len(ordered) - 1):
+        for metric, value in pair_values(
+            ordered[t].scores(kind), ordered[t + 1].scores(kind), top_frac
+        ).items():
+            out[metric][t] = value
     return out
 
 
-def _window_rows(
-    name: str,
-    mask: np.ndarray,
-    curves: dict[str, dict[str, np.ndarray]],
-    profiles: dict[str, np.ndarray],
-) -> list[dict]:
-    """Summary rows of one window: four metrics x two units (NaN when it holds < 2 checkpoints)."""
-    n = int(mask.sum())
-    pairs = mask[:-1] & mask[1:]  # [S-1]: both checkpoints of the pair inside the window
-    rows = []
-    for unit in UNITS:
-        values = dict.fromkeys(CURVE_METRICS + PROFILE_METRICS, math.nan)
-        if n >= 2:
-            for metric in CURVE_METRICS:
-                values[metric] = get_metric(metric).aggregate(curves[unit][metric][pairs])
-            prof = profiles[unit][mask]  # [n, L]
-            values["rho_avg"] = layer_consistency(prof) if prof.shape[1] >= 2 else math.nan
-            values["sigma_rel"] = cross_step_cv(prof)
-        rows += [dict(metric=m, unit=unit, window=name, value=v, n_checkpoints=n) for m, v in values.items()]
-    return rows
+def _replicates(
+    ordered: list[CheckpointAggregate], kind: str, layer_kind: str, masks: dict, top_frac: float
+) -> ReplicateSeries | None:
+    """Every bootstrap replicate's curves and summaries, when every checkpoint carries replicates."""
+    reps = [a.replicates for a in ordered]
+    if any(r is None or kind not in r or layer_kind not in r for r in reps):
+        return None
+    layers = np.stack([r[layer_kind] for r in reps], axis=1).astype(np.float64)  # [R, S, L]
+    return replicate_series([r[kind] for r in reps], layers, masks, top_frac)
 
 
 def _windows(cfg: DynamicsConfig) -> dict[str, tuple[int | None, int | None]]:
@@ -151,45 +145,105 @@ def _windows(cfg: DynamicsConfig) -> dict[str, tuple[int | None, int | None]]:
     return windows
 
 
+def _masks(cfg: DynamicsConfig, steps: np.ndarray) -> dict[str, np.ndarray]:
+    """Window name -> checkpoints inside it ``[S]``; warns about windows too short for any metric."""
+    masks = {}
+    for name, (start, stop) in _windows(cfg).items():
+        masks[name] = window_mask(steps.tolist(), start, stop)  # [S]
+        if masks[name].sum() < 2:
+            log.warning(
+                "dynamics window %r [%s, %s) holds %d checkpoint(s) (steps %s); needs >= 2, metrics are NaN",
+                name, start, stop, int(masks[name].sum()), steps[masks[name]].tolist(),
+            )  # fmt: skip
+    return masks
+
+
 def compute_dynamics(
-    aggregates: Sequence[CheckpointAggregate], cfg: DynamicsConfig
-) -> tuple[DataFrame[DynamicsCurve], DataFrame[DynamicsSummary]]:
-    """J_t / R_t curves and the windowed summaries of J_stab, R_t, ρ_avg and σ_rel (paper Tables 2-3).
+    aggregates: Sequence[CheckpointAggregate],
+    cfg: DynamicsConfig,
+    statistics: StatisticsConfig | None = None,
+) -> tuple[DataFrame[DynamicsCurve], DataFrame[DynamicsSummary], DataFrame[DynamicsReplicates]]:
+    """J_t / R_t curves and the windowed summaries of every dynamics metric (paper Tables 2-3), with
+    bootstrap intervals and random-set baselines.
 
     Args:
-        aggregates: One per checkpoint, any order (sorted by step here; steps must be distinct).
+        aggregates: One per checkpoint, any order (sorted by step here; steps must be distinct). Intervals
+            need every aggregate to carry bootstrap replicates.
         cfg: ``top_frac`` of the top sets and the named step windows (start inclusive, stop exclusive).
+        statistics: Interval level and seeds of the empirical baselines; None: no intervals, closed-form
+            baselines only.
 
     Returns:
-        ``(curves, summary)``. ``curves``: one row per (metric, unit, consecutive pair), at the pair's later
-        step. ``summary``: one row per (metric, unit, window) for window ``all`` and each named window; a
-        window with fewer than 2 checkpoints has NaN values (a warning is logged) and its ``n_checkpoints``.
+        ``(curves, summary, replicates)``. ``curves``: one row per (metric, unit, consecutive pair), at the
+        pair's later step, with its interval and baseline. ``summary``: one row per (metric, unit, window)
+        for window ``all`` and each named window, with ``ci_low``/``ci_high`` (NaN without replicates),
+        ``baseline`` (closed form) and ``baseline_empirical`` (seeded random sets), NaN for ρ_avg/σ_rel; a
+        window with fewer than 2 checkpoints has NaN values (a warning is logged). ``replicates``: every
+        summary value of every bootstrap replicate (empty without replicates), so runs that share examples
+        can be combined replicate by replicate.
 
     Raises:
         ValueError: No aggregates, a repeated step, or a window named ``all`` / ``mean``.
     """
     ordered = _ordered(aggregates)
-    windows = _windows(cfg)
     steps = np.array([a.step for a in ordered])  # [S]
-    curves = {unit: _pair_curves(ordered, kind, cfg.top_frac) for unit, (kind, _) in UNITS.items()}
-    profiles = {unit: np.stack([a.scores(lk) for a in ordered]) for unit, (_, lk) in UNITS.items()}  # [S, L]
-    curve_rows = [
-        dict(metric=metric, unit=unit, step=int(step), value=float(value))
-        for unit, by_metric in curves.items()
-        for metric, curve in by_metric.items()
-        for step, value in zip(steps[1:], curve, strict=True)
-    ]
-    summary_rows = []
-    for name, (start, stop) in windows.items():
-        mask = window_mask(steps.tolist(), start, stop)  # [S]
-        if mask.sum() < 2:
-            log.warning(
-                "dynamics window %r [%s, %s) holds %d checkpoint(s) (steps %s); needs >= 2, metrics are NaN",
-                name, start, stop, int(mask.sum()), steps[mask].tolist(),
+    masks = _masks(cfg, steps)
+    stats = statistics or StatisticsConfig(resamples=0)
+    curve_rows, summary_rows, replicate_rows = [], [], []
+    for unit, (kind, layer_kind) in UNITS.items():
+        point = _curves(ordered, kind, cfg.top_frac)
+        profiles = np.stack([a.scores(layer_kind) for a in ordered])  # [S, L]
+        reps = _replicates(ordered, kind, layer_kind, masks, cfg.top_frac) if stats.resamples else None
+        base = set_baselines(
+            [a.scores(kind) for a in ordered], masks, cfg.top_frac, stats.baseline_draws, stats.seed
+        )
+        level = stats.level
+        curve_rows += _curve_rows(unit, steps, point, reps, base, level)
+        for name, mask in masks.items():
+            values = window_summary(point, profiles, mask)
+            window_reps = reps.windows[name] if reps else None
+            summary_rows += _summary_rows(unit, name, int(mask.sum()), values, window_reps, base, level)
+            if window_reps is not None:
+                replicate_rows += [
+                    dict(metric=m, unit=unit, window=name, replicate=r, value=float(v))
+                    for m, vals in window_reps.items()
+                    for r, v in enumerate(vals)
+                ]
+    return (
+        DynamicsCurve.check(pd.DataFrame(curve_rows, columns=list(DynamicsCurve.to_schema().columns))),
+        DynamicsSummary.check(pd.DataFrame(summary_rows)),
+        DynamicsReplicates.check(
+            pd.DataFrame(replicate_rows, columns=list(DynamicsReplicates.to_schema().columns))
+        ),
+    )
+
+
+def _curve_rows(unit, steps, point, reps, base, level) -> list[dict]:
+    rows = []
+    for metric, curve in point.items():
+        low, high = (np.full(curve.shape, np.nan),) * 2
+        if reps is not None:
+            low, high = percentile_interval(reps.curves[metric], level)  # [S-1] each
+        for t, step in enumerate(steps[1:]):
+            rows.append(
+                dict(metric=metric, unit=unit, step=int(step), value=float(curve[t]), ci_low=float(low[t]),
+                     ci_high=float(high[t]), baseline=base.expected.get(metric, math.nan))
             )  # fmt: skip
-        summary_rows += _window_rows(name, mask, curves, profiles)
-    curve_table = pd.DataFrame(curve_rows, columns=["metric", "unit", "step", "value"])
-    return DynamicsCurve.check(curve_table), DynamicsSummary.check(pd.DataFrame(summary_rows))
+    return rows
+
+
+def _summary_rows(unit, window, n, values, window_reps, base, level) -> list[dict]:
+    rows = []
+    for metric, value in values.items():
+        low = high = math.nan
+        if window_reps is not None and n >= 2:
+            low, high = (float(x) for x in percentile_interval(window_reps[metric], level))
+        rows.append(
+            dict(metric=metric, unit=unit, window=window, value=value, n_checkpoints=n, ci_low=low,
+                 ci_high=high, baseline=base.expected.get(metric, math.nan) if n >= 2 else math.nan,
+                 baseline_empirical=base.empirical[window].get(metric, math.nan))
+        )  # fmt: skip
+    return rows
 
 
 def dynamics_metrics(
@@ -208,9 +262,19 @@ def dynamics_metrics(
     """
     per_step: dict[int, dict[str, float]] = {}
     for row in curves.itertuples(index=False):
-        per_step.setdefault(int(row.step), {})[metric_name(row.metric, row.unit)] = float(row.value)
-    totals = {
-        metric_name(row.metric, row.unit, row.window): float(row.value)
-        for row in summary.itertuples(index=False)
-    }
+        name = metric_name(row.metric, row.unit)
+        per_step.setdefault(int(row.step), {}).update(_with_extras(name, row))
+    totals: dict[str, float] = {}
+    for row in summary.itertuples(index=False):
+        totals.update(_with_extras(metric_name(row.metric, row.unit, row.window), row))
     return per_step, totals
+
+
+def _with_extras(name: str, row) -> dict[str, float]:
+    """``name`` -> value, and ``name.ci_low`` / ``.ci_high`` / ``.baseline`` where they are defined."""
+    out = {name: float(row.value)}
+    for extra in ("ci_low", "ci_high", "baseline"):
+        value = float(getattr(row, extra))
+        if not math.isnan(value):
+            out[f"{name}.{extra}"] = value
+    return out

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gated_lpi_exp.attribution import final_logits
+from gated_lpi_exp.config import StatisticsConfig
 from gated_lpi_exp.data.batches import prompt_batches
 from gated_lpi_exp.errors import NonFiniteError
+from gated_lpi_exp.metrics.bootstrap import example_weights, mean_interval
 from gated_lpi_exp.schemas import DataFrame, ExampleHits, HitSummary
 
 
@@ -54,29 +58,57 @@ def evaluate_checkpoint(
     return ExampleHits.check(pd.concat(parts, ignore_index=True))
 
 
-def summarise_hits(hits: DataFrame[ExampleHits], ks: list[int]) -> DataFrame[HitSummary]:
-    """HIT@k overall, per category and per relation, for every checkpoint in ``hits``."""
+def example_weights_of(frame: pd.DataFrame, statistics: StatisticsConfig | None) -> np.ndarray | None:
+    """Bootstrap weights of each row's example (``relation``, ``sample_id``) # [R, rows]; None: no intervals."""
+    if statistics is None or statistics.resamples == 0:
+        return None
+    keys = frame[["relation", "sample_id"]].drop_duplicates()
+    unique = example_weights(
+        keys["relation"].tolist(), keys["sample_id"].tolist(), statistics.resamples, statistics.seed
+    )  # [R, examples]
+    position = pd.MultiIndex.from_frame(keys).get_indexer(
+        pd.MultiIndex.from_frame(frame[["relation", "sample_id"]])
+    )
+    return unique[:, position]
+
+
+def summarise_hits(
+    hits: DataFrame[ExampleHits], ks: list[int], statistics: StatisticsConfig | None = None
+) -> DataFrame[HitSummary]:
+    """HIT@k overall, per category and per relation, for every checkpoint in ``hits``.
+
+    With ``statistics`` (and ``resamples > 0``), each value has a bootstrap interval over its examples
+    (``ci_low``, ``ci_high``); otherwise those are NaN.
+    """
+    weights = example_weights_of(hits, statistics)  # [R, rows] or None
+    level = statistics.level if statistics is not None else 0.95
+    ranks = hits["gold_rank"].to_numpy()
     rows = []
     for scope, key in (("overall", None), ("category", "category"), ("relation", "relation")):
-        groups = hits.groupby(["step"] if key is None else ["step", key])
-        for name, part in groups:
+        groups = hits.groupby(["step"] if key is None else ["step", key]).indices
+        for name, where in groups.items():
             step = name[0] if isinstance(name, tuple) else name
             group = "all" if key is None else name[1]
-            ranks = part["gold_rank"].to_numpy()
             for k in ks:
+                hit = (ranks[where] <= k).astype(np.float64)  # [n]
+                low, high = (math.nan, math.nan)
+                if weights is not None:
+                    low, high = mean_interval(hit, weights[:, where], level)
                 rows.append(
-                    dict(
-                        step=step, scope=scope, group=group, k=k, hit=float(np.mean(ranks <= k)), n=len(ranks)
-                    )
-                )
+                    dict(step=step, scope=scope, group=group, k=k, hit=float(hit.mean()), n=len(hit),
+                         ci_low=low, ci_high=high)
+                )  # fmt: skip
     return HitSummary.check(pd.DataFrame(rows))
 
 
 def hit_metrics(summary: DataFrame[HitSummary], step: int) -> dict[str, float]:
-    """MLflow metric names -> values for one step: ``hit_at_10`` overall, ``hit_at_10.factual`` per category."""
+    """MLflow metric names -> values for one step: ``hit_at_10`` overall, ``hit_at_10.factual`` per category,
+    and each one's ``<name>.ci_low`` / ``<name>.ci_high`` where intervals were computed."""
     part = summary[(summary["step"] == step) & (summary["scope"] != "relation")]
     out = {}
     for row in part.itertuples():
-        suffix = "" if row.scope == "overall" else f".{row.group}"
-        out[f"hit_at_{row.k}{suffix}"] = row.hit
+        name = f"hit_at_{row.k}" + ("" if row.scope == "overall" else f".{row.group}")
+        out[name] = row.hit
+        if not math.isnan(row.ci_low):
+            out[f"{name}.ci_low"], out[f"{name}.ci_high"] = row.ci_low, row.ci_high
     return out

@@ -1,8 +1,9 @@
 """The result store: every finished checkpoint's results, keyed by everything that determines them.
 
 An entry holds one checkpoint's per-example HIT@k ranks, its per-relation attribution sums (from which the
-aggregate is rebuilt exactly), its top units and its ablation rows, as one ``.npz`` file (tables as parquet
-bytes, nothing pickled) written atomically under a per-entry lock (:class:`gated_lpi_exp.storage.arrays.ArrayStore`).
+aggregate is rebuilt exactly) with the bootstrap replicates of its means, its top units and its ablation rows,
+as one ``.npz`` file (tables as parquet bytes, nothing pickled) written atomically under a per-entry lock
+(:class:`gated_lpi_exp.storage.arrays.ArrayStore`).
 The key is the sha256 of :meth:`ResultStore.describe`: model source, revision and weight files, dtype, the
 data's hash, the evaluation / attribution / ablation settings, the seed and the package version. So a run
 killed half-way, a run that failed on a damaged checkpoint, and every other run or sweep job with the same
@@ -30,16 +31,21 @@ from gated_lpi_exp import __version__
 from gated_lpi_exp.attribution.aggregate import UNIT_KINDS, CheckpointAggregate, ScoreSums
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.config import RunConfig
-from gated_lpi_exp.schemas import AblationResult, ExampleHits, TopUnits
+from gated_lpi_exp.schemas import AblationExamples, AblationResult, ExampleHits, TopUnits
 from gated_lpi_exp.storage.arrays import ArrayStore, content_key, default_cache_dir
 
 log = logging.getLogger(__name__)
 
-RESULT_FORMAT = 1
+RESULT_FORMAT = 2
 """Bumped when what an entry holds changes meaning."""
 _ATTRIBUTION_FIELDS = ("enabled", "norm", "target", "batch_size", "top_n_logged")
 """The attribution settings that change results (memory budget and cache location only change speed)."""
-_TABLES = {"hits": ExampleHits, "top_units": TopUnits, "ablation": AblationResult}
+_TABLES = {
+    "hits": ExampleHits,
+    "top_units": TopUnits,
+    "ablation": AblationResult,
+    "ablation_examples": AblationExamples,
+}
 
 
 @dataclass
@@ -51,6 +57,8 @@ class CheckpointResult:
     aggregate: CheckpointAggregate | None = None
     top_units: pd.DataFrame | None = None
     ablation: pd.DataFrame | None = None
+    ablation_examples: pd.DataFrame | None = None
+    """Per example and condition, its 0/1 HIT@10 under the ablation (for intervals)."""
     attribution_seconds: float | None = None
     """Wall-clock seconds of the attribution stage when it was computed."""
     attribution_cached: bool = False
@@ -99,6 +107,7 @@ class ResultStore:
             "evaluation": asdict(cfg.evaluation),
             "attribution": {k: getattr(cfg.attribution, k) for k in _ATTRIBUTION_FIELDS},
             "ablation": asdict(cfg.ablation),
+            "statistics": asdict(cfg.statistics),
             "seed": cfg.seed,
         }
         """What every checkpoint of the run shares in its key."""
@@ -182,6 +191,9 @@ def _encode(result: CheckpointResult, sums: dict[str, ScoreSums] | None) -> dict
         arrays[f"counts.{i}"] = sums[relation].counts
         for kind in UNIT_KINDS:
             arrays[f"sums.{i}.{kind}"] = sums[relation].sums[kind]
+    replicates = result.aggregate.replicates if result.aggregate is not None else None
+    for kind, values in (replicates or {}).items():
+        arrays[f"replicates.{kind}"] = values.astype(np.float32)
     meta = {
         "step": result.checkpoint.step,
         "relations": relations,
@@ -206,6 +218,7 @@ def _decode(checkpoint: Checkpoint, arrays: dict[str, np.ndarray]) -> Checkpoint
         tables["hits"],
         top_units=tables.get("top_units"),
         ablation=tables.get("ablation"),
+        ablation_examples=tables.get("ablation_examples"),
         attribution_seconds=meta["attribution_seconds"],
         attribution_cached=meta["attribution_cached"],
         reused=True,
@@ -216,4 +229,6 @@ def _decode(checkpoint: Checkpoint, arrays: dict[str, np.ndarray]) -> Checkpoint
             for i, relation in enumerate(meta["relations"])
         }
         result.aggregate = CheckpointAggregate.from_sums(checkpoint.step, sums)
+        stored = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("replicates.")}
+        result.aggregate.replicates = stored or None
     return result

@@ -32,9 +32,11 @@ def model_config(spec: SuiteSpec, vocab_size: int, pad_id: int, eos_id: int) -> 
         tie_word_embeddings=False,
         attention_dropout=0.0,
     )
+    if spec.head_dim:  # heads x head_dim may exceed the width; unset, transformers derives hidden / heads
+        common["head_dim"] = spec.head_dim
     if spec.family == "olmoe":
         return OlmoeConfig(
-            intermediate_size=spec.ffn_width // spec.experts_per_token,
+            intermediate_size=spec.expert_neurons,
             num_experts=spec.num_experts,
             num_experts_per_tok=spec.experts_per_token,
             output_router_logits=True,
@@ -62,7 +64,8 @@ def active_ffn_width(config: OlmoConfig | OlmoeConfig) -> int:
 def attention_shape(config: OlmoConfig | OlmoeConfig) -> tuple[int, int, int, int]:
     """``(layers, heads, head_dim, hidden)``: what must match between a suite's two families."""
     heads = config.num_attention_heads
-    return (config.num_hidden_layers, heads, config.hidden_size // heads, config.hidden_size)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return (config.num_hidden_layers, heads, head_dim, config.hidden_size)
 
 
 @contextmanager

@@ -19,7 +19,7 @@ RECIPE_VERSION = 1
 """Bumped whenever the corpus, tokenizer or training code changes what a given spec produces."""
 
 FAMILIES = ("olmoe", "olmo")
-SIZES = ("tiny", "micro")
+SIZES = ("tiny", "micro", "small")
 
 PRESETS: dict[str, dict[str, int | float]] = {
     "tiny": dict(
@@ -52,10 +52,29 @@ PRESETS: dict[str, dict[str, int | float]] = {
         lr=5e-3,
         warmup_steps=10,
     ),
+    "small": dict(
+        hidden_size=64,
+        num_layers=4,
+        num_heads=16,
+        head_dim=160,
+        ffn_width=2560,
+        num_experts=64,
+        experts_per_token=8,
+        expert_width=40,
+        vocab_size=1536,
+        seq_len=64,
+        batch_size=32,
+        steps=800,
+        num_checkpoints=13,
+        lr=3e-3,
+        warmup_steps=40,
+    ),
 }
 """Defaults per ``size``; a spec field left at 0 (or None) takes the preset's value."""
 
 _NOT_HASHED = ("name", "cache_dir", "threads")
+_HASHED_WHEN_SET = ("head_dim", "expert_width")
+"""Fields added after suites were first cached: hashed only when non-zero, so older suites keep their hash."""
 
 
 @dataclass
@@ -95,13 +114,21 @@ class SuiteSpec:
     num_layers: int = 0
     """Transformer layers (0: preset)."""
     num_heads: int = 0
-    """Attention heads (head_dim = hidden_size / num_heads) (0: preset)."""
+    """Attention heads (0: preset)."""
+    head_dim: int = 0
+    """Width of one head; ``num_heads * head_dim`` may exceed ``hidden_size`` (0: the preset's, else
+    ``hidden_size / num_heads``)."""
     ffn_width: int = 0
-    """Active FFN width per token: the dense FFN's width, and top-k x expert width for the MoE (0: preset)."""
+    """The dense FFN's width; also the MoE's active width per token (top-k x expert width) unless
+    ``expert_width`` is set (0: preset)."""
     num_experts: int = 0
     """MoE experts per layer (ignored by the dense family) (0: preset)."""
     experts_per_token: int = 0
-    """MoE top-k; the expert width is ``ffn_width / experts_per_token`` (0: preset)."""
+    """MoE top-k (0: preset)."""
+    expert_width: int = 0
+    """Neurons per expert (0: the preset's, else ``ffn_width / experts_per_token``, which matches the dense
+    partner's active width per token; ``num_experts * expert_width = ffn_width`` matches its total FFN
+    parameters instead)."""
     router_aux_loss_coef: float = 0.01
     """Weight of the router load-balancing loss (MoE only; ``output_router_logits`` is on)."""
     vocab_size: int = 0
@@ -151,11 +178,25 @@ class SuiteSpec:
         Includes the recipe version and a fingerprint of the relation data the corpus is made from.
         """
         spec = self.resolved()
-        payload = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name not in _NOT_HASHED}
+        payload = {
+            f.name: getattr(spec, f.name)
+            for f in fields(spec)
+            if f.name not in _NOT_HASHED and not (f.name in _HASHED_WHEN_SET and not getattr(spec, f.name))
+        }
         payload["recipe_version"] = RECIPE_VERSION
         payload["relations_fingerprint"] = _relations_fingerprint(spec.relations)
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+    @property
+    def attention_head_dim(self) -> int:
+        """The width of one head: ``head_dim``, else ``hidden_size / num_heads`` (on a resolved spec)."""
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    @property
+    def expert_neurons(self) -> int:
+        """Neurons per expert: ``expert_width``, else ``ffn_width / experts_per_token`` (on a resolved spec)."""
+        return self.expert_width or self.ffn_width // self.experts_per_token
 
     def to_dict(self) -> dict:
         """Plain-dict form (for manifests and logs)."""
@@ -181,11 +222,22 @@ def _check(spec: SuiteSpec) -> None:
     problems = []
     if steps[0] != 0 or steps[-1] != spec.steps:
         problems.append(f"checkpoint_steps must start at 0 and end at steps={spec.steps}, got {steps}")
-    if spec.hidden_size % spec.num_heads:
+    if not spec.head_dim and spec.hidden_size % spec.num_heads:
         problems.append(f"hidden_size={spec.hidden_size} is not divisible by num_heads={spec.num_heads}")
-    if spec.ffn_width % spec.experts_per_token:
+    if spec.family == "olmoe" and spec.head_dim and spec.head_dim * spec.num_heads != spec.hidden_size:
+        # OlmoeAttention builds its QK-norm with hidden_size entries and applies it to heads x head_dim.
+        problems.append(
+            f"num_heads x head_dim = {spec.num_heads * spec.head_dim} must equal hidden_size="
+            f"{spec.hidden_size} for family olmoe (transformers sizes the OLMoE QK-norm by hidden_size)"
+        )
+    if not spec.expert_width and spec.ffn_width % spec.experts_per_token:
         problems.append(
             f"ffn_width={spec.ffn_width} is not divisible by experts_per_token={spec.experts_per_token}"
+        )
+    if spec.family == "olmoe" and spec.expert_neurons % 4:
+        problems.append(
+            f"the expert width {spec.expert_neurons} must be a multiple of 4 (transformers' grouped_mm "
+            "experts kernel needs 16-byte strides)"
         )
     if spec.experts_per_token > spec.num_experts:
         problems.append("experts_per_token exceeds num_experts")

@@ -14,6 +14,7 @@ from gated_lpi_exp import __version__
 from gated_lpi_exp.checkpoints.resolve import Resolution
 from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.data import dataset_hash
+from gated_lpi_exp.metrics.bootstrap import METHOD
 from gated_lpi_exp.plots import (
     plot_ablation,
     plot_concentration,
@@ -83,6 +84,7 @@ def log_run_params(
             ),
             DATA_HASH_PARAM: dataset_hash(samples),
             "data.n_examples": len(samples),
+            "statistics.method": METHOD if cfg.statistics.resamples else "none",
             "package.version": __version__,
             "package.git_commit": git_commit(),
         }
@@ -124,7 +126,8 @@ def log_checkpoint(tracker: Tracker, cfg: RunConfig, result: CheckpointResult) -
 
 
 def step_metrics(cfg: RunConfig, result: CheckpointResult) -> dict[str, float]:
-    metrics = hit_metrics(summarise_hits(result.hits, cfg.evaluation.ks), result.checkpoint.step)
+    summary = summarise_hits(result.hits, cfg.evaluation.ks, cfg.statistics)
+    metrics = hit_metrics(summary, result.checkpoint.step)
     metrics["resume.from_store"] = float(result.reused)
     if result.aggregate is not None:
         agg = result.aggregate
