@@ -12,7 +12,11 @@ from pandera.typing.pandas import DataFrame, Series
 
 
 class Schema(pa.DataFrameModel):
-    """Base: strict columns, values coerced to the declared types."""
+    """Base: strict columns, values coerced to the declared types.
+
+    ``Optional`` columns (intervals, baselines) are always written; they are optional so that tables logged
+    before they existed still load in a report.
+    """
 
     class Config:
         strict = True
@@ -60,8 +64,9 @@ class HitSummary(Schema):
     k: Series[int] = pa.Field(ge=1)
     hit: Series[float] = pa.Field(ge=0.0, le=1.0)
     n: Series[int] = pa.Field(ge=1)
-    ci_low: Series[float] = pa.Field(nullable=True)  # bootstrap interval over examples; NaN: not computed
-    ci_high: Series[float] = pa.Field(nullable=True)
+    # Bootstrap interval over examples; NaN: not computed.
+    ci_low: Series[float] | None = pa.Field(nullable=True)
+    ci_high: Series[float] | None = pa.Field(nullable=True)
 
 
 class CheckpointTable(Schema):
@@ -103,9 +108,11 @@ class DynamicsCurve(Schema):
     unit: Series[str] = pa.Field(isin=["ffn", "attn"])
     step: Series[int] = pa.Field(ge=0)
     value: Series[float] = pa.Field(nullable=True)
-    ci_low: Series[float] = pa.Field(nullable=True)  # bootstrap interval over examples; NaN: not computed
-    ci_high: Series[float] = pa.Field(nullable=True)
-    baseline: Series[float] = pa.Field(nullable=True)  # expected value for random sets of the same size
+    # Bootstrap interval over examples; NaN: not computed.
+    ci_low: Series[float] | None = pa.Field(nullable=True)
+    ci_high: Series[float] | None = pa.Field(nullable=True)
+    # Expected value for random sets of the same size.
+    baseline: Series[float] | None = pa.Field(nullable=True)
 
 
 class DynamicsSummary(Schema):
@@ -116,10 +123,12 @@ class DynamicsSummary(Schema):
     window: Series[str]
     value: Series[float] = pa.Field(nullable=True)
     n_checkpoints: Series[int] = pa.Field(ge=0)
-    ci_low: Series[float] = pa.Field(nullable=True)  # bootstrap interval over examples; NaN: not computed
-    ci_high: Series[float] = pa.Field(nullable=True)
-    baseline: Series[float] = pa.Field(nullable=True)  # closed form for random sets; NaN: not a set metric
-    baseline_empirical: Series[float] = pa.Field(nullable=True)  # mean over seeded random sets
+    # Bootstrap interval over examples; NaN: not computed.
+    ci_low: Series[float] | None = pa.Field(nullable=True)
+    ci_high: Series[float] | None = pa.Field(nullable=True)
+    # Closed form for random sets; NaN: not a set metric.
+    baseline: Series[float] | None = pa.Field(nullable=True)
+    baseline_empirical: Series[float] | None = pa.Field(nullable=True)  # mean over seeded random sets
 
 
 class DynamicsReplicates(Schema):
@@ -142,10 +151,9 @@ class AblationResult(Schema):
     n_units: Series[int] = pa.Field(ge=0)
     hit_at_10: Series[float] = pa.Field(ge=0.0, le=1.0)
     drop_percent: Series[float] = pa.Field(nullable=True)
-    drop_ci_low: Series[float] = pa.Field(
-        nullable=True
-    )  # bootstrap interval over examples; NaN: not computed
-    drop_ci_high: Series[float] = pa.Field(nullable=True)
+    # Bootstrap interval over examples (NaN: not computed).
+    drop_ci_low: Series[float] | None = pa.Field(nullable=True)
+    drop_ci_high: Series[float] | None = pa.Field(nullable=True)
     heldout: Series[bool]
 
 

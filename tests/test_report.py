@@ -72,7 +72,7 @@ def _log_run(
     tracker: Tracker, model: str, family: str, seed: int, n_layers: int, ablation: bool
 ) -> tuple[str, pd.DataFrame]:
     aggs = _aggregates(seed, n_layers)
-    curves, summary = compute_dynamics(aggs, DynamicsConfig(top_frac=0.1, windows=WINDOWS))
+    curves, summary, _ = compute_dynamics(aggs, DynamicsConfig(top_frac=0.1, windows=WINDOWS))
     tags = {"gated_lpi.model": model, "gated_lpi.family": family, "gated_lpi.ablation": "top10_heads",
             "gated_lpi.sweep": "sweep1"}  # fmt: skip
     with tracker.run(f"{model}-all-top10_heads", tags=tags) as run_id:
@@ -152,12 +152,13 @@ def test_report_end_to_end(store, tmp_path):
         and t[3] == "50.00"
         and t[4:] == ["9.44 (checkpoint mean)", "50.43 (checkpoint mean)"]
     )
-    assert _row(md, "top-10 heads: random control")[3] == "15.00 ± 7.07"
+    assert _row(md, "top-10 heads: random control")[3] == "15.00"
+    assert _row(md, "top-10 heads: targeted − random")[3] == "35.00"
     assert _row(md, "top-1 head: targeted")[2:4] == ["not computed in this run"] * 2
-    # Figures: 7 inline PNGs in the HTML, the same files next to the Markdown.
-    assert html.count("data:image/png;base64,") == 7 and "src='http" not in html
+    # Figures: 8 inline PNGs in the HTML, the same files next to the Markdown.
+    assert html.count("data:image/png;base64,") == 8 and "src='http" not in html
     images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", md)
-    assert len(images) == 7 and all((out / name).stat().st_size > 5_000 for name in images)
+    assert len(images) == 8 and all((out / name).stat().st_size > 5_000 for name in images)
     assert "Not computed in this run: tiny_dense." in md  # Fig. 5 has only tiny_moe
 
 

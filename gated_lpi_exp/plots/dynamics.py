@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from gated_lpi_exp.plots._style import (
     IMPORTANCE_UNITS,
@@ -57,6 +59,7 @@ def plot_curves(
             ax.plot(
                 part["step"], 100 * part["value"], marker="o", ms=3, lw=1.6, color=colors[model], label=model
             )
+            _band_and_baseline(ax, part, colors[model])
             steps += part["step"].tolist()
         ax.set_title(f"{UNIT_LABELS[unit]} neurons")
         if steps:
@@ -64,9 +67,30 @@ def plot_curves(
         else:
             mark_empty(ax)
     axes[0, 0].set_ylabel(ylabel)
-    figure_legend(fig, model_handles(colors), title="model")
+    figure_legend(fig, model_handles(colors) + _extra_handles(curves_by_model), title="model")
     fig.suptitle(title)
     return fig
+
+
+def _band_and_baseline(ax, part: pd.DataFrame, color: str) -> None:
+    """The bootstrap interval as a shaded band and the random-set baseline as a dotted line, where present."""
+    if "ci_low" in part and part["ci_low"].notna().any():
+        ax.fill_between(
+            part["step"], 100 * part["ci_low"], 100 * part["ci_high"], color=color, alpha=0.18, lw=0
+        )
+    if "baseline" in part and part["baseline"].notna().any():
+        ax.plot(part["step"], 100 * part["baseline"], ls=":", lw=1.2, color=color)
+
+
+def _extra_handles(curves_by_model: Mapping[str, pd.DataFrame]) -> list:
+    """Legend entries for the band and the baseline, when any table has them."""
+    tables = list(curves_by_model.values())
+    handles = []
+    if any("ci_low" in t and t["ci_low"].notna().any() for t in tables):
+        handles.append(Patch(color="0.5", alpha=0.3, label="95% bootstrap interval"))
+    if any("baseline" in t and t["baseline"].notna().any() for t in tables):
+        handles.append(Line2D([], [], color="0.3", ls=":", label="random sets (expected)"))
+    return handles
 
 
 def plot_jaccard(
@@ -95,6 +119,7 @@ def plot_concentration(
     curves_by_model: Mapping[str, DataFrame[DynamicsCurve]],
     top_frac: float = 0.01,
     colors: Mapping[str, str] | None = None,
+    pooled: bool = False,
 ) -> Figure:
     """Positive-gain concentration R_t (eq. 8) over steps, FFN and ATTN (per layer, averaged over layers).
 
@@ -102,12 +127,14 @@ def plot_concentration(
         curves_by_model: Model name -> dynamics curves table (rows ``metric == "r_t"`` are drawn).
         top_frac: Share of neurons counted as the top gainers, for the labels.
         colors: Model name -> colour; None = one per model in the dict's order.
+        pooled: Draw the population-wide variant (``r_t_pop``: one top set over all layers) instead.
     """
     pct = percent_label(top_frac)
+    scope = "the whole population's" if pooled else "each layer's"
     return plot_curves(
         curves_by_model,
-        "r_t",
-        title=f"Positive-gain concentration: share of each layer's importance gain taken by its top-{pct}",
+        "r_t_pop" if pooled else "r_t",
+        title=f"Positive-gain concentration: share of {scope} importance gain taken by its top-{pct}",
         ylabel=f"$R_t$: gain share of top-{pct} (%)",
         colors=colors,
     )

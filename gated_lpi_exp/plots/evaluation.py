@@ -47,12 +47,26 @@ def _ablation_panel(ax, ablation_by_model: Mapping[str, pd.DataFrame], name: str
             if not curve.empty:
                 ax.plot(curve.index, 100 * curve.to_numpy(), color=color, **CONDITION_STYLES[condition])
                 steps += curve.index.tolist()
+        _targeted_band(ax, part, color)
         band = _random_band(part[part["condition"] == "random"])
         if not band.empty:
             low, high = 100 * (band["mean"] - band["std"]), 100 * (band["mean"] + band["std"])
             ax.plot(band.index, 100 * band["mean"], color=color, **CONDITION_STYLES["random"])
             ax.fill_between(band.index, low, high, color=color, alpha=0.15, lw=0)
     return steps
+
+
+def _targeted_band(ax, part: pd.DataFrame, color: str) -> None:
+    """The targeted HIT@10's 95% bootstrap interval, from the drop interval: HIT = base · (1 − drop/100)."""
+    rows = part[part["condition"] == "targeted"].sort_values("step")
+    if "drop_ci_low" not in rows or not rows["drop_ci_low"].notna().any():
+        return
+    base = (
+        part[part["condition"] == "base"].groupby("step")["hit_at_10"].mean().reindex(rows["step"]).to_numpy()
+    )
+    low = base * (1 - rows["drop_ci_high"].to_numpy() / 100)
+    high = base * (1 - rows["drop_ci_low"].to_numpy() / 100)
+    ax.fill_between(rows["step"], 100 * low, 100 * high, color=color, alpha=0.25, lw=0, hatch="//")
 
 
 def plot_ablation(
@@ -116,6 +130,9 @@ def plot_hit_curves(
             part = table[table["k"] == k]
             overall = part[part["scope"] == "overall"].sort_values("step")
             ax.plot(overall["step"], 100 * overall["hit"], color=colors[model], lw=2.2, marker="o", ms=3)
+            if "ci_low" in overall and overall["ci_low"].notna().any():
+                ax.fill_between(overall["step"], 100 * overall["ci_low"], 100 * overall["ci_high"],
+                                color=colors[model], alpha=0.18, lw=0)  # fmt: skip
             steps += overall["step"].tolist()
             for cat in cats if categories else ():
                 c = part[(part["scope"] == "category") & (part["group"] == cat)].sort_values("step")

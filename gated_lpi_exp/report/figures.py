@@ -33,7 +33,8 @@ _DIST = "layer importance across depth at each model's first, middle and last st
 FIGURES = (
     FigureSpec(
         "fig1_jaccard",
-        "Fig. 1: Jaccard overlap of the top FFN and ATTN neuron sets between consecutive checkpoints.",
+        "Fig. 1: Jaccard overlap of the top FFN and ATTN neuron sets between consecutive checkpoints "
+        "(band: 95% bootstrap interval over examples; dotted: random sets of the same size).",
         "dynamics_curves",
         plot_jaccard,
     ),
@@ -42,6 +43,12 @@ FIGURES = (
         "Positive-gain concentration R_t over training (Table 2's R_t, per step).",
         "dynamics_curves",
         plot_concentration,
+    ),
+    FigureSpec(
+        "fig1c_pooled_concentration",
+        "R_t with one top set over the whole population (as large as J_stab's) instead of per layer.",
+        "dynamics_curves",
+        partial(plot_concentration, pooled=True),
     ),
     FigureSpec(
         "fig2_layer_importance",
@@ -63,13 +70,15 @@ FIGURES = (
     ),
     FigureSpec(
         "fig5_ablation",
-        "Fig. 5: HIT@10 under ablation (top-1 head, top-10 heads, top-1% FFN neurons): targeted vs random.",
+        "Fig. 5: HIT@10 under ablation (top-1 head, top-10 heads, top-1% FFN neurons): targeted (hatched: 95% "
+        "bootstrap interval over examples) vs random (band: ± sd over random-unit seeds).",
         "ablation",
         plot_ablation,
     ),
     FigureSpec(
         "hit_curves",
-        "HIT@1 and HIT@10 over training: all relations (thick) and per category (thin).",
+        "HIT@1 and HIT@10 over training: all relations (thick; band: 95% bootstrap interval over examples) "
+        "and per category (thin).",
         "hit_summary",
         plot_hit_curves,
     ),

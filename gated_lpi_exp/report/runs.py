@@ -1,8 +1,9 @@
 """Which MLflow runs a report shows, their tables (downloaded and validated), and how they form columns.
 
-Runs that share a model and every setting that shapes its results except the ablation (relations,
-checkpoints, evaluation, attribution, dynamics params, data hash) are one *column*: a sweep of one model over
-the three ablations then reads as one model, as in the paper, with each ablation row taken from its run.
+Runs that share a model and every setting that shapes its results except the ablation and the suite's
+training seed (relations, checkpoints, evaluation, attribution, dynamics params, data hash) are one *column*:
+a sweep of one model over the three ablations and several seeds then reads as one model, as in the paper,
+with each ablation row taken from its run and each value combined over seeds (:mod:`.seeds`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from mlflow.tracking import MlflowClient
 from pandera.errors import SchemaError, SchemaErrors
 
 from gated_lpi_exp.errors import ConfigurationError
-from gated_lpi_exp.schemas import AblationResult, DynamicsCurve, DynamicsSummary, HitSummary, LayerProfile
+from gated_lpi_exp.schemas import (
+    AblationExamples,
+    AblationResult,
+    DynamicsCurve,
+    DynamicsReplicates,
+    DynamicsSummary,
+    HitSummary,
+    LayerProfile,
+)
 from gated_lpi_exp.tracking.names import ABLATION_TAG, DATA_HASH_PARAM, MODEL_TAG, REPORT_TAG, SWEEP_TAG
 
 log = logging.getLogger(__name__)
@@ -30,6 +39,8 @@ TABLES = {
     "dynamics_curves": DynamicsCurve,
     "dynamics_summary": DynamicsSummary,
     "ablation": AblationResult,
+    "dynamics_replicates": DynamicsReplicates,
+    "ablation_examples": AblationExamples,
 }
 """Run artifacts ``tables/<name>.parquet`` the report reads, with their schemas."""
 NOT_COMPUTED = "not computed in this run"
@@ -42,6 +53,8 @@ _SHAPING_PARAMS = (
     "dynamics.",
     DATA_HASH_PARAM,
 )
+SEED_PARAM = "model.suite.seed"
+"""The training seed of a project suite: runs that differ only in it are seeds of one column."""
 
 
 @dataclass
@@ -74,6 +87,11 @@ class RunData:
     def ablation(self) -> str:
         return self.tags.get(ABLATION_TAG) or self.params.get("ablation.name") or "none"
 
+    @property
+    def seed(self) -> str:
+        """The suite's training seed (``-`` for a model that is not a project suite)."""
+        return self.params.get(SEED_PARAM, "-") if self.params.get("model.kind") == "suite" else "-"
+
 
 @dataclass
 class Column:
@@ -82,15 +100,22 @@ class Column:
     label: str
     runs: list[RunData]
 
-    def table(self, name: str) -> pd.DataFrame | None:
-        """The newest run's table; for ``ablation``, every run's rows together (one ablation per run)."""
-        found = [r.tables[name] for r in self.runs if r.tables.get(name) is not None]
+    @property
+    def seeds(self) -> list[str]:
+        """The suite seeds of this column's runs (one ``-`` for other models), in order."""
+        return sorted({r.seed for r in self.runs}, key=lambda s: (len(s), s))
+
+    def table(self, name: str, seed: str | None = None) -> pd.DataFrame | None:
+        """The newest run's table (of suite seed ``seed``; None: the first seed); for the ablation tables,
+        every run's rows together (one ablation per run)."""
+        seed = self.seeds[0] if seed is None else seed
+        found = [r.tables[name] for r in self.runs if r.seed == seed and r.tables.get(name) is not None]
         if not found:
             return None
-        if name == "ablation":
-            return pd.concat(found, ignore_index=True).drop_duplicates(
-                ["step", "ablation", "condition", "seed"]
-            )
+        if name in ("ablation", "ablation_examples"):
+            keys = ["step", "ablation", "condition", "seed"]
+            keys += ["relation", "sample_id"] if name == "ablation_examples" else []
+            return pd.concat(found, ignore_index=True).drop_duplicates(keys)
         return found[0]
 
     def param(self, key: str) -> str | None:
@@ -179,7 +204,9 @@ def load_run(client: MlflowClient, tracking_uri: str, run: Run) -> RunData:
 
 
 def _group_key(data: RunData) -> tuple:
-    shaping = sorted((k, v) for k, v in data.params.items() if k.startswith(_SHAPING_PARAMS))
+    shaping = sorted(
+        (k, v) for k, v in data.params.items() if k.startswith(_SHAPING_PARAMS) and k != SEED_PARAM
+    )
     return (data.model, tuple(shaping))
 
 

@@ -9,16 +9,28 @@ import ast
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 
 from gated_lpi_exp.config import ABLATIONS
 from gated_lpi_exp.metrics import get_metric
 from gated_lpi_exp.report.paper import TABLE_NOTES, paper_cells
 from gated_lpi_exp.report.runs import NOT_COMPUTED, Column
+from gated_lpi_exp.report.seeds import DROP_CONDITIONS, Combined, drop_values, summary_value
 
 UNIT_NAMES = {"ffn": "FFN", "attn": "ATTN"}
-METRIC_NAMES = {"j_stab": "J_stab", "r_t": "R_t", "rho_avg": "ρ_avg", "sigma_rel": "σ_rel"}
+METRIC_NAMES = {
+    "j_stab": "J_stab",
+    "r_t": "R_t",
+    "r_t_pop": "R_t pooled",
+    "rho_avg": "ρ_avg",
+    "sigma_rel": "σ_rel",
+}
+UNCERTAINTY_NOTE = (
+    "Each value: the mean over the column's suite seeds, [its 95% bootstrap interval over examples] (the "
+    "replicate-wise mean over seeds, every seed resampling the same examples), ± the sample sd over seeds "
+    "where there are several, and for set metrics '· random' = the expected value for random unit sets of "
+    "the same size."
+)
 ABLATION_NAMES = {
     "top1_head": "top-1 head",
     "top10_heads": "top-10 heads",
@@ -33,8 +45,23 @@ class Cell:
 
     value: float | None = None
     sd: float | None = None
+    """Spread over suite seeds (sample sd)."""
     note: str = ""
     best: bool = False
+    ci: tuple[float, float] | None = None
+    """Bootstrap interval over examples."""
+    baseline: float | None = None
+    """What random unit sets of the same size give."""
+    n_seeds: int = 1
+
+    @classmethod
+    def of(cls, combined: Combined | None, note: str = NOT_COMPUTED) -> Cell:
+        """A cell from a value combined over seeds (:mod:`gated_lpi_exp.report.seeds`)."""
+        if combined is None:
+            return cls(note=note)
+        return cls(
+            combined.value, combined.sd, ci=combined.ci, baseline=combined.baseline, n_seeds=combined.n_seeds
+        )
 
 
 @dataclass
@@ -53,14 +80,20 @@ class Row:
         return "higher" if get_metric(self.metric).higher_is_better else "lower"
 
     def text(self, cell: Cell) -> str:
-        """A cell as text: ``25.3 ± 1.2 ▲``, ``n/a (1 checkpoint)`` or the note."""
+        """A cell as text: ``25.3 [22.1, 28.0] ± 1.2 sd (3 seeds) · random 0.5 ▲``, ``n/a (1 checkpoint)``."""
         if cell.value is None:
             return cell.note or "—"
         if math.isnan(cell.value):
             return f"n/a ({cell.note})" if cell.note else "n/a"
-        out = f"{cell.value * self.scale:.{self.digits}f}"
+        fmt = f".{self.digits}f"
+        out = f"{cell.value * self.scale:{fmt}}"
+        if cell.ci is not None and not math.isnan(cell.ci[0]):
+            out += f" [{cell.ci[0] * self.scale:{fmt}}, {cell.ci[1] * self.scale:{fmt}}]"
         if cell.sd is not None:
-            out += f" ± {cell.sd * self.scale:.{self.digits}f}"
+            seeds = f" sd ({cell.n_seeds} seeds)" if cell.n_seeds > 1 else ""
+            out += f" ± {cell.sd * self.scale:{fmt}}{seeds}"
+        if cell.baseline is not None and not math.isnan(cell.baseline):
+            out += f" · random {cell.baseline * self.scale:{fmt}}"
         return f"{out} {BEST_MARK}" if cell.best else out
 
 
@@ -116,15 +149,20 @@ def _window_label(name: str, columns: list[Column]) -> str:
 
 
 def _summary_cell(column: Column, metric: str, unit: str, window: str) -> Cell:
-    table = column.table("dynamics_summary")
-    if table is None:
+    if all(column.table("dynamics_summary", seed) is None for seed in column.seeds):
         return _missing(column, "dynamics_summary")
-    hit = table[(table["metric"] == metric) & (table["unit"] == unit) & (table["window"] == window)]
-    if hit.empty:
+    combined = summary_value(column, metric, unit, window)
+    if combined is None:
         return Cell(note="window not in this run")
-    value, n = float(hit["value"].iloc[0]), int(hit["n_checkpoints"].iloc[0])
+    table = column.table("dynamics_summary")
+    n = 0
+    if table is not None:
+        hit = table[(table["window"] == window) & (table["metric"] == metric)]
+        n = int(hit["n_checkpoints"].iloc[0]) if len(hit) else 0
     note = f"{n} checkpoint{'s' if n != 1 else ''}" if n < 2 else "undefined"
-    return Cell(value=value, note=note if math.isnan(value) else "")
+    cell = Cell.of(combined)
+    cell.note = note if math.isnan(combined.value) else ""
+    return cell
 
 
 def _summary_rows(columns: list[Column], metric: str, scale: float, digits: int, suffix: str) -> list[Row]:
@@ -146,13 +184,13 @@ def table2(columns: list[Column]) -> ReportTable:
         if top
         else "see the runs' dynamics.top_frac"
     )
-    rows = _summary_rows(columns, "j_stab", 100.0, 1, " (%)") + _summary_rows(
-        columns, "r_t", 100.0, 1, " (%)"
-    )
+    rows = [r for m in ("j_stab", "r_t", "r_t_pop") for r in _summary_rows(columns, m, 100.0, 1, " (%)")]
     notes = [
         "J_stab: mean over the consecutive checkpoint pairs inside the window of the Jaccard overlap of "
         "top-|I| neuron sets (eq. 7). R_t: mean over steps, skipping undefined steps, of the positive-gain "
-        f"concentration (eq. 8), per layer then averaged over layers. Top sets: {share}.",
+        f"concentration (eq. 8), per layer then averaged over layers; R_t pooled: the same with one top set "
+        f"over every layer's neurons. Top sets: {share}.",
+        UNCERTAINTY_NOTE,
         TABLE_NOTES["table2"],
     ]
     return ReportTable("table2", "Table 2: neuron-level stability", [c.label for c in columns], rows, notes)
@@ -170,6 +208,7 @@ def table3(columns: list[Column]) -> ReportTable:
     notes = [
         "ρ_avg: mean Pearson correlation of the mean layer-importance profiles over checkpoint pairs "
         "(eqs. 9–10); σ_rel: mean over layers of std/|mean| across checkpoints (eq. 11).",
+        UNCERTAINTY_NOTE,
         TABLE_NOTES["table3"],
     ]
     return ReportTable("table3", "Table 3: layer-level stability", [c.label for c in columns], rows, notes)
@@ -179,25 +218,14 @@ MIN_BASE_HIT10 = 0.5
 """Table 4 averages drops over the checkpoints whose unablated HIT@10 is at least this."""
 
 
-def _drop_cells(column: Column, ablation: str) -> tuple[Cell, Cell]:
-    """Targeted drop (checkpoint mean) and the random control (checkpoint mean per seed, mean ± sd)."""
-    table = column.table("ablation")
-    if table is None:
-        return _missing(column, "ablation"), _missing(column, "ablation")
-    part = table[table["ablation"] == ablation]
-    base = part[part["condition"] == "base"].groupby("step")["hit_at_10"].mean()  # [S]
+def _drop_cells(column: Column, ablation: str) -> list[Cell]:
+    """Targeted drop, random control and targeted minus random (checkpoint means, combined over seeds)."""
+    if all(column.table("ablation", seed) is None for seed in column.seeds):
+        return [_missing(column, "ablation")] * 3
     # Near chance a drop % divides by almost nothing (0.01 -> 0.03 is -200%); the paper's checkpoints all
     # know the facts, so average over checkpoints where the model does.
-    part = part[part["step"].isin(base.index[base >= MIN_BASE_HIT10])]
-    targeted = part[part["condition"] == "targeted"].groupby("step")["drop_percent"].mean()  # [S]
-    per_seed = part[part["condition"] == "random"].groupby("seed")["drop_percent"].mean()  # [seeds]
-    none = Cell(note=NOT_COMPUTED)
-    t_cell = Cell(value=float(np.nanmean(targeted))) if targeted.notna().any() else none
-    seeds = per_seed.dropna()
-    if seeds.empty:
-        return t_cell, Cell(note=NOT_COMPUTED)
-    sd = float(seeds.std(ddof=1)) if len(seeds) > 1 else None
-    return t_cell, Cell(value=float(seeds.mean()), sd=sd)
+    values = drop_values(column, ablation, MIN_BASE_HIT10)
+    return [Cell.of(values[c]) for c in DROP_CONDITIONS]
 
 
 def table4(columns: list[Column]) -> ReportTable:
@@ -209,19 +237,21 @@ def table4(columns: list[Column]) -> ReportTable:
     names = [a for a in ABLATIONS if a != "none"] + sorted(present - set(ABLATIONS))
     rows = []
     for name in names:
-        pairs = [_drop_cells(c, name) for c in columns]
+        cells = [_drop_cells(c, name) for c in columns]
         label = ABLATION_NAMES.get(name, name)
         paper = paper_cells(("drop_percent", name, "targeted"), 2)
-        rows.append(mark_best(Row(f"{label}: targeted", "drop_percent", [p[0] for p in pairs], paper)))
-        control = ["—"] * len(paper)
-        rows.append(
-            mark_best(Row(f"{label}: random control", "drop_percent", [p[1] for p in pairs], control))
-        )
+        none = ["—"] * len(paper)
+        for i, (what, published) in enumerate(
+            (("targeted", paper), ("random control", none), ("targeted − random", none))
+        ):
+            rows.append(mark_best(Row(f"{label}: {what}", "drop_percent", [c[i] for c in cells], published)))
     heldout = any(bool(t["heldout"].any()) for c in columns if (t := c.table("ablation")) is not None)
     notes = [
         "Drop % = 100·(HIT@10 base − ablated)/base per checkpoint, then the unweighted mean over the checkpoints "
         f"whose base HIT@10 is at least {MIN_BASE_HIT10} (near chance the ratio is meaningless). "
-        "Random control: that mean for each seed, then mean ± sample sd over seeds (no sd with one seed).",
+        "Random control: that mean for each random-unit seed, then their mean. Targeted − random: how much "
+        "more the chosen units matter than as many random ones. Across suite seeds: mean [95% bootstrap "
+        "interval over examples, the chosen units held fixed] ± sd over suite seeds.",
         "Units ranked on a held-out half of the examples (some runs)."
         if heldout
         else "Units ranked and evaluated on the same examples (no held-out split).",

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m gated_lpi_exp.suites tiny_moe            # or tiny_dense, micro_moe, micro_dense
+    python -m gated_lpi_exp.suites tiny_moe            # or tiny_dense, micro_*, small_moe, small_dense
     python -m gated_lpi_exp.suites --size micro --family olmo
     python -m gated_lpi_exp.suites tiny_moe --cache-dir /tmp/suites --by-category
 """
@@ -12,13 +12,15 @@ from __future__ import annotations
 import argparse
 import time
 
-from gated_lpi_exp.suites.spec import SuiteSpec
+from gated_lpi_exp.suites.spec import SIZES, SuiteSpec
 
 NAMED = {
     "tiny_moe": ("olmoe", "tiny"),
     "tiny_dense": ("olmo", "tiny"),
     "micro_moe": ("olmoe", "micro"),
     "micro_dense": ("olmo", "micro"),
+    "small_moe": ("olmoe", "small"),
+    "small_dense": ("olmo", "small"),
 }
 """The suites with a config file in ``conf/model/``: name -> (family, size)."""
 
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "name", nargs="?", default=None, help=f"one of {', '.join(NAMED)} (else use --size/--family)"
     )
-    parser.add_argument("--size", default="tiny", choices=("tiny", "micro"))
+    parser.add_argument("--size", default="tiny", choices=SIZES)
     parser.add_argument("--family", default="olmoe", choices=("olmoe", "olmo"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=None, help="folder holding suites (default: the user cache)")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gated_lpi_exp.suites.spec import SuiteSpec
+from gated_lpi_exp.suites.spec import SIZES, SuiteSpec
 
 LABELS = {"olmoe": "MoE (OlmoeForCausalLM)", "olmo": "dense (OlmoForCausalLM)"}
 CATEGORY_ORDER = ("linguistic", "commonsense", "factual", "bias")
@@ -116,11 +116,12 @@ def markdown_tables(table: pd.DataFrame) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="python -m gated_lpi_exp.suites.report")
-    parser.add_argument("--size", default="tiny", choices=("tiny", "micro"))
+    parser.add_argument("--size", default="tiny", choices=SIZES)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--out", default="experiments/tiny_suites")
     args = parser.parse_args(argv)
-    table, seconds = build_and_evaluate(args.size, args.cache_dir)
+    table, seconds = build_and_evaluate(args.size, args.cache_dir, args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(table, out / "learning_curves.png", f"{args.size} suites: learning the bundled relations")

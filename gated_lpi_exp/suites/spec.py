@@ -53,17 +53,16 @@ PRESETS: dict[str, dict[str, int | float]] = {
         warmup_steps=10,
     ),
     "small": dict(
-        hidden_size=64,
-        num_layers=4,
-        num_heads=16,
-        head_dim=160,
-        ffn_width=2560,
+        hidden_size=128,
+        num_layers=8,
+        num_heads=8,
+        ffn_width=1280,
         num_experts=64,
         experts_per_token=8,
-        expert_width=40,
+        expert_width=20,
         vocab_size=1536,
         seq_len=64,
-        batch_size=32,
+        batch_size=16,
         steps=800,
         num_checkpoints=13,
         lr=3e-3,
@@ -91,7 +90,8 @@ class SuiteSpec:
     family: str = "olmoe"
     """``olmoe`` (``OlmoeForCausalLM``, sparse MoE FFN) or ``olmo`` (``OlmoForCausalLM``, dense FFN)."""
     size: str = "tiny"
-    """Preset for dimensions and schedule: ``tiny`` (the embedded default) or ``micro`` (for tests)."""
+    """Preset for dimensions and schedule: ``tiny`` (the embedded default), ``micro`` (for tests) or
+    ``small`` (populations large enough for neuron-level metrics; see experiments/small_suites)."""
     seed: int = 0
     """Seeds weight init, the corpus (fact frequencies, filler, data order) and nothing else."""
     steps: int = 0
