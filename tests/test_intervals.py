@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gated_lpi_exp.attribution.aggregate import CheckpointAggregate
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.config import AttributionConfig, DynamicsConfig, StatisticsConfig
 from gated_lpi_exp.data import load_relations, select_relations
 from gated_lpi_exp.metrics import jaccard_stability
 from gated_lpi_exp.metrics.bootstrap import example_weights, percentile_interval
 from gated_lpi_exp.stages.ablation import _condition_rows
-from gated_lpi_exp.stages.aggregates import CheckpointAggregate
 from gated_lpi_exp.stages.attribution import attribute_checkpoint
 from gated_lpi_exp.stages.dynamics import compute_dynamics
 from gated_lpi_exp.stages.evaluation import summarise_hits

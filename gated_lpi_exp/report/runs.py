@@ -29,7 +29,14 @@ from gated_lpi_exp.schemas import (
     HitSummary,
     LayerProfile,
 )
-from gated_lpi_exp.tracking.names import ABLATION_TAG, DATA_HASH_PARAM, MODEL_TAG, REPORT_TAG, SWEEP_TAG
+from gated_lpi_exp.tracking.names import (
+    ABLATION_TAG,
+    DATA_HASH_PARAM,
+    MODEL_TAG,
+    REPORT_TAG,
+    SUITE_SEED_PARAM,
+    SWEEP_TAG,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +60,6 @@ _SHAPING_PARAMS = (
     "dynamics.",
     DATA_HASH_PARAM,
 )
-SEED_PARAM = "model.suite.seed"
-"""The training seed of a project suite: runs that differ only in it are seeds of one column."""
 
 
 @dataclass
@@ -90,7 +95,7 @@ class RunData:
     @property
     def seed(self) -> str:
         """The suite's training seed (``-`` for a model that is not a project suite)."""
-        return self.params.get(SEED_PARAM, "-") if self.params.get("model.kind") == "suite" else "-"
+        return self.params.get(SUITE_SEED_PARAM, "-") if self.params.get("model.kind") == "suite" else "-"
 
 
 @dataclass
@@ -205,7 +210,7 @@ def load_run(client: MlflowClient, tracking_uri: str, run: Run) -> RunData:
 
 def _group_key(data: RunData) -> tuple:
     shaping = sorted(
-        (k, v) for k, v in data.params.items() if k.startswith(_SHAPING_PARAMS) and k != SEED_PARAM
+        (k, v) for k, v in data.params.items() if k.startswith(_SHAPING_PARAMS) and k != SUITE_SEED_PARAM
     )
     return (data.model, tuple(shaping))
 
