@@ -106,6 +106,7 @@ def log_figures(cfg: RunConfig, tables: dict[str, pd.DataFrame], tracker: Tracke
         curves = {name: tables["dynamics_curves"]}
         figures["figures/fig1_jaccard.png"] = plot_jaccard(curves)
         figures["figures/r_t_concentration.png"] = plot_concentration(curves)
+        figures["figures/r_t_pooled_concentration.png"] = plot_concentration(curves, pooled=True)
     if "layer_profiles" in tables:
         profiles = {name: tables["layer_profiles"]}
         figures["figures/fig2_layer_importance.png"] = plot_layer_importance_over_steps(profiles)
