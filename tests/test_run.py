@@ -61,6 +61,11 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
     assert sorted(m.step for m in history) == STEPS
     for name in ("hit_at_1", "hit_at_10.factual", "j_stab.ffn", "ablation.drop_percent.targeted"):
         assert client.get_metric_history(result.run_id, name), name
+    metrics = logged.data.metrics
+    for name in ("hit_at_10", "j_stab.ffn.mean", "rho_avg.attn", "ablation.drop_percent.targeted"):
+        assert metrics[f"{name}.ci_low"] <= metrics[name] <= metrics[f"{name}.ci_high"], name
+    assert metrics["j_stab.ffn.mean.baseline"] < 0.1 and params["statistics.method"] == "poisson_bootstrap"
+    assert params["statistics.resamples"] == "200"
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "tables")}
     for table in (
         "hit_summary",
@@ -72,6 +77,8 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
         "dynamics_curves",
         "dynamics_summary",
         "ablation",
+        "ablation_examples",
+        "dynamics_replicates",
         "head_scores",
     ):
         assert f"tables/{table}.parquet" in artifacts, table
@@ -128,6 +135,13 @@ def test_the_default_run_on_a_micro_suite_exercises_every_stage(tmp_path, monkey
     for table in ("hit_summary", "top_units", "layer_profiles", "dynamics_summary", "ablation"):
         assert len(result.tables[table]) > 0, table
     hits = result.tables["hit_summary"]
+    # Intervals on every HIT@k and dynamics value, and random-set baselines beside the set metrics.
+    summary = result.tables["dynamics_summary"].query("window == 'all'")
+    assert hits[["ci_low", "ci_high"]].notna().all().all()
+    assert ((hits["ci_low"] <= hits["hit"]) & (hits["hit"] <= hits["ci_high"])).all()
+    assert summary.query("metric == 'j_stab'")["baseline"].notna().all()
+    assert summary.query("metric == 'j_stab'")["baseline_empirical"].notna().all()
+    assert summary.query("metric == 'r_t_pop' and unit == 'ffn'")[["ci_low", "ci_high"]].notna().all().all()
     # The ablation's base is the evaluation stage's HIT@10 at the same step (no held-out split here).
     base = result.tables["ablation"].query("condition == 'base'").set_index("step")["hit_at_10"]
     top10 = hits[(hits["scope"] == "overall") & (hits["k"] == 10)].set_index("step")["hit"]
