@@ -87,7 +87,7 @@ def percentile_interval(replicates: Any, level: float = 0.95) -> tuple[np.ndarra
         level: Coverage in (0, 1).
 
     Returns:
-        ``(low, high)``, each of shape ``[...]`` (floats for a 1-D input); NaN where fewer than
+        ``(low, high)``, each of shape ``[...]`` (0-d arrays for a 1-D input); NaN where fewer than
         :data:`MIN_DEFINED_SHARE` of the replicates are defined.
 
     Raises:
@@ -109,10 +109,7 @@ def percentile_interval(replicates: Any, level: float = 0.95) -> tuple[np.ndarra
         with np.errstate(invalid="ignore"):
             low[enough] = np.nanpercentile(np.where(np.isfinite(cols), cols, np.nan), tail, axis=0)
             high[enough] = np.nanpercentile(np.where(np.isfinite(cols), cols, np.nan), 100.0 - tail, axis=0)
-    shape = r.shape[1:]
-    if not shape:
-        return np.float64(low[0]), np.float64(high[0])
-    return low.reshape(shape), high.reshape(shape)
+    return low.reshape(r.shape[1:]), high.reshape(r.shape[1:])
 
 
 def mean_interval(values: Any, weights: np.ndarray, level: float = 0.95) -> tuple[float, float]:

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.artist import Artist
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -85,7 +86,7 @@ def _band_and_baseline(ax, part: pd.DataFrame, color: str) -> None:
 def _extra_handles(curves_by_model: Mapping[str, pd.DataFrame]) -> list:
     """Legend entries for the band and the baseline, when any table has them."""
     tables = list(curves_by_model.values())
-    handles = []
+    handles: list[Artist] = []
     if any("ci_low" in t and t["ci_low"].notna().any() for t in tables):
         handles.append(Patch(color="0.5", alpha=0.3, label="95% bootstrap interval"))
     if any("baseline" in t and t["baseline"].notna().any() for t in tables):

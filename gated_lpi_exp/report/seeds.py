@@ -44,9 +44,9 @@ def combine(values: list[float], replicates: list[np.ndarray | None], level: flo
     arr = np.asarray(values, dtype=np.float64)
     sd = float(np.std(arr, ddof=1)) if len(arr) > 1 else None
     ci = None
-    if replicates and all(r is not None for r in replicates) and len({len(r) for r in replicates}) == 1:
-        with np.errstate(invalid="ignore"):
-            low, high = percentile_interval(np.mean(np.stack(replicates), axis=0), level)  # type: ignore[arg-type]
+    present = [r for r in replicates if r is not None]
+    if present and len(present) == len(replicates) and len({len(r) for r in present}) == 1:
+        low, high = percentile_interval(np.mean(np.stack(present), axis=0), level)
         ci = (float(low), float(high))
     return Combined(float(arr.mean()), sd, ci, n_seeds=len(arr))
 
@@ -157,7 +157,7 @@ def _replicate_drops(
     for _, at_step in part.groupby("step"):
         base = at_step[at_step["condition"] == "base"].sort_values(["relation", "sample_id"])
         weights = example_weights(base["relation"].tolist(), base["sample_id"].tolist(), resamples, seed)
-        rand = []
+        rand: list[np.ndarray] = []
         for (condition, _), rows in at_step[at_step["condition"] != "base"].groupby(["condition", "seed"]):
             rows = rows.sort_values(["relation", "sample_id"])
             drops = drop_percent_replicates(

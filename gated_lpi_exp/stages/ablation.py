@@ -111,7 +111,8 @@ def _condition_rows(
         hits = part["hit_at_10"].to_numpy()  # same example order as base (built from the same keys)
         low = high = math.nan
         if weights is not None and condition != "base":
-            low, high = percentile_interval(drop_percent_replicates(base_hits, hits, weights), level)
+            interval = percentile_interval(drop_percent_replicates(base_hits, hits, weights), level)
+            low, high = float(interval[0]), float(interval[1])
         rows.append(
             dict(condition=condition, seed=seed, n_units=0 if condition == "base" else n_units,
                  hit_at_10=float(hits.mean()), drop_percent=drop_percent(base_hits.mean(), hits.mean()),

@@ -92,7 +92,9 @@ def attribute_checkpoint(
     """
     store = ArrayStore(cfg.cache_dir, "attribution") if cfg.use_cache else None
     wanted = statistics is not None and statistics.resamples > 0
-    rep_entry = replicates_key(checkpoint, dtype, samples, cfg, statistics) if wanted else None
+    rep_entry = None
+    if statistics is not None and wanted:
+        rep_entry = replicates_key(checkpoint, dtype, samples, cfg, statistics)
     rep_key = content_key(rep_entry) if rep_entry else None
     replicates = store.get(rep_key) if store and rep_key else None
     sums: dict[str, ScoreSums] = {}

@@ -128,8 +128,10 @@ def _replicates(
     ordered: list[CheckpointAggregate], kind: str, layer_kind: str, masks: dict, top_frac: float
 ) -> ReplicateSeries | None:
     """Every bootstrap replicate's curves and summaries, when every checkpoint carries replicates."""
-    reps = [a.replicates for a in ordered]
-    if any(r is None or kind not in r or layer_kind not in r for r in reps):
+    reps = [
+        a.replicates for a in ordered if a.replicates and kind in a.replicates and layer_kind in a.replicates
+    ]
+    if len(reps) != len(ordered):
         return None
     layers = np.stack([r[layer_kind] for r in reps], axis=1).astype(np.float64)  # [R, S, L]
     return replicate_series([r[kind] for r in reps], layers, masks, top_frac)
