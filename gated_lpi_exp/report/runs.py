@@ -62,6 +62,11 @@ _SHAPING_PARAMS = (
 )
 
 
+def suite_seed(params: dict[str, str]) -> str:
+    """A run's suite training seed (``-`` for a model that is not a project suite)."""
+    return params.get(SUITE_SEED_PARAM, "-") if params.get("model.kind") == "suite" else "-"
+
+
 @dataclass
 class RunData:
     """One finished run: identity, tags, params and its tables (None where missing, with the reason)."""
@@ -95,7 +100,7 @@ class RunData:
     @property
     def seed(self) -> str:
         """The suite's training seed (``-`` for a model that is not a project suite)."""
-        return self.params.get(SUITE_SEED_PARAM, "-") if self.params.get("model.kind") == "suite" else "-"
+        return suite_seed(self.params)
 
 
 @dataclass
@@ -144,7 +149,8 @@ def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> lis
 def select_runs(
     client: MlflowClient, experiment: str, run_ids: list[str] | None = None, sweep: str | None = None
 ) -> list[Run]:
-    """The runs to report: ``run_ids``, else a sweep's runs, else the newest per (model, ablation) tag.
+    """The runs to report: ``run_ids``, else a sweep's runs, else the newest per (model, ablation) tag and
+    suite seed.
 
     Only FINISHED runs are read; report runs (tag ``gated_lpi.report=1``) never are.
 
@@ -169,11 +175,12 @@ def select_runs(
     if sweep is not None:
         runs = _search(client, found.experiment_id, f"{finished} and tags.\"{SWEEP_TAG}\" = '{sweep}'")
     else:
-        newest: dict[tuple[str, str], Run] = {}
+        newest: dict[tuple[str, str, str], Run] = {}
         for run in _search(client, found.experiment_id, finished):
             tags = run.data.tags
             if MODEL_TAG in tags:
-                newest.setdefault((tags[MODEL_TAG], tags.get(ABLATION_TAG, "none")), run)
+                key = (tags[MODEL_TAG], tags.get(ABLATION_TAG, "none"), suite_seed(run.data.params))
+                newest.setdefault(key, run)
         runs = list(newest.values())
     if not runs:
         what = f"sweep {sweep!r}" if sweep is not None else "any model"
