@@ -78,3 +78,22 @@ def test_drops_targeted_random_and_their_difference_with_paired_intervals():
     low, high = percentile_interval(diff, 0.9)
     assert values["difference"].ci == (pytest.approx(low), pytest.approx(high))
     assert drop_values(column, "top1_head", min_base=0.9)["targeted"] is None  # base 0.8 < 0.9: no checkpoint
+
+
+def test_the_default_selection_keeps_the_newest_run_of_every_suite_seed(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from gated_lpi_exp.config import TrackingConfig
+    from gated_lpi_exp.report.runs import select_runs
+    from gated_lpi_exp.tracking.tracker import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    tracker = Tracker(TrackingConfig(uri=uri, artifact_location=str(tmp_path / "artifacts")))
+    ids = {}
+    for name, seed in (("old0", 0), ("seed1", 1), ("new0", 0)):
+        tags = {"gated_lpi.model": "small_moe", "gated_lpi.ablation": "top1_head"}
+        with tracker.run(name, tags=tags) as run_id:
+            tracker.log_params({"model.kind": "suite", "model.suite.seed": seed})
+        ids[name] = run_id
+    chosen = {r.info.run_id for r in select_runs(MlflowClient(uri), "gated_lpi_exp")}
+    assert chosen == {ids["new0"], ids["seed1"]}
