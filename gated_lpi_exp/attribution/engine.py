@@ -119,10 +119,12 @@ def _score_attention(
     adapter: ModelAdapter, projection: Projection, acts: Captured, layer: int, scores: dict, budget: Budget
 ) -> None:
     base = projection.base(acts.r_in[:, layer])
-    z = acts.z[:, layer]  # [batch, H*dh]
-    scores["attn"][:, layer] = _score_group(projection, base, adapter.attn_group(layer), z, budget)
+    raw = acts.a_raw[:, layer] if acts.a_raw is not None else None
+    neurons = adapter.attn_units(layer, acts.z[:, layer], raw)
+    (group,), z = neurons.groups, neurons.coef  # z: [batch, H*dh]
+    scores["attn"][:, layer] = _score_group(projection, base, group, z, budget)
     batch, heads, head_dim = z.shape[0], adapter.n_heads, adapter.head_dim
-    w_o = adapter.o_proj(layer).weight.to(z).reshape(-1, heads, head_dim)  # [d, heads, head_dim]
+    w_o = group.block().to(z).reshape(-1, heads, head_dim)  # [d, heads, head_dim]
     per_head = torch.einsum("dhk,bhk->bhd", w_o, z.reshape(batch, heads, head_dim))  # [batch, heads, d]
     scores["heads"][:, layer] = _score_vectors(projection, base, per_head, budget)
     scores["attn_layer"][:, layer] = _score_vectors(projection, base, acts.a[:, layer, None], budget)[:, 0]
@@ -133,7 +135,8 @@ def _score_ffn(
 ) -> None:
     base = projection.base(acts.r_mid[:, layer])
     routing = acts.routing[:, layer] if acts.routing is not None else None
-    neurons = adapter.ffn_neurons_at(layer, acts.x_hat[:, layer], routing)
+    raw = acts.f_raw[:, layer] if acts.f_raw is not None else None
+    neurons = adapter.ffn_units(layer, acts.x_hat[:, layer], routing, raw)
     score_neurons(projection, base, neurons, budget, out=scores["ffn"][:, layer])
     if neurons.routed is not None:
         scores["routed"][:, layer] = neurons.routed
@@ -148,7 +151,7 @@ def score_neurons(
     Args:
         projection: The model's φ.
         base: The layer's projected base states (``projection.base(r_mid)``).
-        neurons: The layer's coefficients and weight-column groups (``adapter.ffn_neurons_at``).
+        neurons: The layer's coefficients and weight-column groups (``adapter.ffn_units``).
         budget: Memory budget and exp-sum backend.
         out: ``[batch, ffn_neurons]`` to write into (zeros where no group writes); a new one when None.
 
@@ -182,7 +185,7 @@ def _score_group(
     out = q.new_empty(q.shape[0], group.size)  # [rows, size]
     for lo in range(0, group.size, step):
         hi = min(lo + step, group.size)
-        proj, centered = projection.columns(group.columns[:, lo:hi])  # [n, V], [d, n]
+        proj, centered = projection.columns(group.block(lo, hi))  # [n, V], [d, n]
         coef = coef_rows[:, group.start + lo : group.start + hi]  # [rows, n]
         inv = projection.neuron_inv(base, rows, coef, centered)  # [rows, n]
         out[:, lo:hi] = chunk_scores(q, coef, proj, inv, projection.bias, target, base_lp, budget.kernel)

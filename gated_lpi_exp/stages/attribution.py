@@ -157,8 +157,8 @@ def top_units(aggregate: CheckpointAggregate, model: PreTrainedModel, n: int) ->
         for rank, idx in enumerate(order, start=1):
             layer, unit = divmod(int(idx), scores.shape[1])
             expert, head, neuron = -1, -1, unit
-            if kind == "ffn" and adapter.is_moe:
-                expert, neuron = divmod(unit, adapter.expert_width)
+            if kind == "ffn":
+                expert, neuron = adapter.locate_ffn(unit)  # MoE: shared experts come after the routed
             elif kind == "attn":
                 head, neuron = divmod(unit, adapter.head_dim)
             elif kind == "heads":
