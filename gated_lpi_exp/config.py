@@ -9,6 +9,7 @@ and names the valid choices.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,10 +18,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gated_lpi_exp.adapters import FAMILIES
+from gated_lpi_exp.checkpoints.resolve import DEFAULT_BRANCHES
 from gated_lpi_exp.errors import ConfigurationError
 from gated_lpi_exp.suites.spec import SuiteSpec
 
-FAMILIES = ("olmoe", "olmo")
 CATEGORIES = ("linguistic", "commonsense", "factual", "bias")
 ABLATIONS = ("none", "top1_head", "top10_heads", "top1pct_ffn")
 
@@ -40,13 +42,27 @@ class ModelConfig:
     name: str = MISSING
     """Display name, used in run names and figure legends."""
     family: str = MISSING
-    """Architecture family: ``olmoe`` (MoE) or ``olmo`` (dense)."""
+    """Architecture family: the checkpoints' ``model_type`` (``olmoe``, ``olmo``, ``llama``, ``gpt_neox``,
+    ... : every family of ``gated_lpi_exp.adapters.FAMILIES``). A checkpoint of another type is refused."""
     kind: str = "hub"
-    """``hub`` (a model-hub repository with ``step{N}-tokens{M}B`` branches), ``local`` (a folder of
+    """``hub`` (a model-hub repository with one branch per checkpoint), ``local`` (a folder of
     ``step{N}/`` checkpoints with a manifest) or ``suite`` (one of the project's own tiny suites, built on
     first use)."""
     source: str = MISSING
     """Hub repository id, local folder, or suite name, depending on ``kind``."""
+    size: str | None = None
+    """Model size, for series configs that take it as a field (``model=pythia model.size=1b``); their
+    ``name`` and ``source`` interpolate it. None for series of one size."""
+    sizes: list[str] = field(default_factory=list)
+    """The sizes the series exists in; ``size`` must be one of them (empty: not checked)."""
+    branch_pattern: str = DEFAULT_BRANCHES
+    """Regular expression a hub branch must match to be a checkpoint: a named group ``step`` (the training
+    step) and optionally ``tokens`` (training tokens in billions). Other branches (``main``) are ignored.
+    Each series config sets its own (Pythia ``step{N}``, OLMo-2 ``stage1-step{N}-tokens{M}B``, Amber
+    ``ckpt_{NNN}``)."""
+    tokens_per_step: int | None = None
+    """Training tokens per step, for series whose branch names do not carry them (Pythia: 2097152); None
+    leaves the token count unknown."""
     dtype: str = "auto"
     """Weight dtype: ``auto`` (as saved), ``float32``, ``bfloat16`` or ``float16``. Attribution math is float32
     whatever this says."""
@@ -68,9 +84,27 @@ class ModelConfig:
             raise ConfigurationError(
                 f"model.device={self.device!r} is not valid; choose auto, cpu, cuda, cuda:N or mps."
             )
+        self._check_series()
         if self.kind == "suite" and self.suite.family != self.family:
             raise ConfigurationError(
                 f"model.family={self.family!r} but model.suite.family={self.suite.family!r}; they must agree."
+            )
+
+    def _check_series(self) -> None:
+        if self.sizes and self.size not in self.sizes:
+            raise ConfigurationError(
+                f"model.size={self.size!r} is not a size of this series; choose one of: {', '.join(self.sizes)}."
+            )
+        try:
+            groups = re.compile(self.branch_pattern).groupindex
+        except re.error as exc:
+            raise ConfigurationError(
+                f"model.branch_pattern={self.branch_pattern!r} is not a regular expression ({exc})."
+            ) from None
+        if "step" not in groups:
+            raise ConfigurationError(
+                f"model.branch_pattern={self.branch_pattern!r} has no (?P<step>...) group; it must capture "
+                "the training step, e.g. '^step(?P<step>\\d+)$'."
             )
 
 

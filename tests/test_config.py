@@ -100,3 +100,38 @@ def test_inconsistent_combinations_fail():
         compose_run_config(["model=tiny_moe", "model.family=olmo"])
     with pytest.raises(ConfigurationError, match="ablation.count"):
         compose_run_config(["ablation=top10_heads", "ablation.count=0"])
+
+
+def test_series_configs_compose_with_their_own_branch_patterns():
+    pythia = compose_run_config(["model=pythia"])
+    assert (pythia.model.family, pythia.model.source, pythia.model.name) == (
+        "gpt_neox",
+        "EleutherAI/pythia-160m",
+        "pythia-160m",
+    )
+    big = compose_run_config(["model=pythia", "model.size=1.4b"]).model
+    assert (big.source, big.name, big.tokens_per_step) == ("EleutherAI/pythia-1.4b", "pythia-1.4b", 2097152)
+    patterns = {
+        m: compose_run_config([f"model={m}"]).model.branch_pattern
+        for m in ("pythia", "olmo2_1b", "amber", "olmoe")
+    }
+    assert len(set(patterns.values())) == 4  # a pattern per series
+    assert compose_run_config(["model=olmo2_7b"]).model.family == "olmo2"
+    assert compose_run_config(["model=amber"]).model.family == "llama"
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("model.size=3b", "model.size='3b' is not a size of this series; choose one of: 14m, 31m"),
+        ("model.branch_pattern='^ckpt_(\\d+)$'", "has no \\(\\?P<step>"),
+        ("model.branch_pattern='^step(?P<step>\\d+'", "is not a regular expression"),
+        (
+            "model.family=gpt2",
+            "model.family='gpt2' is not valid; choose one of: deepseek_v3, gpt_neox, llama",
+        ),
+    ],
+)
+def test_bad_series_values_fail_naming_the_fix(override, match):
+    with pytest.raises(ConfigurationError, match=match):
+        compose_run_config(["model=pythia", override])

@@ -113,11 +113,13 @@ def test_failure_inside_the_run_ends_it_failed_with_what_was_logged(series, tmp_
     assert sorted(m.step for m in client.get_metric_history(failed.info.run_id, "hit_at_10")) == [0, 10]
 
 
-def test_the_default_run_on_a_micro_suite_exercises_every_stage(tmp_path, monkeypatch):
+@pytest.mark.parametrize("suite", ["micro_moe", "micro_neox"])
+def test_the_default_run_on_a_micro_suite_exercises_every_stage(tmp_path, monkeypatch, suite):
+    """The default stages, end to end, on a MoE suite and on a second dense family (GPT-NeoX)."""
     monkeypatch.setenv("GATED_LPI_CACHE", str(tmp_path / "cache"))
     cfg = compose_run_config(
         [
-            "model=micro_moe",
+            f"model={suite}",
             f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
             "relations.max_per_relation=3",
             "progress=false",
