@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -194,3 +197,11 @@ def test_grouped_query_attention_keeps_query_head_layout(make):
     assert acts.z.shape[-1] == adapter.n_heads * adapter.head_dim
     result = gated_lpi(model, IDS, MASK, torch.tensor([3, 4]))
     assert result.heads.shape == (2, adapter.n_layers, adapter.n_heads)
+
+
+def test_docs_list_exactly_the_registered_families():
+    root = Path(__file__).resolve().parents[1]
+    supported = (root / "docs" / "attribution.md").read_text().split("Supported: ", 1)[1].split("(the", 1)[0]
+    assert re.findall(r"`(\w+)`", supported) == list(FAMILIES)
+    readme = (root / "README.md").read_text().split("`family` (the checkpoints' `model_type`, one of ", 1)[1]
+    assert re.findall(r"`(\w+)`", readme.split(";", 1)[0]) == list(FAMILIES)

@@ -25,7 +25,6 @@ from gated_lpi_exp.stages.evaluation import evaluate_checkpoint
 from gated_lpi_exp.testing import TINY_SHAPES, random_model, word_tokenizer
 
 SEQS = [[5, 9, 13, 4, 22], [7, 3, 31], [11, 12, 40, 41, 8, 60, 2]]
-MAX_ERRORS: dict[tuple[str, str], float] = {}
 
 
 def _pad(seqs: list[list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,8 +61,6 @@ def test_engine_matches_the_brute_force(family_case, norm, side):
         for name in FIELDS:
             got, want = getattr(result, name)[b], refs[b][norm][name]
             assert got.shape == want.shape, f"{family}/{name}"
-            error = float((got - want).abs().max())
-            MAX_ERRORS[(family, norm)] = max(MAX_ERRORS.get((family, norm), 0.0), error)
             torch.testing.assert_close(got, want, atol=1e-4, rtol=0, msg=f"{family}/{norm}/{side}/{name}/{b}")
 
 
@@ -112,13 +109,6 @@ def test_phi_of_the_final_state_is_the_models_logits(family_case, norm):
     result = gated_lpi(model, ids, mask, targets, norm=norm)
     model_lp = torch.log_softmax(logits, -1).gather(1, targets[:, None]).squeeze(1)
     torch.testing.assert_close(result.base_logprob, model_lp, atol=1e-5, rtol=0, msg=family)
-
-
-def test_report_max_errors(capsys):
-    """Not a check: prints the largest engine-vs-brute-force error per family and norm (run with -s)."""
-    with capsys.disabled():
-        for (family, norm), error in sorted(MAX_ERRORS.items()):
-            print(f"brute force max |Δ| {family:12} {norm:6} {error:.1e}")
 
 
 @pytest.mark.slow
