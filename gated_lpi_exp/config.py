@@ -19,9 +19,11 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gated_lpi_exp.adapters import FAMILIES
-from gated_lpi_exp.checkpoints.resolve import DEFAULT_BRANCHES
 from gated_lpi_exp.errors import ConfigurationError
 from gated_lpi_exp.suites.spec import SuiteSpec
+
+DEFAULT_BRANCHES = r"^step(?P<step>\d+)(?:-tokens(?P<tokens>\d+)B)?$"
+"""OLMo/OLMoE hub branches: ``step{N}-tokens{M}B`` (or a bare ``step{N}``)."""
 
 CATEGORIES = ("linguistic", "commonsense", "factual", "bias")
 ABLATIONS = ("none", "top1_head", "top10_heads", "top1pct_ffn")

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gated_lpi_exp.checkpoints.manifest import MANIFEST_NAME, read_manifest
+from gated_lpi_exp.config import DEFAULT_BRANCHES
 from gated_lpi_exp.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BRANCHES = r"^step(?P<step>\d+)(?:-tokens(?P<tokens>\d+)B)?$"
 _FOLDER = re.compile(r"^step(\d+)$")
 
 
