@@ -8,12 +8,14 @@ each site is comes from the adapter's ``READS`` table; post-norm families add ``
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from gated_lpi_exp.adapters import ModelAdapter
+from gated_lpi_exp.attribution.positions import record_positions
 from gated_lpi_exp.attribution.targets import last_token_positions, position_ids_from_mask
 
 PER_LAYER_SITES = ("r_in", "z", "a", "r_mid", "x_hat", "f")
@@ -34,6 +36,7 @@ class Captured:
     routing: Tensor | None  # [batch, layers, top_k] long, MoE only; -1 in layers without experts
     a_raw: Tensor | None = None  # [batch, layers, d] attention output before its post-norm (post-norm only)
     f_raw: Tensor | None = None  # [batch, layers, d] FFN output before its post-norm (post-norm only)
+    z_pos: Tensor | None = None  # [batch, layers, seq, heads*head_dim] z split by source position (positions.py)
 
 
 def _first_tensor(value: object) -> Tensor:
@@ -104,36 +107,44 @@ class _Recorder:
 
 
 @torch.no_grad()
-def capture(adapter: ModelAdapter, input_ids: Tensor, attention_mask: Tensor) -> Captured:
+def capture(
+    adapter: ModelAdapter, input_ids: Tensor, attention_mask: Tensor, *, positions: bool = False
+) -> Captured:
     """Run the backbone once (padding-safe position ids) and keep each site's value at T.
 
     Args:
         adapter: The model's adapter.
         input_ids: ``[batch, seq]``.
         attention_mask: ``[batch, seq]``.
+        positions: Also keep ``z`` split by source position (``z_pos``), through the recording attention of
+            ``positions.py``.
 
     Returns:
         The captured activations.
     """
     device = adapter.input_device()
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    recorder = _Recorder(adapter, last_token_positions(attention_mask), input_ids.shape[1])
-    try:
-        recorder.register()
-        adapter.backbone()(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
-            use_cache=False,
-        )
-    finally:
-        recorder.remove()
+    last = last_token_positions(attention_mask)
+    recorder = _Recorder(adapter, last, input_ids.shape[1])
+    with record_positions(adapter, last) if positions else nullcontext() as by_position:
+        try:
+            recorder.register()
+            adapter.backbone()(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask),
+                use_cache=False,
+            )
+        finally:
+            recorder.remove()
     store = recorder.store
     if adapter.reads.get("r_mid") is None:  # parallel blocks: the FFN base is r_in + a, held nowhere
         store["r_mid"] = [r + a for r, a in zip(store["r_in"], store["a"], strict=True)]
     sites = [s for s in (*PER_LAYER_SITES, *RAW_SITES) if store[s][0] is not None]
     stacked = {s: torch.stack(store[s], dim=1) for s in sites}  # [batch, layers, n]
-    return Captured(**stacked, h_final=recorder.final[-1], routing=_routing_table(adapter, store["routing"]))
+    z_pos = torch.stack(by_position.z_pos, dim=1) if by_position is not None else None  # [batch, layers, seq, n]
+    routing = _routing_table(adapter, store["routing"])
+    return Captured(**stacked, h_final=recorder.final[-1], routing=routing, z_pos=z_pos)
 
 
 def _routing_table(adapter: ModelAdapter, per_layer: list[Tensor | None]) -> Tensor | None:
