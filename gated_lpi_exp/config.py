@@ -27,6 +27,10 @@ DEFAULT_BRANCHES = r"^step(?P<step>\d+)(?:-tokens(?P<tokens>\d+)B)?$"
 
 CATEGORIES = ("linguistic", "commonsense", "factual", "bias")
 ABLATIONS = ("none", "top1_head", "top10_heads", "top1pct_ffn")
+COMPAT_MODES = ("none", "released_code")
+"""Values of ``attribution.compat`` (``gated_lpi_exp.compat``)."""
+POSITION_REDUCTIONS = ("absmax", "max", "sum")
+"""How per-position attention-neuron scores become one per neuron (``attribution.positions.reduce_positions``)."""
 
 
 def _choice(section: str, key: str, value: Any, valid: Iterable[Any]) -> None:
@@ -217,10 +221,25 @@ class AttributionConfig:
     """Content-addressed cache of per-checkpoint aggregates; None = the user cache directory."""
     use_cache: bool = True
     """Reuse cached aggregates computed by an earlier run with the same inputs."""
+    compat: str = "none"
+    """``none`` (a causal model with its own final-norm ε) or ``released_code``: every stage of the run (HIT@k,
+    attribution, ablation) reproduces the paper's released notebooks, flaws included: attention without the
+    causal mask, final-norm ε 1e-6 in φ, attention neurons per source position (docs/released_code.md)."""
+    attn_positions: bool | None = None
+    """Score attention neurons per (layer, head, dimension, source position), as the released notebooks do;
+    the run's attention-neuron table then holds one score per (head, dimension), reduced over the prompt's
+    positions by ``attn_position_reduce``. None = true with ``compat=released_code``, else false."""
+    attn_position_reduce: str = "absmax"
+    """With ``attn_positions``: ``absmax`` (the position of largest |I|, sign kept), ``max`` (largest signed
+    score) or ``sum`` (sum over positions)."""
 
     def __post_init__(self) -> None:
         _choice("attribution", "norm", self.norm, ("frozen", "exact"))
         _choice("attribution", "target", self.target, ("gold", "predicted"))
+        _choice("attribution", "compat", self.compat, COMPAT_MODES)
+        _choice("attribution", "attn_position_reduce", self.attn_position_reduce, POSITION_REDUCTIONS)
+        if self.attn_positions is None and self.compat != MISSING:
+            self.attn_positions = self.compat == "released_code"
         if self.batch_size < 1 or self.memory_budget_mb < 1:
             raise ConfigurationError("attribution.batch_size and attribution.memory_budget_mb must be >= 1.")
         if not 1 <= self.min_memory_budget_mb <= self.memory_budget_mb:
@@ -228,6 +247,18 @@ class AttributionConfig:
                 f"attribution.min_memory_budget_mb={self.min_memory_budget_mb} must be between 1 and "
                 f"attribution.memory_budget_mb={self.memory_budget_mb}."
             )
+
+    def scoring_settings(self) -> dict[str, Any]:
+        """The scoring choices beyond ``norm`` and ``target`` that change results, for cache and store keys;
+        empty at their defaults, so keys written before these options existed stay valid."""
+        if self.compat == "none" and not self.attn_positions:
+            return {}
+        reduce = self.attn_position_reduce if self.attn_positions else None
+        return {
+            "compat": self.compat,
+            "attn_positions": bool(self.attn_positions),
+            "attn_position_reduce": reduce,
+        }
 
 
 @dataclass

@@ -18,6 +18,7 @@ import torch
 from gated_lpi_exp.attribution.aggregate import CheckpointAggregate, ScoreSums
 from gated_lpi_exp.checkpoints.loading import resolve_series
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
+from gated_lpi_exp.compat import compat_mode
 from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.data import dataset_hash, load_relations, select_relations
 from gated_lpi_exp.execution.attempts import attempt
@@ -84,7 +85,8 @@ def run(cfg: RunConfig, *, hydra_tags: dict[str, str] | None = None) -> RunResul
     plan = group.plan(series.checkpoints, cfg.execution.shard)
 
     def analyse(model, tokenizer, ckpt: Checkpoint) -> tuple[CheckpointResult, dict[str, ScoreSums] | None]:
-        return analyse_checkpoint(cfg, model, tokenizer, samples, ckpt, store)
+        with compat_mode(cfg.attribution.compat, model):  # e.g. the released notebooks' scoring, every stage
+            return analyse_checkpoint(cfg, model, tokenizer, samples, ckpt, store)
 
     with (
         tracker.run(run_name(cfg), tags=run_tags(cfg, hydra_tags)) as run_id,

@@ -26,12 +26,11 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from gated_lpi_exp.adapters import ModelAdapter, NeuronGroup
 from gated_lpi_exp.attribution.projection import BaseState, Projection, chunk_scores
+from gated_lpi_exp.config import POSITION_REDUCTIONS
 from gated_lpi_exp.errors import AttributionError
 
 RECORDING_ATTENTION = "gated_lpi_positions"
 """Name of the recording attention implementation in transformers' attention registry."""
-POSITION_REDUCTIONS = ("absmax", "max", "sum")
-"""How per-position scores become one score per attention neuron (see :func:`reduce_positions`)."""
 
 # id(attention module) -> (recorder, layer) while a recording pass runs.
 _ACTIVE: dict[int, tuple[_PositionRecorder, int]] = {}

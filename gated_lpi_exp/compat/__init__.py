@@ -14,9 +14,8 @@ from torch import nn
 from gated_lpi_exp.compat.released_code import DESCRIPTION as RELEASED_CODE_DESCRIPTION
 from gated_lpi_exp.compat.released_code import key_padding_mask, released_code
 from gated_lpi_exp.compat.state import ScoringMode, active_mode
+from gated_lpi_exp.config import COMPAT_MODES
 
-COMPAT_MODES = ("none", "released_code")
-"""Values of ``attribution.compat``."""
 DESCRIPTIONS = {
     "none": "causal language model, the model's own final-norm epsilon (the project's default)",
     "released_code": RELEASED_CODE_DESCRIPTION,

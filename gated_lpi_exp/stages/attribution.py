@@ -14,6 +14,7 @@ from gated_lpi_exp import __version__
 from gated_lpi_exp.adapters import get_adapter
 from gated_lpi_exp.attribution import gated_lpi, predicted_targets
 from gated_lpi_exp.attribution.aggregate import UNIT_KINDS, CheckpointAggregate, ScoreSums
+from gated_lpi_exp.attribution.positions import reduce_positions
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.config import AttributionConfig
 from gated_lpi_exp.data.batches import prompt_batches
@@ -51,6 +52,7 @@ def relation_key(checkpoint: Checkpoint, dtype: str, rows: pd.DataFrame, cfg: At
         "rows": content_key({"rows": content}),
         "norm": cfg.norm,
         "target": cfg.target,
+        **cfg.scoring_settings(),
     }
 
 
@@ -117,7 +119,13 @@ def _relation_sums(model, tokenizer, rows, cfg, progress) -> dict[str, ScoreSums
             targets,
             norm=cfg.norm,
             memory_budget_mb=cfg.memory_budget_mb,
+            attn_positions=bool(cfg.attn_positions),
         )
+        if result.attn_positions is not None and result.prompt_lengths is not None:
+            # one score per attention neuron, reduced over the prompt's positions
+            result.attn = reduce_positions(
+                result.attn_positions, result.prompt_lengths, cfg.attn_position_reduce
+            )
         where = torch.as_tensor(slots[offset : offset + len(batch.rows)])
         offset += len(batch.rows)
         part = {kind: _slot_sums(getattr(result, kind).cpu(), where, len(counts)) for kind in UNIT_KINDS}

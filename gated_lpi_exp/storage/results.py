@@ -97,7 +97,8 @@ class ResultStore:
             },
             "data": data_hash,
             "evaluation": asdict(cfg.evaluation),
-            "attribution": {k: getattr(cfg.attribution, k) for k in _ATTRIBUTION_FIELDS},
+            "attribution": {k: getattr(cfg.attribution, k) for k in _ATTRIBUTION_FIELDS}
+            | cfg.attribution.scoring_settings(),
             "ablation": asdict(cfg.ablation),
             "seed": cfg.seed,
         }

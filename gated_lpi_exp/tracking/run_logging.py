@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from gated_lpi_exp import __version__
 from gated_lpi_exp.checkpoints.resolve import Resolution
+from gated_lpi_exp.compat import DESCRIPTIONS as SCORING_DESCRIPTIONS
 from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.data import dataset_hash
 from gated_lpi_exp.plots import (
@@ -29,10 +30,12 @@ from gated_lpi_exp.stages.evaluation import hit_metrics, summarise_hits
 from gated_lpi_exp.storage.results import CheckpointResult
 from gated_lpi_exp.tracking.names import (
     ABLATION_TAG,
+    COMPAT_TAG,
     DATA_HASH_PARAM,
     FAMILY_TAG,
     MODEL_TAG,
     N_CHECKPOINTS_PARAM,
+    SCORING_PARAM,
     VERSION_TAG,
 )
 from gated_lpi_exp.tracking.tracker import Tracker, flatten
@@ -58,6 +61,8 @@ def run_tags(cfg: RunConfig, hydra_tags: dict[str, str] | None) -> dict[str, str
         ABLATION_TAG: cfg.ablation.name,
         VERSION_TAG: __version__,
     }
+    if cfg.attribution.compat != "none":
+        tags[COMPAT_TAG] = cfg.attribution.compat
     tags.update(hydra_tags or {})
     return tags
 
@@ -85,6 +90,7 @@ def log_run_params(
             "data.n_examples": len(samples),
             "package.version": __version__,
             "package.git_commit": git_commit(),
+            SCORING_PARAM: SCORING_DESCRIPTIONS[cfg.attribution.compat],
         }
     )
     tracker.log_params(params)
