@@ -35,8 +35,14 @@ FILES = {
 ENV_VAR = "GATED_LPI_RELEASED_CODE"
 TRANSFORMERS = "4.46.3"
 """The transformers release the patched modeling files were written for."""
-EXTRA_PACKAGES = ("matplotlib",)
-"""The notebooks import matplotlib and draw (headless here)."""
+PINNED = (
+    "tokenizers==0.20.3",
+    "huggingface_hub==0.36.2",
+    "safetensors==0.8.0",
+    "numpy==2.4.6",
+    "matplotlib==3.11.2",
+)
+"""The rest of the venv, as in the last run that passed (the notebooks also import matplotlib and draw, headless)."""
 
 
 class Unavailable(Exception):
@@ -101,8 +107,10 @@ def legacy_python(root: Path | None = None) -> Path:
         RuntimeError: The venv exists but others can write to it (it would run their code).
     """
     torch_version = torch.__version__.split("+")[0]
+    packages = [f"transformers=={TRANSFORMERS}", f"torch=={torch_version}", *PINNED]
     root = root or default_cache_dir() / "released_code"
-    venv = root / f"venv-transformers{TRANSFORMERS}-torch{torch_version}"
+    tag = hashlib.sha256(" ".join(packages).encode()).hexdigest()[:8]
+    venv = root / f"venv-transformers{TRANSFORMERS}-torch{torch_version}-{tag}"
     python = venv / "bin" / "python"
     if (venv / ".complete").is_file():
         _check_private(venv)
@@ -113,7 +121,6 @@ def legacy_python(root: Path | None = None) -> Path:
     old = os.umask(0o077)
     try:
         _run([sys.executable, "-m", "venv", str(venv)], "create the venv")
-        packages = [f"transformers=={TRANSFORMERS}", f"torch=={torch_version}", *EXTRA_PACKAGES]
         _run([str(python), "-m", "pip", "install", "-q", *packages], f"pip install {' '.join(packages)}")
     finally:
         os.umask(old)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +29,9 @@ from gated_lpi_exp.adapters import ModelAdapter, NeuronGroup
 from gated_lpi_exp.attribution.projection import BaseState, Projection, chunk_scores
 from gated_lpi_exp.config import POSITION_REDUCTIONS
 from gated_lpi_exp.errors import AttributionError
+
+if TYPE_CHECKING:
+    from gated_lpi_exp.attribution.engine import Budget
 
 RECORDING_ATTENTION = "gated_lpi_positions"
 """Name of the recording attention implementation in transformers' attention registry."""
@@ -131,7 +135,7 @@ def score_positions(
     group: NeuronGroup,
     z_pos: Tensor,
     valid: Tensor,
-    budget,
+    budget: Budget,
 ) -> Tensor:
     """Scores ``[batch, seq, heads*head_dim]`` of every attention neuron at every source position.
 
