@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from gated_lpi_exp.cache import default_cache_dir
+from gated_lpi_exp.storage.arrays import default_cache_dir
 
 REPOSITORY = "AlecMaxPro/MoE-Neuron"
 COMMIT = "712b7fc74819ecc593f195e021f5b9cd7eeda446"
