@@ -11,7 +11,7 @@ from gated_lpi_exp.adapters import get_adapter
 from gated_lpi_exp.attribution import capture, gated_lpi, last_token_positions, position_ids_from_mask
 from gated_lpi_exp.attribution.positions import prompt_relative, reduce_positions
 from gated_lpi_exp.compat import released_code
-from gated_lpi_exp.testing import random_olmo, random_olmoe
+from gated_lpi_exp.testing import TINY_SHAPES, random_model, random_olmo, random_olmoe
 
 MAKERS = {"olmoe": random_olmoe, "olmo": random_olmo}
 
@@ -69,6 +69,20 @@ def test_per_position_contributions_sum_to_the_attention_neuron_contribution(fam
         whole = acts.z[:, layer, :, None] * w_o.T  # c_{h,k} = z_{h,k} W_O[:, h*dh+k]
         torch.testing.assert_close(per_unit, whole, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(per_position.sum(1), acts.a[:, layer], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", sorted(TINY_SHAPES))
+def test_every_family_splits_its_attention_neurons_by_position_exactly(family):
+    """GQA, MLA value widths, post-norms, parallel blocks: Σ_j z_pos = z (float32 sums: 1e-5), the
+    per-position units go through the same post-norm freezing as the neurons, and padding scores 0."""
+    model = random_model(family)
+    ids, mask, targets = _batch(6)
+    adapter = get_adapter(model)
+    acts = capture(adapter, ids, mask, positions=True)
+    torch.testing.assert_close(acts.z_pos.sum(2), acts.z, atol=1e-5, rtol=1e-5)
+    result = gated_lpi(model, ids, mask, targets, attn_positions=True)
+    assert result.attn_positions.shape == (3, adapter.n_layers, 7, adapter.attn_neurons)
+    assert bool((result.attn_positions[1, :, 5:] == 0).all()) and bool(result.attn_positions.abs().amax() > 0)
 
 
 @pytest.mark.parametrize("family", sorted(MAKERS))

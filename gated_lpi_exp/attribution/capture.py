@@ -36,7 +36,9 @@ class Captured:
     routing: Tensor | None  # [batch, layers, top_k] long, MoE only; -1 in layers without experts
     a_raw: Tensor | None = None  # [batch, layers, d] attention output before its post-norm (post-norm only)
     f_raw: Tensor | None = None  # [batch, layers, d] FFN output before its post-norm (post-norm only)
-    z_pos: Tensor | None = None  # [batch, layers, seq, heads*head_dim] z split by source position (positions.py)
+    z_pos: Tensor | None = (
+        None  # [batch, layers, seq, heads*head_dim] z split by source position (positions.py)
+    )
 
 
 def _first_tensor(value: object) -> Tensor:
@@ -142,7 +144,9 @@ def capture(
         store["r_mid"] = [r + a for r, a in zip(store["r_in"], store["a"], strict=True)]
     sites = [s for s in (*PER_LAYER_SITES, *RAW_SITES) if store[s][0] is not None]
     stacked = {s: torch.stack(store[s], dim=1) for s in sites}  # [batch, layers, n]
-    z_pos = torch.stack(by_position.z_pos, dim=1) if by_position is not None else None  # [batch, layers, seq, n]
+    z_pos = (
+        torch.stack(by_position.z_pos, dim=1) if by_position is not None else None
+    )  # [batch, layers, seq, n]
     routing = _routing_table(adapter, store["routing"])
     return Captured(**stacked, h_final=recorder.final[-1], routing=routing, z_pos=z_pos)
 

@@ -163,12 +163,16 @@ def _score_attention_positions(
     budget: Budget,
     attention_mask: Tensor,
 ) -> None:
-    mask = attention_mask.to(acts.z_pos.device)
+    z_pos = acts.z_pos[:, layer]  # [batch, seq, H*dh]
+    batch, seq, size = z_pos.shape
+    raw = acts.a_raw[:, layer].repeat_interleave(seq, dim=0) if acts.a_raw is not None else None
+    # The same units as the attention neurons, one per (row, position): a post-norm scale applies alike.
+    neurons = adapter.attn_units(layer, z_pos.reshape(batch * seq, size), raw)
+    (group,), coef = neurons.groups, neurons.coef.reshape(batch, seq, size)
+    mask = attention_mask.to(z_pos.device)
     base = projection.base(acts.r_in[:, layer])
-    padded = score_positions(
-        projection, base, adapter.attn_group(layer), acts.z_pos[:, layer], mask.bool(), budget
-    )
-    scores["attn_positions"][:, layer] = prompt_relative(padded, mask)  # [batch, seq, H*dh]
+    padded = score_positions(projection, base, group, coef, mask.bool(), budget)  # [batch, seq, H*dh]
+    scores["attn_positions"][:, layer] = prompt_relative(padded, mask)
 
 
 def _score_ffn(

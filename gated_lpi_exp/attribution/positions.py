@@ -145,8 +145,9 @@ def score_positions(
     Args:
         projection: The model's φ.
         base: The layer's projected base states (``projection.base(r_in)``).
-        group: The layer's attention neurons (``adapter.attn_group(layer)``).
-        z_pos: ``[batch, seq, heads*head_dim]`` per-position coefficients (padded coordinates).
+        group: The layer's attention-neuron columns (the group of ``adapter.attn_units``).
+        z_pos: ``[batch, seq, heads*head_dim]`` per-position coefficients as they multiply the group's
+            columns (padded coordinates; for a post-norm family already times the frozen norm's scale).
         valid: ``[batch, seq]`` bool, the real tokens.
         budget: The engine's ``Budget``.
     """
@@ -156,7 +157,7 @@ def score_positions(
     rows_at = [valid[:, j].nonzero(as_tuple=True)[0] for j in range(seq)]  # [rows] per position
     for lo in range(0, size, step):
         hi = min(lo + step, size)
-        proj, centered = projection.columns(group.columns[:, lo:hi])  # [n, V], [d, n]
+        proj, centered = projection.columns(group.block(lo, hi))  # [n, V], [d, n]
         for j, rows in enumerate(rows_at):
             if rows.numel() == 0:
                 continue
