@@ -107,6 +107,22 @@ def test_windows_including_one_too_short(aggregates, caplog):
     assert "'late'" in caplog.text and "1 checkpoint" in caplog.text
 
 
+def test_r_t_per_layer_curve_and_summary(aggregates):
+    tables = compute_dynamics(aggregates, DynamicsConfig(top_frac=0.2, windows={"early": [0, 15]}))
+    curves = tables["dynamics_layer_curves"].query("metric == 'r_t_layer' and unit == 'ffn'")
+    by = {(r.layer, r.step): r.value for r in curves.itertuples()}
+    # FFN layer 0 gains 8 of 9 at step 10 and nothing at 20; layer 1 nothing at 10 and 2 of 4 at 20.
+    assert by[(0, 10)] == pytest.approx(8 / 9) and by[(1, 20)] == pytest.approx(0.5)
+    assert math.isnan(by[(1, 10)]) and math.isnan(by[(0, 20)]) and len(by) == 4
+    summary = tables["dynamics_layer_summary"].query("metric == 'r_t_layer' and unit == 'ffn'")
+    means = {(r.layer, r.window): r.value for r in summary.itertuples()}
+    assert means[(0, "all")] == pytest.approx(8 / 9) and means[(1, "all")] == pytest.approx(0.5)
+    assert means[(0, "early")] == pytest.approx(8 / 9) and math.isnan(means[(1, "early")])
+    # The layer average of the per-layer curve is the R_t curve.
+    r_t = tables["dynamics_curves"].query("metric == 'r_t' and unit == 'ffn'").set_index("step").value
+    assert curves.groupby("step").value.mean().to_dict() == pytest.approx(r_t.to_dict())
+
+
 def test_single_checkpoint_gives_empty_curves_and_nan_summary():
     curves, summary = _dynamics([_aggregate(0)], DynamicsConfig(top_frac=0.2))
     assert curves.empty and list(curves.columns) == ["metric", "unit", "step", "value"]
@@ -126,13 +142,14 @@ def test_metric_names(aggregates):
     cfg = DynamicsConfig(top_frac=0.2, windows={"early": [0, 15]})
     per_step, totals = dynamics_metrics(compute_dynamics(aggregates, cfg))
     assert sorted(per_step) == [10, 20]
-    assert set(per_step[10]) == {"j_stab.ffn", "r_t.ffn", "j_stab.attn", "r_t.attn"}
+    layers = {f"r_t_layer.{unit}.layer{i}" for unit in ("ffn", "attn") for i in (0, 1)}
+    assert set(per_step[10]) == {"j_stab.ffn", "r_t.ffn", "j_stab.attn", "r_t.attn"} | layers
     assert per_step[10]["j_stab.ffn"] == pytest.approx(1 / 3)
     assert totals["j_stab.ffn.mean"] == pytest.approx(2 / 3)
     assert totals["j_stab.ffn.early"] == pytest.approx(1 / 3)
     assert totals["rho_avg.attn"] == pytest.approx(-1 / 3)
     assert {"sigma_rel.ffn", "sigma_rel.attn.early", "r_t.attn.mean", "rho_avg.ffn.early"} <= set(totals)
-    assert len(totals) == 4 * 2 * 2
+    assert len(totals) == 4 * 2 * 2  # per-layer summaries stay in their table
     assert metric_name("r_t", "attn") == "r_t.attn" and metric_name("rho_avg", "ffn", "all") == "rho_avg.ffn"
 
 

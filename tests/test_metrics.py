@@ -30,6 +30,7 @@ from gated_lpi_exp.metrics import (
     top_set_overlap,
     window_mask,
 )
+from gated_lpi_exp.metrics.neurons import gain_concentration_by_layer
 
 # ---------------------------------------------------------------- brute-force references (python loops/sets)
 
@@ -47,19 +48,24 @@ def _ref_jaccard(scores, k):
     return curve
 
 
+def _ref_r_t_layers(previous, current, k):
+    # previous, current: [L, N] nested lists / arrays; one ratio per layer, NaN without positive gain.
+    ratios = []
+    for layer in range(len(current)):
+        gains = [
+            max(0.0, abs(float(current[layer][i])) - abs(float(previous[layer][i])))
+            for i in range(len(current[layer]))
+        ]
+        total = sum(gains)
+        ratios.append(sum(sorted(gains, reverse=True)[:k]) / total if total > 0 else math.nan)
+    return ratios
+
+
 def _ref_r_t(scores, k):
     # scores: [S, L, N] nested lists / array
     curve = []
     for t in range(1, len(scores)):
-        ratios = []
-        for layer in range(len(scores[t])):
-            gains = [
-                max(0.0, abs(float(scores[t][layer][i])) - abs(float(scores[t - 1][layer][i])))
-                for i in range(len(scores[t][layer]))
-            ]
-            total = sum(gains)
-            if total > 0:
-                ratios.append(sum(sorted(gains, reverse=True)[:k]) / total)
+        ratios = [r for r in _ref_r_t_layers(scores[t - 1], scores[t], k) if not math.isnan(r)]
         curve.append(sum(ratios) / len(ratios) if ratios else math.nan)
     return curve
 
@@ -242,6 +248,29 @@ def test_gain_concentration_of_a_pair_is_one_value_of_the_curve():
     np.testing.assert_array_equal(pairs, curve)
     with pytest.raises(ValueError, match="same shape"):
         gain_concentration(np.ones((2, 3)), np.ones((3, 2)))
+
+
+def test_r_t_per_layer_hand_worked_and_against_bruteforce():
+    # The two-layer toy of test_r_t_two_layer_hand_worked, pair t=0 -> 1: layer 0 2/3, layer 1 1/4;
+    # pair 1 -> 2: layer 0 has no gain (NaN), layer 1 4/7.
+    layer0 = [[1, -2, 3, 4], [2, 2, -5, 1], [1, 1, 1, -1]]
+    layer1 = [[0, 0, 0, 0], [1, 1, -1, 1], [0, -5, 1, 4]]
+    scores = np.stack([np.array(layer0), np.array(layer1)], axis=1).astype(float)  # [S=3, L=2, N=4]
+    assert gain_concentration_by_layer(scores[0], scores[1], 0.25).tolist() == pytest.approx([2 / 3, 1 / 4])
+    second = gain_concentration_by_layer(scores[1], scores[2], 0.25)
+    assert math.isnan(second[0]) and second[1] == pytest.approx(4 / 7)
+    rng = np.random.default_rng(5)
+    s = rng.normal(size=(3, 4, 120))
+    s[1, 2] = s[0, 2]  # a layer without gain
+    for frac in (0.01, 0.1):
+        k = math.ceil(round(frac * 120, 9))
+        for t in range(2):
+            np.testing.assert_allclose(
+                gain_concentration_by_layer(s[t], s[t + 1], frac), _ref_r_t_layers(s[t], s[t + 1], k)
+            )
+        # R_t is the mean over the defined layers (summed in another order here: equal to rounding).
+        by_layer = gain_concentration_by_layer(s[0], s[1], frac)
+        assert gain_concentration(s[0], s[1], frac) == pytest.approx(np.nanmean(by_layer), rel=1e-12)
 
 
 def test_r_t_accepts_torch():

@@ -63,7 +63,13 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
     assert params["metrics.j_stab.version"] == "1" and params["ablation.label"] == "top-1 head"
     history = client.get_metric_history(result.run_id, "hit_at_10")
     assert sorted(m.step for m in history) == STEPS
-    for name in ("hit_at_1", "hit_at_10.factual", "j_stab.ffn", "ablation.drop_percent.targeted"):
+    for name in (
+        "hit_at_1",
+        "hit_at_10.factual",
+        "j_stab.ffn",
+        "r_t_layer.attn.layer1",
+        "ablation.drop_percent.targeted",
+    ):
         assert client.get_metric_history(result.run_id, name), name
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "tables")}
     for table in (
@@ -75,6 +81,8 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
         "layer_profiles",
         "dynamics_curves",
         "dynamics_summary",
+        "dynamics_layer_curves",
+        "dynamics_layer_summary",
         "ablation",
         "head_scores",
     ):

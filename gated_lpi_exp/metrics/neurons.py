@@ -138,6 +138,24 @@ def gain_concentration(scores_a: Any, scores_b: Any, top_frac: float = 0.01) -> 
     return float(positive_gain_concentration(_pair(scores_a, scores_b), top_frac)[0])
 
 
+def gain_concentration_by_layer(scores_a: Any, scores_b: Any, top_frac: float = 0.01) -> np.ndarray:
+    """R_t (paper eq. 8) of one pair of checkpoints, layer by layer, before the average over layers.
+
+    Args:
+        scores_a: Importance at the earlier checkpoint, ``[L, N]`` (or ``[N]``: one layer).
+        scores_b: Importance at the later checkpoint, same shape.
+        top_frac: Share of each layer's neurons counted as the top.
+
+    Returns:
+        float64, shape ``[L]``: each layer's share of its positive gain taken by its top gainers; NaN for a
+        layer without positive gain. Their mean over the defined layers is :func:`gain_concentration`.
+
+    Raises:
+        ValueError: The shapes differ, or invalid scores / top_frac.
+    """
+    return _gain_shares(_pair(scores_a, scores_b), top_frac)[0]
+
+
 def _pair(scores_a: Any, scores_b: Any) -> np.ndarray:
     """Two checkpoints' scores stacked as a series: ``[2, L, N]`` (or ``[2, N]``)."""
     a, b = as_float(scores_a, "scores_a", (1, 2)), as_float(scores_b, "scores_b", (1, 2))

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from gated_lpi_exp.metrics.layers import cross_step_cv, layer_consistency
-from gated_lpi_exp.metrics.neurons import gain_concentration, top_set_overlap
+from gated_lpi_exp.metrics.neurons import gain_concentration, gain_concentration_by_layer, top_set_overlap
 from gated_lpi_exp.metrics.prediction import drop_percent, hit_rate
 
 
@@ -232,6 +232,18 @@ register_metric(
     description="Positive-gain concentration: share of a layer's positive importance gain taken by its "
     "top-1% gainers, averaged over layers (higher = more concentrated reinforcement)",
 )(gain_concentration)
+register_metric(
+    "r_t_layer",
+    input="pair",
+    label="R_t per layer",
+    unit="fraction",
+    higher_is_better=None,
+    aggregation="nanmean",
+    paper_ref="eq. 8, before the layer average",
+    description="Positive-gain concentration of each layer on its own: the share of the layer's positive "
+    "importance gain taken by its top-1% gainers (R_t is their mean over layers)",
+    per_layer=True,
+)(gain_concentration_by_layer)
 register_metric(
     "rho_avg",
     input="profile",
