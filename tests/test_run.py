@@ -167,3 +167,28 @@ def test_the_default_run_on_a_micro_suite_exercises_every_stage(micro_suites, tm
     assert {k: v for k, v in params.items() if k.startswith("metrics.")} == {
         f"metrics.{name}.version": str(version) for name, version in metric_versions().items()
     }
+
+
+def test_an_ablation_preset_is_one_yaml_file_composed_and_run_on_a_micro_suite(micro_suites, tmp_path):
+    """conf/ablation/top3_heads.yaml was added without a code change; it composes, runs and is named by it."""
+    cfg = compose_run_config(
+        [
+            "model=micro_moe",
+            "ablation=top3_heads",
+            "ablation.random_seeds=1",
+            "relations=factual",
+            "relations.max_per_relation=4",
+            "checkpoints=first_last",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+            "progress=false",
+        ]
+    )
+    assert (cfg.ablation.unit, cfg.ablation.count, cfg.ablation.display_name) == ("head", 3, "top-3 heads")
+    result = run(cfg)
+    table = result.tables["ablation"]
+    assert set(table["ablation"]) == {"top3_heads"} and len(table) == 2 * 3  # base, targeted, 1 random
+    assert (table.query("condition != 'base'")["n_units"] == 3).all()
+    logged = MlflowClient(cfg.tracking.uri).get_run(result.run_id)
+    assert logged.info.run_name == "micro_moe-factual-top3_heads"
+    assert logged.data.tags["gated_lpi.ablation"] == "top3_heads"
+    assert logged.data.params["ablation.label"] == "top-3 heads"
