@@ -8,6 +8,7 @@ and names the valid choices.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Iterable
@@ -413,7 +414,30 @@ class RunConfig:
 def register_configs() -> None:
     """Register the schemas so ``conf/config.yaml`` is composed onto :class:`RunConfig`."""
     cs = ConfigStore.instance()
-    cs.store(name="run_schema", node=RunConfig)
+    cs.store(name="run_schema", node=schema(RunConfig))
+
+
+def schema(cls: type) -> DictConfig:
+    """The structured config of ``cls`` holding its declared defaults.
+
+    ``OmegaConf.structured`` builds a nested config by calling its default factory, which runs
+    ``__post_init__``; a default that ``__post_init__`` derives from another field (``attribution.attn_positions``
+    None = "follow ``compat``") would reach the schema already derived from the *default* of that other
+    field. The declared default is written back, so it is derived from the composed values instead.
+    """
+    node = OmegaConf.structured(cls)
+    _declared_defaults(node, cls)
+    return node
+
+
+def _declared_defaults(node: DictConfig, cls: type) -> None:
+    for f in dataclasses.fields(cls):
+        if f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+            if dataclasses.is_dataclass(value):
+                _declared_defaults(node[f.name], type(value))
+        elif f.default is not dataclasses.MISSING and f.default != MISSING and node[f.name] != f.default:
+            node[f.name] = f.default
 
 
 def to_run_config(cfg: DictConfig | RunConfig) -> RunConfig:

@@ -236,3 +236,12 @@ def test_an_ablation_name_is_a_label_and_the_unit_and_counts_are_checked():
         compose_run_config(["ablation=top1_head", "ablation.name=none"])
     with pytest.raises(ConfigurationError, match="fraction"):
         compose_run_config(["ablation=top1pct_ffn", "ablation.fraction=0"])
+
+
+def test_a_default_derived_in_post_init_follows_the_composed_values_not_the_defaults():
+    """``attribution.attn_positions`` None means "follow ``compat``"; no YAML states it, so the schema must
+    keep the declared None rather than what ``__post_init__`` derived from the default ``compat``."""
+    assert compose_run_config().attribution.attn_positions is False
+    assert compose_run_config(["attribution.compat=released_code"]).attribution.attn_positions is True
+    explicit = ["attribution.compat=released_code", "attribution.attn_positions=false"]
+    assert compose_run_config(explicit).attribution.attn_positions is False
