@@ -8,7 +8,9 @@ and names the valid choices.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,12 +19,20 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gated_lpi_exp.adapters import FAMILIES
 from gated_lpi_exp.errors import ConfigurationError
 from gated_lpi_exp.suites.spec import SuiteSpec
 
-FAMILIES = ("olmoe", "olmo")
+DEFAULT_BRANCHES = r"^step(?P<step>\d+)(?:-tokens(?P<tokens>\d+)B)?$"
+"""OLMo/OLMoE hub branches: ``step{N}-tokens{M}B`` (or a bare ``step{N}``)."""
+
 CATEGORIES = ("linguistic", "commonsense", "factual", "bias")
-ABLATIONS = ("none", "top1_head", "top10_heads", "top1pct_ffn")
+ABLATION_UNITS = ("none", "head", "ffn_neuron")
+"""What an ablation can zero; its presets are the files ``conf/ablation/*.yaml``, their names are labels."""
+COMPAT_MODES = ("none", "released_code")
+"""Values of ``attribution.compat`` (``gated_lpi_exp.compat``)."""
+POSITION_REDUCTIONS = ("absmax", "max", "sum")
+"""How per-position attention-neuron scores become one per neuron (``attribution.positions.reduce_positions``)."""
 
 
 def _choice(section: str, key: str, value: Any, valid: Iterable[Any]) -> None:
@@ -40,13 +50,27 @@ class ModelConfig:
     name: str = MISSING
     """Display name, used in run names and figure legends."""
     family: str = MISSING
-    """Architecture family: ``olmoe`` (MoE) or ``olmo`` (dense)."""
+    """Architecture family: the checkpoints' ``model_type`` (``olmoe``, ``olmo``, ``llama``, ``gpt_neox``,
+    ... : every family of ``gated_lpi_exp.adapters.FAMILIES``). A checkpoint of another type is refused."""
     kind: str = "hub"
-    """``hub`` (a model-hub repository with ``step{N}-tokens{M}B`` branches), ``local`` (a folder of
+    """``hub`` (a model-hub repository with one branch per checkpoint), ``local`` (a folder of
     ``step{N}/`` checkpoints with a manifest) or ``suite`` (one of the project's own tiny suites, built on
     first use)."""
     source: str = MISSING
     """Hub repository id, local folder, or suite name, depending on ``kind``."""
+    size: str | None = None
+    """Model size, for series configs that take it as a field (``model=pythia model.size=1b``); their
+    ``name`` and ``source`` interpolate it. None for series of one size."""
+    sizes: list[str] = field(default_factory=list)
+    """The sizes the series exists in; ``size`` must be one of them (empty: not checked)."""
+    branch_pattern: str = DEFAULT_BRANCHES
+    """Regular expression a hub branch must match to be a checkpoint: a named group ``step`` (the training
+    step) and optionally ``tokens`` (training tokens in billions). Other branches (``main``) are ignored.
+    Each series config sets its own (Pythia ``step{N}``, OLMo-2 ``stage1-step{N}-tokens{M}B``, Amber
+    ``ckpt_{NNN}``)."""
+    tokens_per_step: int | None = None
+    """Training tokens per step, for series whose branch names do not carry them (Pythia: 2097152); None
+    leaves the token count unknown."""
     dtype: str = "auto"
     """Weight dtype: ``auto`` (as saved), ``float32``, ``bfloat16`` or ``float16``. Attribution math is float32
     whatever this says."""
@@ -68,9 +92,27 @@ class ModelConfig:
             raise ConfigurationError(
                 f"model.device={self.device!r} is not valid; choose auto, cpu, cuda, cuda:N or mps."
             )
+        self._check_series()
         if self.kind == "suite" and self.suite.family != self.family:
             raise ConfigurationError(
                 f"model.family={self.family!r} but model.suite.family={self.suite.family!r}; they must agree."
+            )
+
+    def _check_series(self) -> None:
+        if self.sizes and self.size not in self.sizes:
+            raise ConfigurationError(
+                f"model.size={self.size!r} is not a size of this series; choose one of: {', '.join(self.sizes)}."
+            )
+        try:
+            groups = re.compile(self.branch_pattern).groupindex
+        except re.error as exc:
+            raise ConfigurationError(
+                f"model.branch_pattern={self.branch_pattern!r} is not a regular expression ({exc})."
+            ) from None
+        if "step" not in groups:
+            raise ConfigurationError(
+                f"model.branch_pattern={self.branch_pattern!r} has no (?P<step>...) group; it must capture "
+                "the training step, e.g. '^step(?P<step>\\d+)$'."
             )
 
 
@@ -181,10 +223,25 @@ class AttributionConfig:
     """Content-addressed cache of per-checkpoint aggregates; None = the user cache directory."""
     use_cache: bool = True
     """Reuse cached aggregates computed by an earlier run with the same inputs."""
+    compat: str = "none"
+    """``none`` (a causal model with its own final-norm ε) or ``released_code``: every stage of the run (HIT@k,
+    attribution, ablation) reproduces the paper's released notebooks, flaws included: attention without the
+    causal mask, final-norm ε 1e-6 in φ, attention neurons per source position (docs/released_code.md)."""
+    attn_positions: bool | None = None
+    """Score attention neurons per (layer, head, dimension, source position), as the released notebooks do;
+    the run's attention-neuron table then holds one score per (head, dimension), reduced over the prompt's
+    positions by ``attn_position_reduce``. None = true with ``compat=released_code``, else false."""
+    attn_position_reduce: str = "absmax"
+    """With ``attn_positions``: ``absmax`` (the position of largest |I|, sign kept), ``max`` (largest signed
+    score) or ``sum`` (sum over positions)."""
 
     def __post_init__(self) -> None:
         _choice("attribution", "norm", self.norm, ("frozen", "exact"))
         _choice("attribution", "target", self.target, ("gold", "predicted"))
+        _choice("attribution", "compat", self.compat, COMPAT_MODES)
+        _choice("attribution", "attn_position_reduce", self.attn_position_reduce, POSITION_REDUCTIONS)
+        if self.attn_positions is None and self.compat != MISSING:
+            self.attn_positions = self.compat == "released_code"
         if self.batch_size < 1 or self.memory_budget_mb < 1:
             raise ConfigurationError("attribution.batch_size and attribution.memory_budget_mb must be >= 1.")
         if not 1 <= self.min_memory_budget_mb <= self.memory_budget_mb:
@@ -192,6 +249,18 @@ class AttributionConfig:
                 f"attribution.min_memory_budget_mb={self.min_memory_budget_mb} must be between 1 and "
                 f"attribution.memory_budget_mb={self.memory_budget_mb}."
             )
+
+    def scoring_settings(self) -> dict[str, Any]:
+        """The scoring choices beyond ``norm`` and ``target`` that change results, for cache and store keys;
+        empty at their defaults, so keys written before these options existed stay valid."""
+        if self.compat == "none" and not self.attn_positions:
+            return {}
+        reduce = self.attn_position_reduce if self.attn_positions else None
+        return {
+            "compat": self.compat,
+            "attn_positions": bool(self.attn_positions),
+            "attn_position_reduce": reduce,
+        }
 
 
 @dataclass
@@ -242,9 +311,13 @@ class AblationConfig:
     """The causal-intervention stage."""
 
     name: str = "none"
-    """``none``, ``top1_head``, ``top10_heads`` or ``top1pct_ffn``."""
+    """The intervention's label in run names, tags and tables (a preset's file name, e.g. ``top10_heads``);
+    ``none`` with ``unit=none``."""
+    label: str = ""
+    """Display name in the report and figures, e.g. ``top-10 heads``; empty = ``name``."""
     unit: str = "none"
-    """What is zeroed: ``head`` (o_proj input slices) or ``ffn_neuron`` (FFN/expert activations)."""
+    """What is zeroed: ``head`` (o_proj input slices), ``ffn_neuron`` (FFN/expert activations) or ``none``
+    (no ablation stage)."""
     count: int = 0
     """Number of units, for heads."""
     fraction: float = 0.0
@@ -256,12 +329,29 @@ class AblationConfig:
     heldout: bool = False
     """Rank units on one half of the examples and evaluate on the other half."""
 
+    @property
+    def enabled(self) -> bool:
+        """Whether the run has an ablation stage."""
+        return self.unit != "none"
+
+    @property
+    def display_name(self) -> str:
+        """:attr:`label`, else :attr:`name`."""
+        return self.label or self.name
+
     def __post_init__(self) -> None:
-        _choice("ablation", "name", self.name, ABLATIONS)
-        _choice("ablation", "unit", self.unit, ("none", "head", "ffn_neuron"))
+        if self.name != MISSING and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", self.name):
+            raise ConfigurationError(
+                f"ablation.name={self.name!r} must be a label of letters, digits and _ . + - "
+                "(it names runs and table rows), e.g. top3_heads."
+            )
+        _choice("ablation", "unit", self.unit, ABLATION_UNITS)
         _choice("ablation", "rank_by", self.rank_by, ("abs", "signed"))
-        if self.name != "none" and self.unit == "none":
-            raise ConfigurationError(f"ablation.name={self.name} needs ablation.unit=head or ffn_neuron.")
+        if (self.name == "none") != (self.unit == "none"):
+            raise ConfigurationError(
+                f"ablation.name={self.name} with ablation.unit={self.unit}: an ablation needs "
+                "ablation.unit=head or ffn_neuron and a name other than none; no ablation is name=none, unit=none."
+            )
         if self.unit == "head" and self.count < 1:
             raise ConfigurationError("ablation.unit=head needs ablation.count >= 1.")
         if self.unit == "ffn_neuron" and not 0.0 < self.fraction <= 1.0:
@@ -338,7 +428,7 @@ class RunConfig:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
-        if not self.attribution.enabled and self.ablation.name != "none":
+        if not self.attribution.enabled and self.ablation.enabled:
             # Units are ranked by their attribution, so without it there is nothing to ablate.
             logging.getLogger(__name__).warning(
                 "attribution.enabled=false: skipping ablation=%s (it ranks units by attribution)",
@@ -350,7 +440,30 @@ class RunConfig:
 def register_configs() -> None:
     """Register the schemas so ``conf/config.yaml`` is composed onto :class:`RunConfig`."""
     cs = ConfigStore.instance()
-    cs.store(name="run_schema", node=RunConfig)
+    cs.store(name="run_schema", node=schema(RunConfig))
+
+
+def schema(cls: type) -> DictConfig:
+    """The structured config of ``cls`` holding its declared defaults.
+
+    ``OmegaConf.structured`` builds a nested config by calling its default factory, which runs
+    ``__post_init__``; a default that ``__post_init__`` derives from another field (``attribution.attn_positions``
+    None = "follow ``compat``") would reach the schema already derived from the *default* of that other
+    field. The declared default is written back, so it is derived from the composed values instead.
+    """
+    node = OmegaConf.structured(cls)
+    _declared_defaults(node, cls)
+    return node
+
+
+def _declared_defaults(node: DictConfig, cls: type) -> None:
+    for f in dataclasses.fields(cls):
+        if f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+            if dataclasses.is_dataclass(value):
+                _declared_defaults(node[f.name], type(value))
+        elif f.default is not dataclasses.MISSING and f.default != MISSING and node[f.name] != f.default:
+            node[f.name] = f.default
 
 
 def to_run_config(cfg: DictConfig | RunConfig) -> RunConfig:

@@ -18,6 +18,7 @@ import torch
 from gated_lpi_exp.attribution.aggregate import CheckpointAggregate, ScoreSums
 from gated_lpi_exp.checkpoints.loading import resolve_series
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
+from gated_lpi_exp.compat import compat_mode
 from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.data import dataset_hash, load_relations, select_relations
 from gated_lpi_exp.execution.attempts import attempt
@@ -84,7 +85,8 @@ def run(cfg: RunConfig, *, hydra_tags: dict[str, str] | None = None) -> RunResul
     plan = group.plan(series.checkpoints, cfg.execution.shard)
 
     def analyse(model, tokenizer, ckpt: Checkpoint) -> tuple[CheckpointResult, dict[str, ScoreSums] | None]:
-        return analyse_checkpoint(cfg, model, tokenizer, samples, ckpt, store)
+        with compat_mode(cfg.attribution.compat, model):  # e.g. the released notebooks' scoring, every stage
+            return analyse_checkpoint(cfg, model, tokenizer, samples, ckpt, store)
 
     with (
         tracker.run(run_name(cfg), tags=run_tags(cfg, hydra_tags)) as run_id,
@@ -137,7 +139,7 @@ def analyse_checkpoint(
     result.attribution_cached = outcome.computed_relations == 0
     result.aggregate = outcome.aggregate
     result.top_units = top_units(outcome.aggregate, model, cfg.attribution.top_n_logged)
-    if cfg.ablation.name != "none":
+    if cfg.ablation.enabled:
         result.ablation, result.ablation_examples = ablate_checkpoint(
             model, tokenizer, samples, hits, outcome.aggregate, outcome.sums, cfg.ablation,
             seed=cfg.seed, batch_size=cfg.evaluation.batch_size, statistics=cfg.statistics,
@@ -154,7 +156,7 @@ def collect_tables(cfg: RunConfig, results: list[CheckpointResult]) -> dict[str,
         aggregates = attribution_aggregates(results)
         tables["head_scores"] = pd.concat([head_scores(a) for a in aggregates], ignore_index=True)
         tables["layer_profiles"] = layer_profiles(aggregates)
-    if cfg.ablation.name != "none":
+    if cfg.ablation.enabled:
         tables["ablation"] = pd.concat([r.ablation for r in results], ignore_index=True)
         tables["ablation_examples"] = pd.concat([r.ablation_examples for r in results], ignore_index=True)
     return tables
@@ -164,14 +166,12 @@ def dynamics_tables(
     cfg: RunConfig, results: list[CheckpointResult], tracker: Tracker
 ) -> dict[str, pd.DataFrame]:
     """Stability, concentration and consolidation over the checkpoints; curves and summaries to MLflow."""
-    curves, summary, replicates = compute_dynamics(
-        attribution_aggregates(results), cfg.dynamics, cfg.statistics
-    )
-    per_step, totals = dynamics_metrics(curves, summary)
+    tables = compute_dynamics(attribution_aggregates(results), cfg.dynamics, cfg.statistics)
+    per_step, totals = dynamics_metrics(tables)
     for step, values in sorted(per_step.items()):
         tracker.log_metrics(values, step=step)
     tracker.log_metrics(totals)
-    return {"dynamics_curves": curves, "dynamics_summary": summary, "dynamics_replicates": replicates}
+    return tables
 
 
 def attribution_aggregates(results: list[CheckpointResult]) -> list[CheckpointAggregate]:

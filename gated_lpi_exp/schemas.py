@@ -10,6 +10,9 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing.pandas import DataFrame, Series
 
+METRIC_NAME = r"^[a-z][a-z0-9_]*$"
+"""What a registered metric's name looks like (the registry in ``gated_lpi_exp.metrics`` holds the names)."""
+
 
 class Schema(pa.DataFrameModel):
     """Base: strict columns, values coerced to the declared types.
@@ -102,9 +105,9 @@ class LayerProfile(Schema):
 
 
 class DynamicsCurve(Schema):
-    """A per-step dynamics metric: J_t at the later step of each pair, R_t at step t."""
+    """A per-step dynamics metric (a registered metric with input ``pair``), at the later step of each pair."""
 
-    metric: Series[str] = pa.Field(isin=["j_stab", "r_t", "r_t_pop"])
+    metric: Series[str] = pa.Field(str_matches=METRIC_NAME)
     unit: Series[str] = pa.Field(isin=["ffn", "attn"])
     step: Series[int] = pa.Field(ge=0)
     value: Series[float] = pa.Field(nullable=True)
@@ -118,7 +121,7 @@ class DynamicsCurve(Schema):
 class DynamicsSummary(Schema):
     """Single-value dynamics metrics over the whole range (window ``all``) and named step windows."""
 
-    metric: Series[str] = pa.Field(isin=["j_stab", "r_t", "r_t_pop", "rho_avg", "sigma_rel"])
+    metric: Series[str] = pa.Field(str_matches=METRIC_NAME)
     unit: Series[str] = pa.Field(isin=["ffn", "attn"])
     window: Series[str]
     value: Series[float] = pa.Field(nullable=True)
@@ -134,11 +137,39 @@ class DynamicsSummary(Schema):
 class DynamicsReplicates(Schema):
     """Every bootstrap replicate of every dynamics summary value (for combining runs replicate-wise)."""
 
-    metric: Series[str] = pa.Field(isin=["j_stab", "r_t", "r_t_pop", "rho_avg", "sigma_rel"])
+    metric: Series[str] = pa.Field(str_matches=METRIC_NAME)
     unit: Series[str] = pa.Field(isin=["ffn", "attn"])
     window: Series[str]
     replicate: Series[int] = pa.Field(ge=0)
     value: Series[float] = pa.Field(nullable=True)
+
+
+class DynamicsLayerCurve(Schema):
+    """A per-layer dynamics metric at the later step of each consecutive pair, one row per layer."""
+
+    metric: Series[str] = pa.Field(str_matches=METRIC_NAME)
+    unit: Series[str] = pa.Field(isin=["ffn", "attn"])
+    layer: Series[int] = pa.Field(ge=0)
+    step: Series[int] = pa.Field(ge=0)
+    value: Series[float] = pa.Field(nullable=True)
+    ci_low: Series[float] | None = pa.Field(nullable=True)
+    ci_high: Series[float] | None = pa.Field(nullable=True)
+    baseline: Series[float] | None = pa.Field(nullable=True)
+
+
+class DynamicsLayerSummary(Schema):
+    """A per-layer dynamics metric over the whole range (window ``all``) and named step windows."""
+
+    metric: Series[str] = pa.Field(str_matches=METRIC_NAME)
+    unit: Series[str] = pa.Field(isin=["ffn", "attn"])
+    layer: Series[int] = pa.Field(ge=0)
+    window: Series[str]
+    value: Series[float] = pa.Field(nullable=True)
+    n_checkpoints: Series[int] = pa.Field(ge=0)
+    ci_low: Series[float] | None = pa.Field(nullable=True)
+    ci_high: Series[float] | None = pa.Field(nullable=True)
+    baseline: Series[float] | None = pa.Field(nullable=True)
+    baseline_empirical: Series[float] | None = pa.Field(nullable=True)
 
 
 class AblationResult(Schema):

@@ -9,19 +9,23 @@ import time
 
 import pytest
 import torch
+from huggingface_hub import constants as hub_constants
 
+from gated_lpi_exp.adapters import FAMILIES, get_adapter
 from gated_lpi_exp.attribution import gated_lpi, kernels, projection
 from gated_lpi_exp.attribution.engine import Budget, score_neurons
 from gated_lpi_exp.attribution.projection import chunk_scores
 from gated_lpi_exp.bench import costs
 from gated_lpi_exp.bench.__main__ import main as bench_main
+from gated_lpi_exp.bench.dims import dims_from_config
 from gated_lpi_exp.bench.layers import LayerShape, build_layer
 from gated_lpi_exp.bench.machine import Rates
 from gated_lpi_exp.bench.plan_report import format_plan
 from gated_lpi_exp.bench.plan_report import main as plan_main
 from gated_lpi_exp.bench.planner import make_plan
 from gated_lpi_exp.compose import compose_run_config
-from gated_lpi_exp.testing import random_olmoe
+from gated_lpi_exp.errors import ConfigurationError
+from gated_lpi_exp.testing import random_model, random_olmoe
 
 SHAPE_FIELDS = (
     "elements_per_s",
@@ -36,13 +40,40 @@ RATES = Rates(
 TINY = LayerShape("moe", 48, 500, 4, 24, 2, 6, 3, "rms")
 
 
+HUB_CONFIGS = {
+    "allenai/OLMoE-1B-7B-0924": dict(
+        model_type="olmoe", hidden_size=2048, intermediate_size=1024, num_hidden_layers=16,
+        num_attention_heads=16, num_key_value_heads=16, num_experts=64, num_experts_per_tok=8,
+        vocab_size=50304, norm_topk_prob=False, tie_word_embeddings=False,
+    ),
+    "allenai/OLMo-7B-0424-hf": dict(
+        model_type="olmo", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=32, vocab_size=50304, tie_word_embeddings=False,
+    ),
+    "EleutherAI/pythia-1b": dict(
+        model_type="gpt_neox", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+        num_attention_heads=8, vocab_size=50304, use_parallel_residual=True, tie_word_embeddings=False,
+    ),
+}  # fmt: skip
+"""The dimensions of the real repositories' config.json files (the fields the planner reads)."""
+
+
 @pytest.fixture
-def offline(monkeypatch):
-    """Any attempt to open a network connection fails the test."""
+def offline(monkeypatch, tmp_path):
+    """Any attempt to open a network connection fails the test; a hub cache holds the configs above."""
 
     def refuse(*args, **kwargs):
         raise AssertionError("the planner tried to reach the network")
 
+    cache = tmp_path / "hub"
+    for repo, config in HUB_CONFIGS.items():
+        folder = cache / f"models--{repo.replace('/', '--')}"
+        commit = "0" * 40
+        (folder / "refs").mkdir(parents=True)
+        (folder / "refs" / "main").write_text(commit)
+        (folder / "snapshots" / commit).mkdir(parents=True)
+        (folder / "snapshots" / commit / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
@@ -54,14 +85,14 @@ def test_quick_benchmark_writes_every_field(tmp_path, capsys):
     report = json.loads(path.read_text())
     assert {"cores", "torch", "threads", "kernel"} <= set(report["machine"])
     assert report["memory_budget_mb"] == 512 and report["quick"] is True
-    assert set(report["shapes"]) == {"moe", "dense"}
+    assert set(report["shapes"]) == {"moe", "moe_shared", "dense"}
+    assert report["shared_vs_moe"] > 0 and "shared-expert MoE vs MoE" in capsys.readouterr().out
     for shape in report["shapes"].values():
         assert {"hidden", "vocab", "experts", "width", "top_k", "prompts"} <= set(shape["shape"])
         for field in SHAPE_FIELDS:
             assert shape[field] is not None and math.isfinite(shape[field]), field
         assert shape["max_abs_diff"] <= 1e-4 and shape["compared_scores"] > 0
         assert shape["elements_per_s"] > 0 and shape["speedup_vs_reference"] > 0
-    assert "speedup_vs_reference" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -161,9 +192,13 @@ def test_planner_math_on_a_tiny_shape():
     [
         (
             ["model=olmoe", "checkpoints=paper"],
-            ["checkpoints: 14", "64 experts x 1024 (top-8)", "6.9B params"],
+            ["checkpoints: 14", "64 experts x 1024 (top-8)", "6.92B params"],
         ),
-        (["model=olmo"], ["checkpoints: 489 (estimate)", "FFN 11008", "32 layers"]),
+        (["model=olmo"], ["checkpoints: 489 (estimate)", "FFN 11008", "32 layers", "6.89B params"]),
+        (
+            ["model=pythia", "model.size=1b", "checkpoints=paper"],
+            ["gpt_neox, 16 layers", "FFN 8192", "8 heads x 256"],
+        ),
     ],
 )
 def test_planner_prints_every_section_offline(offline, tmp_path, capsys, overrides, expect):
@@ -212,3 +247,24 @@ def test_planner_estimate_within_2x_of_measured_attribution(tmp_path):
     measured = time.perf_counter() - start
     assert plan.examples.value == len(rows)
     assert 0.5 <= plan.cpu_s / measured <= 2.0, (plan.cpu_s, measured, format_plan(plan))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_planner_reads_every_familys_dimensions_from_its_config(family):
+    model = random_model(family)
+    dims = dims_from_config(model.config.to_dict(), "test")
+    adapter = get_adapter(model)
+    assert (dims.family, dims.layers, dims.hidden, dims.vocab) == (family, adapter.n_layers, 32, 97)
+    assert (dims.heads, dims.head_dim, dims.experts, dims.top_k) == (
+        adapter.n_heads,
+        adapter.head_dim,
+        adapter.n_experts,
+        adapter.top_k,
+    )
+    assert dims.width == adapter.expert_width and dims.shared == getattr(adapter, "shared_width", 0)
+    assert dims.params == sum(p.numel() for p in model.parameters())
+
+
+def test_planner_refuses_an_unsupported_config():
+    with pytest.raises(ConfigurationError, match="model_type 'gpt2' is not a supported family"):
+        dims_from_config({"model_type": "gpt2"}, "config.json")

@@ -6,9 +6,17 @@ import logging
 
 import pytest
 
+from gated_lpi_exp.checkpoints.loading import load_checkpoint
 from gated_lpi_exp.checkpoints.manifest import Manifest, ManifestEntry, read_manifest, write_manifest
-from gated_lpi_exp.checkpoints.resolve import list_local_checkpoints, parse_branches, select_checkpoints
+from gated_lpi_exp.checkpoints.resolve import (
+    Checkpoint,
+    list_local_checkpoints,
+    parse_branches,
+    select_checkpoints,
+)
+from gated_lpi_exp.compose import compose_run_config
 from gated_lpi_exp.errors import CheckpointError
+from gated_lpi_exp.testing import random_model
 
 BRANCHES = [
     "main",
@@ -101,3 +109,43 @@ def test_folders_without_manifest_are_scanned(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert [c.step for c in list_local_checkpoints(tmp_path)] == [20, 100]
     assert "manifest" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("series", "names", "steps", "tokens"),
+    [
+        (
+            "pythia",
+            ["main", "step0", "step1", "step512", "step1000", "step143000"],
+            [0, 1, 512, 1000, 143000],
+            2097152 * 143000,
+        ),
+        (
+            "olmo2_1b",
+            [
+                "main",
+                "stage1-step0-tokens0B",
+                "stage1-step1000-tokens3B",
+                "stage2-ingredient1-step1000-tokens3B",
+            ],
+            [0, 1000],
+            3 * 10**9,
+        ),
+        ("amber", ["main", "ckpt_000", "ckpt_001", "ckpt_359", "ckpt_final"], [0, 1, 359], None),
+    ],
+)
+def test_each_series_reads_its_own_branch_names(series, names, steps, tokens):
+    model = compose_run_config([f"model={series}"]).model
+    found = parse_branches(model.source, names, model.branch_pattern, model.tokens_per_step)
+    assert [c.step for c in found] == steps
+    assert all(c.revision in names and c.source == model.source for c in found)
+    assert found[-1].tokens == tokens
+
+
+def test_a_checkpoint_of_another_family_is_refused_before_its_weights_load(tmp_path):
+    random_model("gpt_neox").save_pretrained(tmp_path / "step0")
+    model = compose_run_config(["model=micro_dense", "model.kind=local", f"model.source={tmp_path}"]).model
+    with pytest.raises(
+        CheckpointError, match="is a 'gpt_neox' model .* model.family='olmo'. Fix: set model.family=gpt_neox"
+    ):
+        load_checkpoint(model, Checkpoint(step=0, source=str(tmp_path / "step0")))

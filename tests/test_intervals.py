@@ -123,7 +123,8 @@ def test_dynamics_intervals_recompute_the_metric_on_every_replicate():
     reps = [m + 0.5 * rng.normal(size=(40, 10)) for m in means]  # [R, N] per checkpoint
     aggregates = [_aggregate(s, m, r) for s, m, r in zip((0, 10, 20), means, reps, strict=True)]
     stats = StatisticsConfig(resamples=40, level=0.8, baseline_draws=3000)
-    curves, summary, replicates = compute_dynamics(aggregates, DynamicsConfig(top_frac=0.2), stats)
+    tables = compute_dynamics(aggregates, DynamicsConfig(top_frac=0.2), stats)
+    curves, summary, replicates = (tables[f"dynamics_{k}"] for k in ("curves", "summary", "replicates"))
     per_rep = np.array([jaccard_stability(np.stack([rp[r] for rp in reps]), 0.2)[0] for r in range(40)])
     low, high = percentile_interval(per_rep, 0.8)
     row = summary[(summary.metric == "j_stab") & (summary.unit == "ffn") & (summary.window == "all")].iloc[0]

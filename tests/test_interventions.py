@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
+from gated_lpi_exp.adapters import FAMILIES, get_adapter
 from gated_lpi_exp.attribution import position_ids_from_mask
 from gated_lpi_exp.errors import AttributionError
 from gated_lpi_exp.interventions import ablate
+from gated_lpi_exp.testing import random_model
 
 IDS = torch.tensor([[5, 9, 13, 4, 22, 6, 7], [0, 0, 7, 3, 31, 2, 8]])
 MASK = (IDS != 0).long()
@@ -164,3 +168,86 @@ def test_out_of_range_units_fail_before_touching_the_model(tiny_olmoe, heads, ff
     with pytest.raises(AttributionError, match=match), ablate(tiny_olmoe, heads=heads, ffn_neurons=ffn):
         pass
     _assert_bit_identical(tiny_olmoe, snapshot)
+
+
+def _layers(model) -> list:
+    return list(model.gpt_neox.layers if hasattr(model, "gpt_neox") else model.model.layers)
+
+
+def _zero_inputs(module, columns: list[int]):
+    def hook(mod, args):
+        x = args[0].clone()
+        x[..., columns] = 0
+        return (x,)
+
+    return module.register_forward_pre_hook(hook)
+
+
+@contextmanager
+def _activations_zeroed(model, heads: dict[int, list[int]], neurons: dict[int, list[int]]):
+    """Reference written here: the heads' o_proj input slices and the neurons' ``m`` are zeroed directly.
+
+    ``m`` is zeroed at the down projection's input where the FFN has a module for it (dense layers, shared
+    experts) and, inside a fused expert, by zeroing the neuron's up-projection row (``act(g)·0 = 0``).
+    """
+    handles, saved = [], []
+    for layer, hs in heads.items():
+        attn = _layers(model)[layer]
+        o_proj = attn.attention.dense if hasattr(attn, "attention") else attn.self_attn.o_proj
+        head_dim = o_proj.in_features // model.config.num_attention_heads
+        handles.append(_zero_inputs(o_proj, [h * head_dim + k for h in hs for k in range(head_dim)]))
+    for layer, ns in neurons.items():
+        mlp = _layers(model)[layer].mlp
+        if not hasattr(mlp, "experts"):
+            down = getattr(mlp, "dense_4h_to_h", None) or mlp.down_proj
+            handles.append(_zero_inputs(down, ns))
+            continue
+        experts = mlp.experts.gate_up_proj  # [E, 2w, d], gate rows first
+        width = experts.shape[1] // 2
+        routed = [n for n in ns if n < experts.shape[0] * width]
+        shared = [n - experts.shape[0] * width for n in ns if n not in routed]
+        for n in routed:
+            row = (n // width, width + n % width)
+            saved.append((experts, row, experts.data[row].clone()))
+            experts.data[row] = 0
+        if shared:
+            module = getattr(mlp, "shared_expert", None) or mlp.shared_experts
+            handles.append(_zero_inputs(module.down_proj, shared))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for weight, row, value in saved:
+            weight.data[row] = value
+
+
+def _family_units(model) -> tuple[dict, dict]:
+    """Heads and FFN neurons to ablate: in MoE layers, neurons of several experts and of the shared one."""
+    adapter = get_adapter(model)
+    last = adapter.n_layers - 1
+    neurons = {0: [0, 5, adapter.ffn_neurons - 1], last: [3]}
+    if adapter.is_moe:
+        w, routed = adapter.expert_width, adapter.routed_width
+        neurons[last] = [2, 3 * w + 2, 5 * w, 5 * w + w - 1] + (
+            [routed, routed + 3] if adapter.shared_width else []
+        )
+        if not adapter.routed_layer(0):  # a dense layer of a mixed stack: its last neuron, not padding
+            neurons[0] = [0, 5, model.model.layers[0].mlp.down_proj.weight.shape[1] - 1]
+    return {0: [1, 3], last: [0]}, neurons
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_ablates_exactly_the_chosen_units_and_restores_them(family):
+    model = random_model(family)
+    heads, neurons = _family_units(model)
+    snapshot, base = _snapshot(model), _logits(model)
+    for kwargs in ({"heads": heads}, {"ffn_neurons": neurons}):
+        with ablate(model, **kwargs):
+            got = _logits(model)
+        with _activations_zeroed(model, kwargs.get("heads", {}), kwargs.get("ffn_neurons", {})):
+            want = _logits(model)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0, msg=f"{family} {list(kwargs)}")
+        assert (got - base).abs().max() > 1e-3
+    _assert_bit_identical(model, snapshot)
+    assert torch.equal(_logits(model), base)

@@ -48,7 +48,7 @@ def test_models_load_as_safetensors_without_remote_code_unless_configured():
     for file, call in _calls("from_pretrained"):
         assert _keyword(call, "trust_remote_code") not in ("True",), f"{file}:{call.lineno}"
     loader = [c for f, c in _calls("from_pretrained") if f.parts[-2:] == ("checkpoints", "loading.py")]
-    assert len(loader) == 2  # the model and the tokenizer of every analysed checkpoint
+    assert len(loader) == 3  # the config (family check), the model and the tokenizer of every checkpoint
     for call in loader:
         assert _keyword(call, "trust_remote_code") == "model.trust_remote_code"
     assert [_keyword(c, "use_safetensors") for c in loader if "AutoModel" in ast.unparse(c.func)] == ["True"]

@@ -12,12 +12,14 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer
 
+from gated_lpi_exp.adapters import FAMILIES
 from gated_lpi_exp.checkpoints.manifest import read_manifest
 from gated_lpi_exp.data import load_relations
 from gated_lpi_exp.errors import CheckpointError, ConfigurationError
 from gated_lpi_exp.suites import SuiteSpec, build_suite, suite_dir
 from gated_lpi_exp.suites.check import evaluate_checkpoint
 from gated_lpi_exp.suites.model import active_ffn_width, attention_shape, model_config
+from gated_lpi_exp.suites.spec import FAMILIES as SUITE_FAMILIES
 from gated_lpi_exp.suites.tokenizer import check_single_token_objects
 
 pytestmark = pytest.mark.slow
@@ -114,6 +116,15 @@ def test_pair_is_matched(built):
             dense
         )
         assert moe.num_experts >= 16 and moe.num_experts_per_tok >= 2
+        neox = model_config(SuiteSpec(family="gpt_neox", size=size).resolved(), 100, 0, 1)
+        assert active_ffn_width(neox) == active_ffn_width(dense) and attention_shape(neox) == attention_shape(
+            dense
+        )
+        assert neox.use_parallel_residual and neox.attention_bias  # Pythia's block
+
+
+def test_suite_families_are_adapter_families():
+    assert set(SUITE_FAMILIES) <= set(FAMILIES)
 
 
 def test_learns(built, facts):

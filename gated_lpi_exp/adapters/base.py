@@ -1,13 +1,15 @@
 """What the attribution math needs to know about one model family, behind one small interface.
 
-Each family fills a pyvene-style ``SITES`` table (abstract site -> module path) and implements the few
-family-specific computations (the FFN/MoE neuron activations, the final norm's form). The attribution engine
-and the interventions only ever talk to a ``ModelAdapter``; they never name a family.
+Each family fills a pyvene-style ``SITES`` table (abstract site -> module path), a ``READS`` table (which module
+input or output each captured activation is) and implements the few family-specific computations (the FFN/MoE
+neuron activations, the final norm's form, the ablation slices). The attribution engine and the interventions
+only ever talk to a ``ModelAdapter``; they never name a family.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import abc
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 import torch
@@ -17,11 +19,13 @@ from gated_lpi_exp.errors import AttributionError
 
 # A place in a parameter to zero for an ablation: (parameter, index usable as ``param[index]``).
 WeightSlice = tuple[nn.Parameter, tuple]
+# Where capture reads an activation: (abstract site, "input" or "output" of that module).
+Read = tuple[str, Literal["input", "output"]]
 
 
 @dataclass(frozen=True)
 class NormSpec:
-    """The final norm as ``γ ⊙ center(u) / scale(u) + β`` (all in float32).
+    """A norm as ``γ ⊙ center(u) / scale(u) + β`` (all in float32).
 
     ``kind="rms"``: center is the identity and ``scale(u) = sqrt(mean(u²) + eps)``.
     ``kind="layer"``: ``center(u) = u − mean(u)`` and ``scale(u) = sqrt(var(u) + eps)`` (biased variance).
@@ -43,63 +47,95 @@ class NormSpec:
         return torch.rsqrt(centered.pow(2).mean(-1) + self.eps)
 
 
+def rms_spec(norm: nn.Module) -> NormSpec:
+    """The ``NormSpec`` of a transformers RMSNorm (gain ``weight``, epsilon ``variance_epsilon`` or ``eps``)."""
+    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", None)
+    if eps is None:
+        raise AttributionError(f"{type(norm).__name__} has no variance_epsilon/eps; cannot read its epsilon")
+    return NormSpec(kind="rms", weight=norm.weight, bias=None, eps=float(eps))
+
+
 @dataclass(frozen=True)
 class NeuronGroup:
     """A block of neurons that write to the residual through columns of one weight matrix.
 
-    Neuron ``start + i`` contributes ``coef[:, start + i] * columns[:, i]``. ``rows`` lists the batch rows in
-    which the group is active (a routed expert); ``None`` means every row.
+    Neuron ``start + i`` contributes ``coef[:, start + i] * block()[:, i]``. ``rows`` lists the batch rows in
+    which the group is active (a routed expert); ``None`` means every row. ``post_norm`` is a post-sublayer
+    norm (OLMo-2) frozen on the whole sublayer output: its linear part ``γ ⊙ center(·)`` is applied to every
+    column, its per-example scale is already in ``coef``.
     """
 
     start: int
     columns: Tensor  # [d, size] a view of the model's weight, model dtype, not yet upcast
     rows: Tensor | None = None  # [rows] long
+    post_norm: NormSpec | None = None
 
     @property
     def size(self) -> int:
         """Number of neurons in the group."""
         return self.columns.shape[1]
 
+    def block(self, lo: int = 0, hi: int | None = None) -> Tensor:
+        """Columns ``lo:hi`` as written to the residual, float32 ``[d, n]`` (upcast one chunk at a time)."""
+        cols = self.columns[:, lo:hi].float()  # [d, n]
+        if self.post_norm is None:
+            return cols
+        cols = self.post_norm.center(cols, dim=0)
+        gain = self.post_norm.weight
+        return cols * gain.to(cols)[:, None] if gain is not None else cols
+
 
 @dataclass(frozen=True)
 class FFNNeurons:
-    """The FFN/MoE neurons of one layer at position T, ready to score."""
+    """The neurons of one sublayer (FFN/MoE, or attention) at position T, ready to score."""
 
-    coef: Tensor  # [batch, ffn_neurons] float32; exactly 0 for experts not routed at T
+    coef: Tensor  # [batch, neurons] float32; exactly 0 for experts not routed at T and for padding
     groups: list[NeuronGroup]
     routed: Tensor | None = None  # [batch, experts] bool, MoE only
 
 
-class ModelAdapter:
-    """Family-independent view of a pre-norm decoder-only causal LM.
+class ModelAdapter(abc.ABC):
+    """Family-independent view of a decoder-only causal LM whose layers add their sublayers to a residual.
 
-    Subclasses set ``family`` and extend ``SITES``; the shared sites below hold for every supported family.
+    Subclasses list the ``model_types`` they serve, extend ``SITES`` (and ``READS`` where the family's
+    residual differs from a sequential pre-norm block), and implement the abstract methods.
     """
 
-    family: ClassVar[str] = ""
+    model_types: ClassVar[tuple[str, ...]] = ()
     is_moe: ClassVar[bool] = False
     SITES: ClassVar[dict[str, str]] = {
         "backbone": "model",
         "layer": "model.layers.{layer}",
         "o_proj": "model.layers.{layer}.self_attn.o_proj",
-        "post_attn_norm": "model.layers.{layer}.post_attention_layernorm",
+        "ffn_norm": "model.layers.{layer}.post_attention_layernorm",
         "mlp": "model.layers.{layer}.mlp",
         "final_norm": "model.norm",
         "unembedding": "lm_head",
     }
+    READS: ClassVar[dict[str, Read | None]] = {
+        "z": ("o_proj", "input"),
+        "a": ("o_proj", "output"),
+        "r_mid": ("ffn_norm", "input"),
+        "x_hat": ("ffn_norm", "output"),
+        "f": ("mlp", "output"),
+    }
+    """Where capture reads each activation at T. ``a``/``f`` are the sublayer outputs as added to the
+    residual; ``r_mid`` None means it exists nowhere in the model (parallel blocks) and is ``r_in + a``;
+    post-norm families add ``a_raw``/``f_raw``, the sublayer outputs before their post-norm."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         config = model.config
+        self.family: str = config.model_type
         self.n_layers: int = config.num_hidden_layers
         self.n_heads: int = config.num_attention_heads
         self.head_dim: int = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
         self.d_model: int = config.hidden_size
         self.vocab_size: int = self.unembedding().weight.shape[0]
         self.n_experts: int = 1
-        self.expert_width: int = config.intermediate_size
+        self.expert_width: int = getattr(config, "intermediate_size", 0)
         self.top_k: int = 1
-        self._check_attention()
+        self.reads: dict[str, Read | None] = dict(self.READS)
 
     @property
     def ffn_neurons(self) -> int:
@@ -108,7 +144,7 @@ class ModelAdapter:
 
     @property
     def attn_neurons(self) -> int:
-        """Attention neurons (o_proj input units) per layer: ``n_heads * head_dim``."""
+        """Attention neurons (o_proj input units, query heads) per layer: ``n_heads * head_dim``."""
         return self.n_heads * self.head_dim
 
     def module(self, site: str, layer: int | None = None) -> nn.Module:
@@ -129,15 +165,11 @@ class ModelAdapter:
         return self.module("layer", layer)
 
     def o_proj(self, layer: int) -> nn.Linear:
-        """Attention output projection; its input is ``z``, its output ``a``."""
+        """Attention output projection; its input is ``z``."""
         return self.module("o_proj", layer)
 
-    def post_attn_norm(self, layer: int) -> nn.Module:
-        """Norm in front of the FFN/MoE block; input ``r_mid``, output ``x̂``."""
-        return self.module("post_attn_norm", layer)
-
     def mlp(self, layer: int) -> nn.Module:
-        """FFN/MoE block; its output is ``f``."""
+        """FFN/MoE block."""
         return self.module("mlp", layer)
 
     def final_norm(self) -> nn.Module:
@@ -156,27 +188,46 @@ class ModelAdapter:
         """Where input ids must live: the input embedding's device."""
         return self.model.get_input_embeddings().weight.device
 
-    def final_norm_spec(self) -> NormSpec:
-        """The final norm's form (center, γ, β, eps, scale kind); family specific."""
-        raise NotImplementedError
+    def routed_layer(self, layer: int) -> bool:
+        """Whether ``layer`` routes tokens to experts (its router output is captured)."""
+        return False
 
-    def attn_group(self, layer: int) -> NeuronGroup:
-        """Attention neurons: neuron ``h*head_dim + k`` writes ``z_k * W_O[:, h*head_dim + k]``."""
-        return NeuronGroup(start=0, columns=self.o_proj(layer).weight)
+    def post_norm_spec(self, layer: int, sublayer: Literal["attn", "ffn"]) -> NormSpec | None:
+        """The norm applied to a sublayer's output before it joins the residual (post-norm); None if none."""
+        return None
 
-    def ffn_neurons_at(self, layer: int, x_hat: Tensor, routing: Tensor | None = None) -> FFNNeurons:
-        """FFN/MoE neuron coefficients at T from the block input ``x_hat [B, d]`` (float32).
+    def locate_ffn(self, unit: int) -> tuple[int, int]:
+        """``(expert, neuron)`` of an FFN index; expert is -1 for a dense FFN."""
+        return -1, unit
+
+    def attn_units(self, layer: int, z: Tensor, raw: Tensor | None = None) -> FFNNeurons:
+        """Attention neurons at T: neuron ``h*head_dim + k`` writes ``z_k · W_O[:, h*head_dim + k]``.
 
         Args:
             layer: Layer index.
-            x_hat: ``[batch, d]`` float32 post-attention-norm output at T.
-            routing: ``[batch, top_k]`` expert indices the model itself chose at T (MoE only); recomputed
-                from ``x_hat`` when None.
-
-        Returns:
-            The coefficients (``g_e * m_{e,j}`` or ``m_j``) and the weight column groups they multiply.
+            z: ``[batch, heads*head_dim]`` float32 o_proj input at T.
+            raw: ``[batch, d]`` the o_proj output at T, needed only by post-norm families.
         """
-        raise NotImplementedError
+        neurons = FFNNeurons(coef=z, groups=[NeuronGroup(start=0, columns=self.o_proj(layer).weight)])
+        return self._through_post_norm(neurons, self.post_norm_spec(layer, "attn"), raw)
+
+    def ffn_units(
+        self, layer: int, x_hat: Tensor, routing: Tensor | None = None, raw: Tensor | None = None
+    ) -> FFNNeurons:
+        """FFN/MoE neurons at T as they write to the residual (``ffn_neurons_at``, then any post-norm)."""
+        neurons = self.ffn_neurons_at(layer, x_hat, routing)
+        return self._through_post_norm(neurons, self.post_norm_spec(layer, "ffn"), raw)
+
+    @staticmethod
+    def _through_post_norm(neurons: FFNNeurons, spec: NormSpec | None, raw: Tensor | None) -> FFNNeurons:
+        """Freeze a post-norm at its scale on the whole sublayer output ``raw``: units still sum to it."""
+        if spec is None:
+            return neurons
+        if raw is None:
+            raise AttributionError("a post-norm family needs the raw sublayer output to freeze its norm")
+        coef = neurons.coef * spec.inv_scale(raw)[:, None]  # [batch, neurons]
+        groups = [replace(g, post_norm=spec) for g in neurons.groups]
+        return FFNNeurons(coef=coef, groups=groups, routed=neurons.routed)
 
     def read_routing(self, router_output: object) -> Tensor | None:
         """Expert indices ``[tokens, top_k]`` from the router's forward output (MoE only)."""
@@ -188,18 +239,41 @@ class ModelAdapter:
         index = torch.tensor(cols, dtype=torch.long, device=self.o_proj(layer).weight.device)
         return [(self.o_proj(layer).weight, (slice(None), index))]
 
+    @abc.abstractmethod
+    def final_norm_spec(self) -> NormSpec:
+        """The final norm's form (center, γ, β, eps, scale kind)."""
+
+    @abc.abstractmethod
+    def ffn_neurons_at(self, layer: int, x_hat: Tensor, routing: Tensor | None = None) -> FFNNeurons:
+        """FFN/MoE neuron coefficients at T from the block input ``x_hat [B, d]`` (float32).
+
+        Args:
+            layer: Layer index.
+            x_hat: ``[batch, d]`` float32 input of the FFN/MoE block at T.
+            routing: ``[batch, top_k]`` expert indices the model itself chose at T (MoE only); recomputed
+                from ``x_hat`` when None.
+
+        Returns:
+            The coefficients (what the block multiplies each down-projection column by) and the weight column
+            groups they multiply, before any post-norm.
+        """
+
+    @abc.abstractmethod
     def ffn_slices(self, layer: int, neurons: list[int]) -> list[WeightSlice]:
         """Down-projection weight columns whose zeroing equals zeroing the neurons' activations ``m``."""
-        raise NotImplementedError
 
-    def _check_attention(self) -> None:
+    def check(self) -> None:
+        """Fail early on a model whose shapes do not fit the decomposition."""
         for layer in range(self.n_layers):
             o_proj = self.o_proj(layer)
-            if o_proj.bias is not None:
-                raise AttributionError(
-                    "o_proj has a bias: the attention-neuron decomposition Σ z_k W_O[:, k] = a needs none"
-                )
             if o_proj.in_features != self.attn_neurons:
                 raise AttributionError(
-                    f"o_proj takes {o_proj.in_features} inputs, expected heads*head_dim={self.attn_neurons}"
+                    f"{self.family}: o_proj takes {o_proj.in_features} inputs, expected "
+                    f"heads*head_dim={self.attn_neurons}"
                 )
+
+
+def column_slices(weight: Tensor, neurons: list[int]) -> list[WeightSlice]:
+    """Columns ``neurons`` of a ``[d, width]`` weight (a dense down projection)."""
+    index = torch.tensor(neurons, dtype=torch.long, device=weight.device)
+    return [(weight, (slice(None), index))]

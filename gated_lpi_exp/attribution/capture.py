@@ -1,21 +1,25 @@
 """One hooked forward pass that records every activation Gated-LPI needs, at position T only.
 
 Site names follow one pattern (the notation of docs/definitions.md): ``r_in``, ``z``, ``a``, ``r_mid``, ``x_hat``, ``f`` per layer,
-``h_final`` once, and ``routing`` (the model's own expert choice) for MoE layers.
+``h_final`` once, and ``routing`` (the model's own expert choice) for MoE layers. Which module input or output
+each site is comes from the adapter's ``READS`` table; post-norm families add ``a_raw``/``f_raw``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from gated_lpi_exp.adapters import ModelAdapter
+from gated_lpi_exp.attribution.positions import record_positions
 from gated_lpi_exp.attribution.targets import last_token_positions, position_ids_from_mask
 
 PER_LAYER_SITES = ("r_in", "z", "a", "r_mid", "x_hat", "f")
+RAW_SITES = ("a_raw", "f_raw")
 
 
 @dataclass
@@ -29,11 +33,22 @@ class Captured:
     x_hat: Tensor  # [batch, layers, d]
     f: Tensor  # [batch, layers, d]
     h_final: Tensor  # [batch, d]
-    routing: Tensor | None  # [batch, layers, top_k] long, MoE only
+    routing: Tensor | None  # [batch, layers, top_k] long, MoE only; -1 in layers without experts
+    a_raw: Tensor | None = None  # [batch, layers, d] attention output before its post-norm (post-norm only)
+    f_raw: Tensor | None = None  # [batch, layers, d] FFN output before its post-norm (post-norm only)
+    z_pos: Tensor | None = (
+        None  # [batch, layers, seq, heads*head_dim] z split by source position (positions.py)
+    )
 
 
 def _first_tensor(value: object) -> Tensor:
     return value[0] if isinstance(value, tuple | list) else value
+
+
+_PICK: dict[str, Callable] = {  # (args, kwargs, output) of a forward hook -> the site's tensor
+    "input": lambda args, kwargs, out: args[0] if args else kwargs["hidden_states"],
+    "output": lambda args, kwargs, out: _first_tensor(out),
+}
 
 
 class _Recorder:
@@ -43,7 +58,8 @@ class _Recorder:
         self.adapter, self.last, self.seq = adapter, last, seq
         self.rows = torch.arange(last.shape[0], device=last.device)
         self.out_device = adapter.compute_device()
-        self.store: dict[str, list] = {s: [None] * adapter.n_layers for s in (*PER_LAYER_SITES, "routing")}
+        sites = (*PER_LAYER_SITES, *RAW_SITES, "routing")
+        self.store: dict[str, list] = {s: [None] * adapter.n_layers for s in sites}
         self.final: list[Tensor] = []
         self.handles: list = []
 
@@ -68,22 +84,21 @@ class _Recorder:
             )
             self.handles.append(pre)
             posts = [
-                (adapter.o_proj(layer), "z", lambda args, out: args[0]),
-                (adapter.o_proj(layer), "a", lambda args, out: out),
-                (adapter.post_attn_norm(layer), "r_mid", lambda args, out: args[0]),
-                (adapter.post_attn_norm(layer), "x_hat", lambda args, out: out),
-                (adapter.mlp(layer), "f", lambda args, out: _first_tensor(out)),
+                (adapter.module(where, layer), site, _PICK[side])
+                for site, (where, side) in ((s, r) for s, r in adapter.reads.items() if r is not None)
             ]
-            if adapter.is_moe:
+            if adapter.routed_layer(layer):
                 posts.append((adapter.module("router", layer), "routing", self._routing))
             for module, site, pick in posts:
-                self.handles.append(module.register_forward_hook(self.keep(site, layer, pick)))
+                self.handles.append(
+                    module.register_forward_hook(self.keep(site, layer, pick), with_kwargs=True)
+                )
         final = adapter.final_norm().register_forward_pre_hook(
             lambda m, args: self.final.append(self.at_t(args[0]))
         )
         self.handles.append(final)
 
-    def _routing(self, args: tuple, out: object) -> Tensor:
+    def _routing(self, args: tuple, kwargs: dict, out: object) -> Tensor:
         # Router outputs are flattened over [batch * seq]; unflatten before picking T.
         return self.adapter.read_routing(out).reshape(len(self.rows), self.seq, -1)  # [batch, seq, top_k]
 
@@ -94,30 +109,51 @@ class _Recorder:
 
 
 @torch.no_grad()
-def capture(adapter: ModelAdapter, input_ids: Tensor, attention_mask: Tensor) -> Captured:
+def capture(
+    adapter: ModelAdapter, input_ids: Tensor, attention_mask: Tensor, *, positions: bool = False
+) -> Captured:
     """Run the backbone once (padding-safe position ids) and keep each site's value at T.
 
     Args:
         adapter: The model's adapter.
         input_ids: ``[batch, seq]``.
         attention_mask: ``[batch, seq]``.
+        positions: Also keep ``z`` split by source position (``z_pos``), through the recording attention of
+            ``positions.py``.
 
     Returns:
         The captured activations.
     """
     device = adapter.input_device()
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    recorder = _Recorder(adapter, last_token_positions(attention_mask), input_ids.shape[1])
-    try:
-        recorder.register()
-        adapter.backbone()(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
-            use_cache=False,
-        )
-    finally:
-        recorder.remove()
-    stacked = {s: torch.stack(recorder.store[s], dim=1) for s in PER_LAYER_SITES}  # [batch, layers, n]
-    routing = torch.stack(recorder.store["routing"], dim=1) if adapter.is_moe else None
-    return Captured(**stacked, h_final=recorder.final[-1], routing=routing)
+    last = last_token_positions(attention_mask)
+    recorder = _Recorder(adapter, last, input_ids.shape[1])
+    with record_positions(adapter, last) if positions else nullcontext() as by_position:
+        try:
+            recorder.register()
+            adapter.backbone()(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask),
+                use_cache=False,
+            )
+        finally:
+            recorder.remove()
+    store = recorder.store
+    if adapter.reads.get("r_mid") is None:  # parallel blocks: the FFN base is r_in + a, held nowhere
+        store["r_mid"] = [r + a for r, a in zip(store["r_in"], store["a"], strict=True)]
+    sites = [s for s in (*PER_LAYER_SITES, *RAW_SITES) if store[s][0] is not None]
+    stacked = {s: torch.stack(store[s], dim=1) for s in sites}  # [batch, layers, n]
+    z_pos = (
+        torch.stack(by_position.z_pos, dim=1) if by_position is not None else None
+    )  # [batch, layers, seq, n]
+    routing = _routing_table(adapter, store["routing"])
+    return Captured(**stacked, h_final=recorder.final[-1], routing=routing, z_pos=z_pos)
+
+
+def _routing_table(adapter: ModelAdapter, per_layer: list[Tensor | None]) -> Tensor | None:
+    """``[batch, layers, top_k]`` expert choices; -1 in the dense layers of a mixed stack."""
+    if not adapter.is_moe:
+        return None
+    known = next(t for t in per_layer if t is not None)
+    return torch.stack([known.new_full(known.shape, -1) if t is None else t for t in per_layer], dim=1)

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from gated_lpi_exp.adapters import FFNNeurons, ModelAdapter, NeuronGroup, get_adapter
 from gated_lpi_exp.attribution.capture import Captured, capture
 from gated_lpi_exp.attribution.kernels import resolve_kernel
+from gated_lpi_exp.attribution.positions import prompt_relative, score_positions
 from gated_lpi_exp.attribution.projection import (
     BaseState,
     Projection,
@@ -23,6 +24,7 @@ from gated_lpi_exp.attribution.projection import (
     fused_chunk_size,
 )
 from gated_lpi_exp.attribution.result import Attribution
+from gated_lpi_exp.compat.state import active_mode
 from gated_lpi_exp.errors import AttributionError
 
 
@@ -36,6 +38,7 @@ def gated_lpi(
     norm: str = "frozen",
     memory_budget_mb: float = 512,
     progress: bool = False,
+    attn_positions: bool | None = None,
 ) -> Attribution:
     """Score every attention neuron, head, FFN/expert neuron and layer for each prompt (the score table of docs/definitions.md).
 
@@ -49,6 +52,8 @@ def gated_lpi(
             ``[chunk, V]`` with a fused exp-sum kernel, ``[rows, chunk, V]`` logits with the eager one
             (``GATED_LPI_KERNEL``, see ``kernels.py``).
         progress: Show a progress bar over layers.
+        attn_positions: Also score attention neurons per source position (``Attribution.attn_positions``);
+            None = as the active compatibility mode says (``gated_lpi_exp.compat``), else False.
 
     Returns:
         The scores, float32, on the unembedding's device.
@@ -64,13 +69,21 @@ def gated_lpi(
         )
     if not bool(attention_mask.sum(1).gt(0).all()):
         raise AttributionError("every example needs at least one non-padding token")
-    acts = capture(adapter, input_ids, attention_mask)
+    mode = active_mode(model)
+    if attn_positions is None:
+        attn_positions = mode is not None and mode.attn_positions
+    acts = capture(adapter, input_ids, attention_mask, positions=attn_positions)
     target = target_ids.to(acts.h_final.device, torch.long)
-    projection = Projection(adapter, acts.h_final, target, norm)
+    eps = mode.final_norm_eps if mode is not None else None
+    projection = Projection(adapter, acts.h_final, target, norm, eps=eps)
     scores = _allocate(adapter, input_ids.shape[0], acts.h_final.device)
+    if attn_positions:
+        scores.update(_allocate_positions(adapter, attention_mask.to(acts.h_final.device)))
     budget = Budget(memory_budget_mb, resolve_kernel(acts.h_final.device))
     for layer in tqdm(range(adapter.n_layers), disable=not progress, desc="gated-lpi layers"):
         _score_attention(adapter, projection, acts, layer, scores, budget)
+        if acts.z_pos is not None:
+            _score_attention_positions(adapter, projection, acts, layer, scores, budget, attention_mask)
         _score_ffn(adapter, projection, acts, layer, scores, budget)
     for name, value in scores.items():
         if value is not None and value.is_floating_point() and not bool(torch.isfinite(value).all()):
@@ -119,13 +132,47 @@ def _score_attention(
     adapter: ModelAdapter, projection: Projection, acts: Captured, layer: int, scores: dict, budget: Budget
 ) -> None:
     base = projection.base(acts.r_in[:, layer])
-    z = acts.z[:, layer]  # [batch, H*dh]
-    scores["attn"][:, layer] = _score_group(projection, base, adapter.attn_group(layer), z, budget)
+    raw = acts.a_raw[:, layer] if acts.a_raw is not None else None
+    neurons = adapter.attn_units(layer, acts.z[:, layer], raw)
+    (group,), z = neurons.groups, neurons.coef  # z: [batch, H*dh]
+    scores["attn"][:, layer] = _score_group(projection, base, group, z, budget)
     batch, heads, head_dim = z.shape[0], adapter.n_heads, adapter.head_dim
-    w_o = adapter.o_proj(layer).weight.to(z).reshape(-1, heads, head_dim)  # [d, heads, head_dim]
+    w_o = group.block().to(z).reshape(-1, heads, head_dim)  # [d, heads, head_dim]
     per_head = torch.einsum("dhk,bhk->bhd", w_o, z.reshape(batch, heads, head_dim))  # [batch, heads, d]
     scores["heads"][:, layer] = _score_vectors(projection, base, per_head, budget)
     scores["attn_layer"][:, layer] = _score_vectors(projection, base, acts.a[:, layer, None], budget)[:, 0]
+
+
+def _allocate_positions(adapter: ModelAdapter, attention_mask: Tensor) -> dict[str, Tensor]:
+    batch, seq = attention_mask.shape
+    return {
+        # [batch, layers, seq, H*dh], prompt-relative positions; 0 past each prompt's length
+        "attn_positions": attention_mask.new_zeros(
+            batch, adapter.n_layers, seq, adapter.attn_neurons, dtype=torch.float32
+        ),
+        "prompt_lengths": attention_mask.sum(dim=1).long(),  # [batch]
+    }
+
+
+def _score_attention_positions(
+    adapter: ModelAdapter,
+    projection: Projection,
+    acts: Captured,
+    layer: int,
+    scores: dict,
+    budget: Budget,
+    attention_mask: Tensor,
+) -> None:
+    z_pos = acts.z_pos[:, layer]  # [batch, seq, H*dh]
+    batch, seq, size = z_pos.shape
+    raw = acts.a_raw[:, layer].repeat_interleave(seq, dim=0) if acts.a_raw is not None else None
+    # The same units as the attention neurons, one per (row, position): a post-norm scale applies alike.
+    neurons = adapter.attn_units(layer, z_pos.reshape(batch * seq, size), raw)
+    (group,), coef = neurons.groups, neurons.coef.reshape(batch, seq, size)
+    mask = attention_mask.to(z_pos.device)
+    base = projection.base(acts.r_in[:, layer])
+    padded = score_positions(projection, base, group, coef, mask.bool(), budget)  # [batch, seq, H*dh]
+    scores["attn_positions"][:, layer] = prompt_relative(padded, mask)
 
 
 def _score_ffn(
@@ -133,7 +180,8 @@ def _score_ffn(
 ) -> None:
     base = projection.base(acts.r_mid[:, layer])
     routing = acts.routing[:, layer] if acts.routing is not None else None
-    neurons = adapter.ffn_neurons_at(layer, acts.x_hat[:, layer], routing)
+    raw = acts.f_raw[:, layer] if acts.f_raw is not None else None
+    neurons = adapter.ffn_units(layer, acts.x_hat[:, layer], routing, raw)
     score_neurons(projection, base, neurons, budget, out=scores["ffn"][:, layer])
     if neurons.routed is not None:
         scores["routed"][:, layer] = neurons.routed
@@ -148,7 +196,7 @@ def score_neurons(
     Args:
         projection: The model's φ.
         base: The layer's projected base states (``projection.base(r_mid)``).
-        neurons: The layer's coefficients and weight-column groups (``adapter.ffn_neurons_at``).
+        neurons: The layer's coefficients and weight-column groups (``adapter.ffn_units``).
         budget: Memory budget and exp-sum backend.
         out: ``[batch, ffn_neurons]`` to write into (zeros where no group writes); a new one when None.
 
@@ -182,7 +230,7 @@ def _score_group(
     out = q.new_empty(q.shape[0], group.size)  # [rows, size]
     for lo in range(0, group.size, step):
         hi = min(lo + step, group.size)
-        proj, centered = projection.columns(group.columns[:, lo:hi])  # [n, V], [d, n]
+        proj, centered = projection.columns(group.block(lo, hi))  # [n, V], [d, n]
         coef = coef_rows[:, group.start + lo : group.start + hi]  # [rows, n]
         inv = projection.neuron_inv(base, rows, coef, centered)  # [rows, n]
         out[:, lo:hi] = chunk_scores(q, coef, proj, inv, projection.bias, target, base_lp, budget.kernel)

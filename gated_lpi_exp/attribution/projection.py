@@ -12,7 +12,7 @@ mean square expands in closed form into ``|b̃|²``, ``b̃·c̃`` and ``|c̃|²`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -143,8 +143,18 @@ class Projection:
     Holds one float32 copy of ``W_U ⊙ γ`` (``[V, d]``, the only weight upcast whole) for the call's duration.
     """
 
-    def __init__(self, adapter: ModelAdapter, h_final: Tensor, target: Tensor, norm: str = "frozen") -> None:
-        self._setup(adapter.final_norm_spec(), adapter.unembedding().weight, h_final, target, norm)
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        h_final: Tensor,
+        target: Tensor,
+        norm: str = "frozen",
+        eps: float | None = None,
+    ) -> None:
+        spec = adapter.final_norm_spec()
+        if eps is not None:  # a compatibility mode's ε in place of the model's own (gated_lpi_exp.compat)
+            spec = replace(spec, eps=eps)
+        self._setup(spec, adapter.unembedding().weight, h_final, target, norm)
 
     @classmethod
     def from_parts(

@@ -23,6 +23,10 @@ class Attribution:
     base_logprob: Tensor  # [batch] log p(w | h_L) under φ (equals the model's own under both norms)
     norm: str = "frozen"
     routed: Tensor | None = None  # [batch, layers, experts] bool, MoE only
+    attn_positions: Tensor | None = None
+    """``[batch, layers, seq, heads*head_dim]`` attention neurons per source position (``attn_positions=True``):
+    position 0 is the prompt's first real token; exactly 0 past ``prompt_lengths``."""
+    prompt_lengths: Tensor | None = None  # [batch] long, with attn_positions
 
     def to_cpu(self) -> Attribution:
         """A copy with every tensor moved to the CPU."""

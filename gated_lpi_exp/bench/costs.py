@@ -3,8 +3,8 @@
 Per batch of ``b`` prompts and per layer, ``gated_lpi`` does (the unit table of docs/definitions.md, ``engine.py``):
 
 - FFN/expert neurons: projections of every column of every expert any of the ``b`` prompts routes to
-  (``2·d·V`` FLOPs each; expected routed experts ``E·(1 − (1 − k/E)^b)`` under uniform routing), and
-  ``b·k·w·V`` fused exp-sum elements;
+  (``2·d·V`` FLOPs each; expected routed experts ``E·(1 − (1 − k/E)^b)`` under uniform routing) and of the
+  ``s`` shared-expert neurons, and ``b·(k·w + s)·V`` fused exp-sum elements;
 - attention neurons: ``H·d_h`` shared projections, ``b·H·d_h·V`` elements;
 - heads and the two layer-level vectors: per-example projections, ``2·b·(H+2)·d·V`` FLOPs and
   ``b·(H+2)·V`` elements through the eager kernel;
@@ -36,7 +36,9 @@ DEFAULT_CPU_EFFICIENCY = 0.8
 
 @dataclass(frozen=True)
 class ModelDims:
-    """What the cost depends on; ``width`` is the expert width (MoE) or the FFN width (dense)."""
+    """What the cost depends on; ``width`` is the expert width (MoE) or the FFN width (dense); ``shared`` the
+    shared-expert neurons of an MoE layer, scored for every prompt. ``config`` is the ``config.json`` the
+    dimensions were read from (``dims.py``), when there is one."""
 
     family: str
     layers: int
@@ -47,8 +49,10 @@ class ModelDims:
     width: int
     experts: int = 1
     top_k: int = 1
+    shared: int = 0
     params: float = 0.0  # 0: computed from the dimensions (untied embeddings)
     source: str = ""
+    config: dict | None = None
 
     @property
     def is_moe(self) -> bool:
@@ -59,7 +63,8 @@ class ModelDims:
         """Parameters: the table's count, else embeddings + attention + FFN/experts (+ router)."""
         if self.params:
             return self.params
-        ffn = self.experts * 3 * self.hidden * self.width + (self.hidden * self.experts if self.is_moe else 0)
+        ffn = (self.experts * self.width + self.shared) * 3 * self.hidden
+        ffn += self.hidden * self.experts if self.is_moe else 0
         attn = 4 * self.hidden * self.heads * self.head_dim
         return 2 * self.vocab * self.hidden + self.layers * (attn + ffn + 2 * self.hidden) + self.hidden
 
@@ -69,17 +74,6 @@ class ModelDims:
         idle = self.layers * (self.experts - self.top_k) * 3 * self.hidden * self.width
         return self.total_params - idle
 
-
-KNOWN_MODELS = {
-    "allenai/OLMoE-1B-7B-0924": ModelDims(
-        "olmoe", 16, 2048, 16, 128, 50304, 1024, 64, 8, 6.9e9, "built-in table (paper Table 1)"
-    ),
-    "allenai/OLMo-7B-0424-hf": ModelDims(
-        "olmo", 32, 4096, 32, 128, 50304, 11008, params=6.9e9, source="built-in table (paper Table 1)"
-    ),
-}
-KNOWN_MODELS["allenai/OLMo-7B-0724-hf"] = KNOWN_MODELS["allenai/OLMo-7B-0424-hf"]
-KNOWN_MODELS["allenai/OLMo-7B"] = KNOWN_MODELS["allenai/OLMo-7B-0424-hf"]
 
 KNOWN_SERIES = {
     # repo: (branches, step spacing, where the number comes from)
@@ -141,14 +135,19 @@ def checkpoint_work(
     for b in batches:
         for _ in range(dims.layers):
             experts = routed_experts(dims, b)
-            work.add("ffn", b * dims.top_k * dims.width * vocab, 2 * experts * dims.width * d * vocab)
+            scored = dims.top_k * dims.width + dims.shared  # per prompt
+            projected = experts * dims.width + dims.shared
+            work.add("ffn", b * scored * vocab, 2 * projected * d * vocab)
             work.add("attn", b * attn * vocab, 2 * attn * d * vocab)
             work.add(
                 "heads+layers", b * (dims.heads + 2) * vocab, 2 * b * (dims.heads + 2) * d * vocab, False
             )
             work.matmul_flops += 4 * b * d * vocab  # Q of the two base states
             work.calls += (
-                experts * math.ceil(dims.width / chunk_neurons) + math.ceil(attn / chunk_neurons) + 3
+                experts * math.ceil(dims.width / chunk_neurons)
+                + math.ceil(dims.shared / chunk_neurons)
+                + math.ceil(attn / chunk_neurons)
+                + 3
             )
         work.forward_flops += 2 * dims.active_params * b * tokens_per_prompt
     return work
@@ -169,22 +168,3 @@ def h100_seconds(work: Work) -> tuple[float, float]:
     """(least, expected) seconds of ``work`` on one H100 in float32 (see ``H100_RATES``)."""
     least = roofline_seconds(work, H100_RATES)
     return least, least / H100_EFFICIENCY + work.calls * H100_CALL_OVERHEAD_S
-
-
-def dims_from_hf_config(config: dict, source: str) -> ModelDims:
-    """Dimensions from a checkpoint's ``config.json`` (OLMoE or OLMo)."""
-    heads = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or config["hidden_size"] // heads
-    moe = config.get("model_type") == "olmoe" or "num_experts" in config
-    return ModelDims(
-        family="olmoe" if moe else "olmo",
-        layers=config["num_hidden_layers"],
-        hidden=config["hidden_size"],
-        heads=heads,
-        head_dim=head_dim,
-        vocab=config["vocab_size"],
-        width=config["intermediate_size"],
-        experts=config.get("num_experts", 1) if moe else 1,
-        top_k=config.get("num_experts_per_tok", 1) if moe else 1,
-        source=source,
-    )

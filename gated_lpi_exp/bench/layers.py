@@ -36,21 +36,27 @@ class LayerShape:
     prompts: int
     reference_prompts: int  # prompts the reference is timed on (its cost per element is batch-independent)
     norm: Literal["rms", "layer"]  # "rms" (OLMoE: RMSNorm with γ), "layer" (OLMo: parameter-free LayerNorm)
+    shared: int = 0  # shared-expert neurons, scored for every prompt (Qwen2-MoE, DeepSeek)
 
     @property
     def elements(self) -> int:
-        """Prompt × scored neuron × vocabulary elements (routed neurons only)."""
-        return self.prompts * self.top_k * self.width * self.vocab
+        """Prompt × scored neuron × vocabulary elements (routed and shared neurons)."""
+        return self.prompts * (self.top_k * self.width + self.shared) * self.vocab
 
 
 DEFAULT_SHAPES = (
     LayerShape("moe", 2048, 50304, 16, 1024, 2, 128, 4, "rms"),
+    LayerShape("moe_shared", 2048, 50304, 16, 1024, 2, 128, 4, "rms", shared=2048),
     LayerShape("dense", 2048, 50304, 1, 8192, 1, 32, 2, "layer"),
 )
 QUICK_SHAPES = (
     LayerShape("moe", 256, 4096, 8, 128, 2, 32, 4, "rms"),
+    LayerShape("moe_shared", 256, 4096, 8, 128, 2, 32, 4, "rms", shared=256),
     LayerShape("dense", 256, 4096, 1, 1024, 1, 16, 2, "layer"),
 )
+"""``moe``: an OLMoE-width layer. ``moe_shared``: the same routed experts plus a sigmoid-gated shared expert
+of two experts' width, as Qwen2-MoE / DeepSeek layers have; its throughput per scored neuron is reported
+relative to ``moe``'s (``shared_vs_moe``)."""
 
 
 @dataclass
@@ -99,18 +105,25 @@ def build_layer(shape: LayerShape, seed: int = 0) -> SyntheticLayer:
 
 
 def _moe_neurons(shape: LayerShape, columns: Tensor, gen: torch.Generator) -> FFNNeurons:
+    """Routed experts expert-major, then (if any) a shared expert gated by a sigmoid, as the adapters lay out."""
     batch, experts, width = shape.prompts, shape.experts, shape.width
     routing = torch.rand(batch, experts, generator=gen).argsort(1)[:, : shape.top_k]  # [prompts, top_k]
     gates = torch.softmax(torch.randn(batch, experts, generator=gen), dim=1).gather(1, routing)
-    coef = torch.zeros(batch, experts, width)  # [prompts, E, width]; unrouted experts stay 0
+    coef = torch.zeros(batch, experts * width + shape.shared)  # [prompts, neurons]; unrouted experts stay 0
     routed = torch.zeros(batch, experts, dtype=torch.bool)
     groups = []
     for e in routing.unique().tolist():
         rows, slot = (routing == e).nonzero(as_tuple=True)
-        coef[rows, e] = gates[rows, slot, None] * torch.randn(rows.numel(), width, generator=gen)
+        m = torch.randn(rows.numel(), width, generator=gen)
+        coef[rows, e * width : (e + 1) * width] = gates[rows, slot, None] * m
         routed[rows, e] = True
         groups.append(NeuronGroup(start=e * width, columns=columns[e], rows=rows))
-    return FFNNeurons(coef=coef.reshape(batch, -1), groups=groups, routed=routed)
+    if shape.shared:
+        shared = torch.randn(shape.hidden, shape.shared, generator=gen) / shape.shared**0.5  # [d, shared]
+        gate = torch.sigmoid(torch.randn(batch, 1, generator=gen))  # [prompts, 1]
+        coef[:, experts * width :] = gate * torch.randn(batch, shape.shared, generator=gen)
+        groups.append(NeuronGroup(start=experts * width, columns=shared))
+    return FFNNeurons(coef=coef, groups=groups, routed=routed)
 
 
 def run_engine(layer: SyntheticLayer, budget_mb: float, kernel: str = "auto", repeat: int = 2) -> dict:
@@ -190,7 +203,7 @@ def measure_shape(shape: LayerShape, budget_mb: float, repeat: int = 2, kernel: 
     engine = run_engine(layer, budget_mb, kernel, repeat)
     ref_prompts = min(shape.reference_prompts, shape.prompts)
     ref_seconds, ref_scores = run_reference(layer, ref_prompts)
-    per_prompt_elements = shape.top_k * shape.width * shape.vocab
+    per_prompt_elements = shape.elements // shape.prompts
     compared = ~torch.isnan(ref_scores)
     diff = (engine["scores"][:ref_prompts] - ref_scores).abs()[compared]
     seconds, elements = engine["seconds"], shape.elements

@@ -31,6 +31,7 @@ def format_plan(plan: Plan, cfg_line: str = "") -> str:
     """The plan as text: model, checkpoints, examples, work, time, storage."""
     d, w = plan.dims, plan.work
     ffn = f"{d.experts} experts x {d.width} (top-{d.top_k})" if d.is_moe else f"FFN {d.width}"
+    ffn += f" + {d.shared} shared-expert neurons" if d.shared else ""
     n_ckpt = plan.checkpoints.value
     est = " (estimate)" if plan.checkpoints.estimate else ""
     lines = [

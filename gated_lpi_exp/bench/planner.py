@@ -1,7 +1,8 @@
 """``python -m gated_lpi_exp.bench plan [--rates JSON] [overrides...]``: a run's cost before any download.
 
-Dimensions come from a built-in table for hub models (no network), from the suite spec (or a built suite's
-``config.json``), or from a local series' ``config.json``. Checkpoints: explicit step lists as configured;
+Dimensions come from the model's own ``config.json`` (``dims.py``: the hub cache, else fetched once; a built
+suite's or a local series' first checkpoint; or, for a suite not built yet, the config its spec will build),
+read by the family's adapter. Checkpoints: explicit step lists as configured;
 ``all`` or a range on a hub model is estimated from the series' known branch count and spacing. Examples:
 the configured relations, loaded from local data (``lre`` counts as 906, the paper's number, when not cached).
 Time on this machine: for small models (≤ ``CALIBRATE_MAX_PARAMS``) one batch of ``gated_lpi`` is timed on a
@@ -21,7 +22,8 @@ from typing import Any
 import torch
 
 from gated_lpi_exp.bench import costs
-from gated_lpi_exp.bench.costs import BYTES_PER_PARAM, KNOWN_MODELS, KNOWN_SERIES, ModelDims, Work
+from gated_lpi_exp.bench.costs import BYTES_PER_PARAM, KNOWN_SERIES, ModelDims, Work
+from gated_lpi_exp.bench.dims import dims_from_config, hub_config
 from gated_lpi_exp.bench.machine import Rates, measure_rates
 from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.errors import ConfigurationError
@@ -63,36 +65,22 @@ class Plan:
 
 
 def model_dims(cfg: RunConfig) -> ModelDims:
-    """The model's dimensions without any network access."""
+    """The model's dimensions, read from its ``config.json`` by the family's adapter."""
     model = cfg.model
     if model.kind == "hub":
-        if model.source not in KNOWN_MODELS:
-            raise ConfigurationError(
-                f"no built-in dimensions for {model.source!r}; known: {', '.join(KNOWN_MODELS)}. "
-                "Add it to gated_lpi_exp.bench.costs.KNOWN_MODELS."
-            )
-        return KNOWN_MODELS[model.source]
+        return dims_from_config(*hub_config(model.source))
     if model.kind == "suite":
         built = _suite_config(cfg)
         if built is not None:
-            return costs.dims_from_hf_config(json.loads(built.read_text()), f"{built}")
+            return dims_from_config(json.loads(built.read_text()), f"{built}")
+        from gated_lpi_exp.suites.model import model_config
+
         spec = model.suite.resolved()
-        moe = spec.family == "olmoe"
-        return ModelDims(
-            family=spec.family,
-            layers=spec.num_layers,
-            hidden=spec.hidden_size,
-            heads=spec.num_heads,
-            head_dim=spec.attention_head_dim,
-            vocab=spec.vocab_size,
-            width=spec.expert_neurons if moe else spec.ffn_width,
-            experts=spec.num_experts if moe else 1,
-            top_k=spec.experts_per_token if moe else 1,
-            source="suite spec (not built yet; vocab is the tokenizer's target size)",
-        )
+        config = model_config(spec, spec.vocab_size, 0, 1).to_dict()
+        return dims_from_config(config, "suite spec (not built yet; vocab is the tokenizer's target size)")
     first = _local_steps(cfg)[0]
     path = Path(first.source) / "config.json"
-    return costs.dims_from_hf_config(json.loads(path.read_text()), str(path))
+    return dims_from_config(json.loads(path.read_text()), str(path))
 
 
 def count_checkpoints(cfg: RunConfig) -> Count:
@@ -212,23 +200,28 @@ def calibrated_seconds(dims: ModelDims, batches: list[int], norm: str, budget_mb
 
 
 def _random_model(dims: ModelDims) -> torch.nn.Module:
-    """A float32 model with ``dims`` and the library's default init (scales like a trained small model)."""
-    from transformers import OlmoConfig, OlmoeConfig, OlmoeForCausalLM, OlmoForCausalLM
+    """A float32 model of ``dims``' own config with the library's default init (scales like a trained small
+    model), or an OLMoE/OLMo of the same shape when the dimensions come without a config."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    shape: dict[str, Any] = dict(
-        vocab_size=dims.vocab, hidden_size=dims.hidden, num_hidden_layers=dims.layers,
-        num_attention_heads=dims.heads, num_key_value_heads=dims.heads, intermediate_size=dims.width,
-        max_position_embeddings=64, pad_token_id=0, bos_token_id=None, eos_token_id=1,
-        tie_word_embeddings=False,
-    )  # fmt: skip
     torch.manual_seed(0)
-    if dims.is_moe:
-        moe = OlmoeConfig(
-            num_experts=dims.experts, num_experts_per_tok=dims.top_k, norm_topk_prob=False, **shape
+    if dims.config is not None:
+        fields = {k: v for k, v in dims.config.items() if k != "model_type"}
+        config = AutoConfig.for_model(dims.config["model_type"], **fields)
+    else:
+        shape: dict[str, Any] = dict(
+            vocab_size=dims.vocab, hidden_size=dims.hidden, num_hidden_layers=dims.layers,
+            num_attention_heads=dims.heads, num_key_value_heads=dims.heads, intermediate_size=dims.width,
+            max_position_embeddings=64, pad_token_id=0, bos_token_id=None, eos_token_id=1,
+            tie_word_embeddings=False,
+        )  # fmt: skip
+        moe = dict(num_experts=dims.experts, num_experts_per_tok=dims.top_k, norm_topk_prob=False)
+        config = (
+            AutoConfig.for_model("olmoe", **shape, **moe)
+            if dims.is_moe
+            else AutoConfig.for_model("olmo", **shape)
         )
-        return OlmoeForCausalLM._from_config(moe, attn_implementation="sdpa", dtype=torch.float32).eval()
-    dense = OlmoConfig(clip_qkv=None, **shape)
-    return OlmoForCausalLM._from_config(dense, attn_implementation="sdpa", dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32).eval()
 
 
 def _storage(cfg: RunConfig, dims: ModelDims, checkpoints: int) -> tuple[float, float, str]:

@@ -6,9 +6,16 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.utils import logging as hf_logging
 
+from gated_lpi_exp.adapters import FAMILIES
 from gated_lpi_exp.checkpoints.resolve import (
     Checkpoint,
     Resolution,
@@ -37,7 +44,7 @@ def resolve_series(
     elif model.kind == "local":
         available = list_local_checkpoints(model.source)
     else:
-        available = list_hub_checkpoints(model.source)
+        available = list_hub_checkpoints(model.source, model.branch_pattern, model.tokens_per_step)
     return select_checkpoints(
         available,
         select=checkpoints.select,
@@ -78,6 +85,7 @@ def load_checkpoint(
             the path and the fix).
     """
     require_safetensors(checkpoint)
+    check_family(model, checkpoint)
     try:
         net = AutoModelForCausalLM.from_pretrained(
             checkpoint.source,
@@ -101,6 +109,33 @@ def load_checkpoint(
             f"Could not load checkpoint step {checkpoint.step} from {where}: {type(exc).__name__}: {exc}. Fix: {fix}."
         ) from exc
     return net.to(device or pick_device(model.device)).eval()  # type: ignore[arg-type]  # transformers wraps .to
+
+
+def check_family(model: ModelConfig, checkpoint: Checkpoint) -> None:
+    """Refuse a checkpoint whose ``model_type`` is not ``model.family``, before any weight is read.
+
+    Raises:
+        CheckpointError: the types differ (names both, the checkpoint and the fix).
+    """
+    try:
+        config = AutoConfig.from_pretrained(
+            checkpoint.source, revision=checkpoint.revision, trust_remote_code=model.trust_remote_code
+        )
+    except Exception:  # a missing or damaged config fails the weight loading below, with its own fix
+        return
+    found = getattr(config, "model_type", None)
+    if found == model.family:
+        return
+    where = checkpoint.source + (f"@{checkpoint.revision}" if checkpoint.revision else "")
+    fix = (
+        f"set model.family={found}"
+        if found in FAMILIES
+        else f"this tool supports {', '.join(FAMILIES)}; see 'Adding a model family' in docs/attribution.md"
+    )
+    raise CheckpointError(
+        f"Checkpoint step {checkpoint.step} at {where} is a {found!r} model (config.json model_type) but "
+        f"model.family={model.family!r}. Fix: {fix}."
+    )
 
 
 def require_safetensors(checkpoint: Checkpoint) -> None:

@@ -1,7 +1,9 @@
 """Resolve a checkpoint selection to concrete, existing revisions.
 
-Hub series are listed from the repository's real branches (``step{N}-tokens{M}B``); a branch name is never
-synthesised. Local series come from their manifest (or, lacking one, their ``step{N}/`` folders).
+Hub series are listed from the repository's real branches, matched by the series' own branch pattern
+(``model.branch_pattern``: ``step{N}-tokens{M}B`` for OLMo/OLMoE, ``step{N}`` for Pythia,
+``stage1-step{N}-tokens{M}B`` for OLMo-2, ``ckpt_{NNN}`` for Amber); a branch name is never synthesised. Local
+series come from their manifest (or, lacking one, their ``step{N}/`` folders).
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gated_lpi_exp.checkpoints.manifest import MANIFEST_NAME, read_manifest
+from gated_lpi_exp.config import DEFAULT_BRANCHES
 from gated_lpi_exp.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-_BRANCH = re.compile(r"^step(\d+)(?:-tokens(\d+)B)?$")
 _FOLDER = re.compile(r"^step(\d+)$")
 
 
@@ -50,23 +52,39 @@ class Resolution:
     available: list[Checkpoint]
 
 
-def parse_branches(repo_id: str, names: Iterable[str]) -> list[Checkpoint]:
-    """Checkpoints from branch names like ``step10000-tokens41B``; other names (``main``) are ignored."""
+def parse_branches(
+    repo_id: str, names: Iterable[str], pattern: str = DEFAULT_BRANCHES, tokens_per_step: int | None = None
+) -> list[Checkpoint]:
+    """Checkpoints from the branch names that match ``pattern``; other names (``main``) are ignored.
+
+    Args:
+        repo_id: The hub repository.
+        names: Its branch names.
+        pattern: A regular expression with a named group ``step`` and optionally ``tokens`` (billions).
+        tokens_per_step: Fills the token count where the branch name carries none.
+
+    Returns:
+        One checkpoint per step, sorted by step (a step named twice keeps the last name listed).
+    """
+    regex = re.compile(pattern)
     found = {}
     for name in names:
-        m = _BRANCH.match(name)
+        m = regex.match(name)
         if m:
-            step = int(m.group(1))
-            tokens = int(m.group(2)) * 10**9 if m.group(2) else None
-            found[step] = Checkpoint(step=step, source=repo_id, revision=name, tokens=tokens)
+            step = int(m.group("step"))
+            tokens = m.groupdict().get("tokens")
+            count = int(tokens) * 10**9 if tokens else (step * tokens_per_step if tokens_per_step else None)
+            found[step] = Checkpoint(step=step, source=repo_id, revision=name, tokens=count)
     return [found[s] for s in sorted(found)]
 
 
-def list_hub_checkpoints(repo_id: str) -> list[Checkpoint]:
-    """List a hub repository's ``step{N}`` branches.
+def list_hub_checkpoints(
+    repo_id: str, pattern: str = DEFAULT_BRANCHES, tokens_per_step: int | None = None
+) -> list[Checkpoint]:
+    """List a hub repository's checkpoint branches (those matching the series' ``pattern``).
 
     Raises:
-        CheckpointError: the hub cannot be reached or the repository has no step branches.
+        CheckpointError: the hub cannot be reached or no branch matches the pattern.
     """
     from huggingface_hub import list_repo_refs
 
@@ -78,9 +96,14 @@ def list_hub_checkpoints(repo_id: str) -> list[Checkpoint]:
             "Check the network and the repository id, or download the checkpoints and use "
             "model.kind=local model.source=/path/to/series."
         ) from exc
-    checkpoints = parse_branches(repo_id, (b.name for b in refs.branches))
+    names = [b.name for b in refs.branches]
+    checkpoints = parse_branches(repo_id, names, pattern, tokens_per_step)
     if not checkpoints:
-        raise CheckpointError(f"{repo_id!r} has no step{{N}}-tokens{{M}}B branches to walk.")
+        shown = ", ".join(sorted(names)[:8]) + (", ..." if len(names) > 8 else "")
+        raise CheckpointError(
+            f"No branch of {repo_id!r} matches model.branch_pattern={pattern!r} (branches: {shown}). "
+            "Fix: set model.branch_pattern to this series' naming, with a (?P<step>...) group."
+        )
     return checkpoints
 
 

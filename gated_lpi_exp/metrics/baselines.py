@@ -14,6 +14,7 @@ scores would give:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -81,6 +82,26 @@ def empirical_random_gain_share(scores: Any, top_frac: float, draws: int, seed: 
     Returns:
         Per step, the layer-averaged share (NaN where no layer gains), averaged over draws.
     """
+    per_layer = random_gain_shares(scores, top_frac, draws, seed)  # [S-1, L]
+    valid = ~np.isnan(per_layer)
+    counts = valid.sum(axis=-1)
+    sums = np.where(valid, per_layer, 0.0).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def random_gain_shares(scores: Any, top_frac: float, draws: int, seed: int = 0) -> np.ndarray:
+    """Each layer's share of positive gain taken by random sets, mean over seeded draws # [S - 1, L]
+
+    Args:
+        scores: Importance per checkpoint ``[S, L, N]`` or ``[S, N]``, rows in training-step order.
+        top_frac: Share of each layer's neurons in the set.
+        draws: Random sets per step and layer.
+        seed: Seed of the draws.
+
+    Returns:
+        NaN for a (step, layer) without positive gain.
+    """
     s = as_float(scores, "scores", (2, 3))
     if s.ndim == 2:
         s = s[:, None, :]  # [S, 1, N]
@@ -98,9 +119,59 @@ def empirical_random_gain_share(scores: Any, top_frac: float, draws: int, seed: 
         chosen = np.argpartition(rng.random(gain.shape), k - 1, axis=-1)[..., :k]  # [S-1, L, k]
         shares += np.take_along_axis(gain, chosen, axis=-1).sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        per_layer = np.where(total > 0, shares / draws / total, np.nan)  # [S-1, L]
-    valid = ~np.isnan(per_layer)
-    counts = valid.sum(axis=-1)
-    sums = np.where(valid, per_layer, 0.0).sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        return np.where(total > 0, shares / draws / total, np.nan)  # [S-1, L]
+
+
+# Registry hooks (``MetricSpec.baseline``): the arguments of the metric's function, plus ``draws`` and
+# ``seed``. ``draws=0`` gives the closed form; ``draws > 0`` the mean over that many seeded random sets.
+
+
+def _pair(scores_a: Any, scores_b: Any) -> np.ndarray:
+    a, b = as_float(scores_a, "scores_a", (1, 2)), as_float(scores_b, "scores_b", (1, 2))
+    if a.shape != b.shape:
+        raise ValueError(f"scores_a and scores_b must have the same shape, got {a.shape} and {b.shape}")
+    return np.stack([a, b]) if a.ndim == 2 else np.stack([a, b])[:, None, :]  # [2, L, N]
+
+
+@functools.lru_cache(maxsize=64)
+def _random_jaccard(n: int, k: int, draws: int, seed: int) -> float:
+    """Cached: the value depends only on the sizes, so every pair of a series shares it."""
+    if draws == 0:
+        return expected_random_jaccard(n, k)
+    return float(empirical_random_jaccard(n, k, draws, seed).mean())
+
+
+def random_overlap(
+    scores_a: Any, scores_b: Any, top_frac: float = 0.01, *, draws: int = 0, seed: int = 0
+) -> float:
+    """J_t of two random sets of the top set's size over the same population (baseline of ``j_stab``)."""
+    n = _pair(scores_a, scores_b)[0].size
+    return _random_jaccard(n, top_count(n, top_frac), draws, seed)
+
+
+def random_gain_concentration_by_layer(
+    scores_a: Any, scores_b: Any, top_frac: float = 0.01, *, draws: int = 0, seed: int = 0
+) -> np.ndarray:
+    """Each layer's R_t for random sets of the top set's size (baseline of ``r_t_layer``) # [L]"""
+    pair = _pair(scores_a, scores_b)  # [2, L, N]
+    if draws == 0:
+        return np.full(pair.shape[1], expected_random_gain_share(pair.shape[2], top_frac))
+    return random_gain_shares(pair, top_frac, draws, seed)[0]
+
+
+def random_gain_concentration(
+    scores_a: Any, scores_b: Any, top_frac: float = 0.01, *, draws: int = 0, seed: int = 0
+) -> float:
+    """R_t for random sets of the top set's size in every layer (baseline of ``r_t``)."""
+    pair = _pair(scores_a, scores_b)  # [2, L, N]
+    if draws == 0:
+        return expected_random_gain_share(pair.shape[2], top_frac)
+    return float(empirical_random_gain_share(pair, top_frac, draws, seed)[0])
+
+
+def random_pooled_gain_concentration(
+    scores_a: Any, scores_b: Any, top_frac: float = 0.01, *, draws: int = 0, seed: int = 0
+) -> float:
+    """Pooled R_t for a random set of the pooled top set's size (baseline of ``r_t_pop``)."""
+    pooled = _pair(scores_a, scores_b).reshape(2, 1, -1)  # [2, 1, L*N]
+    return random_gain_concentration(pooled[0], pooled[1], top_frac, draws=draws, seed=seed)

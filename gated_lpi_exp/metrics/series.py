@@ -1,84 +1,105 @@
-"""The dynamics metrics of one series of checkpoints as plain arrays: pair curves and window summaries.
+"""The registered dynamics metrics of one series of checkpoints as plain arrays: curves, windows, replicates.
 
-The dynamics stage runs the same two functions on the mean scores (the reported values) and on every
-bootstrap replicate of them (the intervals), so a replicate's value is the metric recomputed end to end.
+Which metrics are computed comes from the registry: every metric with input ``pair`` on each consecutive pair
+of checkpoints (a curve), every metric with input ``profile`` on each window's layer profiles. The dynamics
+stage runs the same functions on the mean scores (the reported values), on every bootstrap replicate of them
+(the intervals: a replicate's value is the metric recomputed end to end) and, through each metric's
+``baseline`` hook, on random unit sets of the same size (the baselines).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
-from gated_lpi_exp.metrics._arrays import top_count
-from gated_lpi_exp.metrics.baselines import (
-    empirical_random_gain_share,
-    empirical_random_jaccard,
-    expected_random_gain_share,
-    expected_random_jaccard,
-)
-from gated_lpi_exp.metrics.layers import cross_step_cv, layer_consistency
-from gated_lpi_exp.metrics.neurons import (
-    jaccard_stability,
-    pooled_gain_concentration,
-    positive_gain_concentration,
-)
-from gated_lpi_exp.metrics.registry import get_metric
+from gated_lpi_exp.metrics.registry import MetricSpec, metrics_for
 
-CURVE_METRICS = ("j_stab", "r_t", "r_t_pop")
-"""Metrics with a value per consecutive checkpoint pair; their summary is the registry's aggregation."""
-PROFILE_METRICS = ("rho_avg", "sigma_rel")
-"""Metrics with one value per window, computed on the layer profiles."""
-SET_METRICS = CURVE_METRICS
-"""Metrics of top unit sets, which have a random-set baseline."""
+PairFn = Callable[[MetricSpec, np.ndarray, np.ndarray], float | np.ndarray]
+"""What is computed on one consecutive pair for one pair metric: ``(spec, previous, current) -> value``."""
 
 
-def pair_values(previous: np.ndarray, current: np.ndarray, top_frac: float) -> dict[str, float]:
-    """Every curve metric of one consecutive checkpoint pair.
+def pair_curves(
+    scores: Callable[[int], np.ndarray], n_checkpoints: int, n_layers: int, evaluate: PairFn
+) -> dict[str, np.ndarray]:
+    """Every pair metric on the consecutive checkpoint pairs, two checkpoints in memory at a time.
 
     Args:
-        previous: Scores at checkpoint ``t`` ``[L, N]``.
-        current: Scores at checkpoint ``t + 1`` ``[L, N]``.
-        top_frac: Share of the population (J_stab, pooled R_t) or of each layer (R_t) in a top set.
+        scores: Checkpoint index (step order) -> its scores ``[L, N]``; called twice per pair, so it may load
+            lazily.
+        n_checkpoints: S.
+        n_layers: L.
+        evaluate: The value of one metric on one pair (the metric, its baseline, ...); specs it gives NaN for
+            stay NaN.
+
+    Returns:
+        Metric -> ``[S-1]``, or ``[S-1, L]`` for per-layer metrics.
     """
-    pair = np.stack([previous, current])  # [2, L, N]
-    return {
-        "j_stab": float(jaccard_stability(pair, top_frac)[1][0]),
-        "r_t": float(positive_gain_concentration(pair, top_frac)[0]),
-        "r_t_pop": float(pooled_gain_concentration(pair, top_frac)[0]),
-    }
+    specs = metrics_for("pair")
+    n_pairs = n_checkpoints - 1
+    out = {s.name: np.full((n_pairs, n_layers) if s.per_layer else n_pairs, np.nan) for s in specs}
+    for t in range(n_pairs):
+        previous, current = scores(t), scores(t + 1)  # [L, N] each
+        for spec in specs:
+            out[spec.name][t] = evaluate(spec, previous, current)
+    return out
 
 
-def window_summary(curves: dict[str, np.ndarray], profiles: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """Every metric over one window of a series (NaN everywhere when it holds fewer than 2 checkpoints).
+def point_value(top_frac: float) -> PairFn:
+    """The metric itself."""
+    return lambda spec, previous, current: spec.fn(previous, current, top_frac)
+
+
+def baseline_value(top_frac: float, draws: int, seed: int) -> PairFn:
+    """The metric's random-set baseline (closed form with ``draws=0``); NaN for metrics without one."""
+
+    def evaluate(spec: MetricSpec, previous: np.ndarray, current: np.ndarray) -> float | np.ndarray:
+        if spec.baseline is None:
+            return math.nan
+        return spec.baseline(previous, current, top_frac, draws=draws, seed=seed)
+
+    return evaluate
+
+
+def window_values(
+    mask: np.ndarray, curves: dict[str, np.ndarray], profiles: np.ndarray | None
+) -> dict[str, float | np.ndarray]:
+    """Every metric over one window (NaN when it holds < 2 checkpoints); per-layer metrics give ``[L]``.
 
     Args:
-        curves: Metric -> values of the consecutive pairs ``[S - 1]``.
-        profiles: Layer profile per checkpoint ``[S, L]``.
         mask: Checkpoints inside the window ``[S]`` (a contiguous run of the step-sorted series).
+        curves: From :func:`pair_curves`.
+        profiles: Layer profile per checkpoint ``[S, L]``; None leaves the profile metrics out (baselines).
     """
-    values = dict.fromkeys(CURVE_METRICS + PROFILE_METRICS, math.nan)
-    if int(mask.sum()) < 2:
-        return values
+    enough = int(mask.sum()) >= 2
     pairs = mask[:-1] & mask[1:]  # [S-1]: both checkpoints of the pair inside the window
-    for metric in CURVE_METRICS:
-        values[metric] = get_metric(metric).aggregate(curves[metric][pairs])
-    inside = profiles[mask]  # [n, L]
-    values["rho_avg"] = layer_consistency(inside) if inside.shape[1] >= 2 else math.nan
-    values["sigma_rel"] = cross_step_cv(inside)
+    values: dict[str, float | np.ndarray] = {}
+    for spec in metrics_for("pair"):
+        curve = curves[spec.name][pairs]  # [n-1] or [n-1, L]
+        if spec.per_layer:
+            layers = range(curve.shape[1])
+            values[spec.name] = np.array(
+                [spec.aggregate(curve[:, i]) if enough else math.nan for i in layers]
+            )
+        else:
+            values[spec.name] = spec.aggregate(curve) if enough else math.nan
+    if profiles is not None:
+        for spec in metrics_for("profile"):
+            values[spec.name] = spec.fn(profiles[mask]) if enough else math.nan  # [n, L] in
     return values
 
 
 @dataclass
 class ReplicateSeries:
-    """Every bootstrap replicate's curves and window summaries of one unit type."""
+    """Every bootstrap replicate's curves and window values of one unit type."""
 
     curves: dict[str, np.ndarray]
-    """Metric -> ``[R, S - 1]``."""
+    """Metric -> ``[R, S - 1]`` (``[R, S - 1, L]`` per layer)."""
     windows: dict[str, dict[str, np.ndarray]]
-    """Window -> metric -> ``[R]`` (NaN in a replicate whose scores are not all finite)."""
+    """Window -> metric -> ``[R]`` (``[R, L]`` per layer); NaN in a replicate whose scores are not all finite."""
 
 
 def replicate_series(
@@ -92,69 +113,38 @@ def replicate_series(
         masks: Window name -> checkpoints inside it ``[S]``.
         top_frac: Share of the population in a top set.
     """
-    n_reps, n_steps = layers.shape[0], layers.shape[1]
+    n_reps, n_steps, n_layers = layers.shape
     finite = np.isfinite(layers).all(axis=(1, 2)) & np.all(
         [np.isfinite(x.reshape(n_reps, -1)).all(axis=1) for x in neurons], axis=0
     )  # [R]
-    curves = {m: np.full((n_reps, n_steps - 1), np.nan) for m in CURVE_METRICS}
-    for t in range(n_steps - 1):
-        for r in np.flatnonzero(finite):
-            for metric, value in pair_values(neurons[t][r], neurons[t + 1][r], top_frac).items():
-                curves[metric][r, t] = value
-    windows = {}
-    for name, mask in masks.items():
-        per_rep = [
-            window_summary({m: c[r] for m, c in curves.items()}, layers[r], mask)
-            if finite[r]
-            else dict.fromkeys(CURVE_METRICS + PROFILE_METRICS, math.nan)
-            for r in range(n_reps)
-        ]
-        windows[name] = {m: np.array([v[m] for v in per_rep]) for m in CURVE_METRICS + PROFILE_METRICS}
-    return ReplicateSeries(curves, windows)
-
-
-@dataclass
-class SetBaselines:
-    """Random-set baselines of the set metrics of one unit type."""
-
-    expected: dict[str, float]
-    """Metric -> closed-form expectation (the same for every pair and window)."""
-    empirical: dict[str, dict[str, float]]
-    """Window -> metric -> mean over seeded random sets (NaN where the window has < 2 checkpoints)."""
-
-
-def set_baselines(
-    scores: Sequence[np.ndarray], masks: dict[str, np.ndarray], top_frac: float, draws: int, seed: int
-) -> SetBaselines:
-    """Closed-form and seeded empirical random-set baselines of J_stab, R_t and pooled R_t.
-
-    Args:
-        scores: Per checkpoint in step order, the mean scores ``[L, N]``.
-        masks: Window name -> checkpoints inside it ``[S]``.
-        top_frac: Share of the population (J_stab, pooled R_t) or of each layer (R_t) in a set.
-        draws: Random sets per value.
-        seed: Seed of the draws.
-    """
-    n_layers, width = scores[0].shape
-    population = n_layers * width
-    expected = {
-        "j_stab": expected_random_jaccard(population, top_count(population, top_frac)),
-        "r_t": expected_random_gain_share(width, top_frac),
-        "r_t_pop": expected_random_gain_share(population, top_frac),
-    }
-    jaccard = float(empirical_random_jaccard(population, top_count(population, top_frac), draws, seed).mean())
-    gains = {"r_t": np.full(len(scores) - 1, np.nan), "r_t_pop": np.full(len(scores) - 1, np.nan)}
-    for t in range(len(scores) - 1):
-        pair = np.stack([scores[t], scores[t + 1]])  # [2, L, N]
-        gains["r_t"][t] = empirical_random_gain_share(pair, top_frac, draws, seed=seed + t)[0]
-        pooled = pair.reshape(2, 1, population)
-        gains["r_t_pop"][t] = empirical_random_gain_share(pooled, top_frac, draws, seed=seed + t)[0]
-    empirical = {}
-    for name, mask in masks.items():
-        pairs = mask[:-1] & mask[1:]
-        empirical[name] = dict.fromkeys(SET_METRICS, math.nan)
-        if mask.sum() >= 2:
-            empirical[name] = {"j_stab": jaccard} | {
-                m: get_metric(m).aggregate(curve[pairs]) for m, curve in gains.items()
+    per_rep_curves, per_rep_windows = [], []
+    for r in range(n_reps):
+        if finite[r]:
+            curves = pair_curves(partial(_replicate, neurons, r), n_steps, n_layers, point_value(top_frac))
+            windows = {name: window_values(mask, curves, layers[r]) for name, mask in masks.items()}
+        else:  # undefined replicate: NaN everywhere (the metrics reject non-finite scores)
+            curves = pair_curves(lambda t: neurons[t][0], n_steps, n_layers, lambda *_: math.nan)
+            template = np.ones(layers.shape[1:])  # [S, L], only gives the shapes of the values
+            windows = {name: _all_nan(window_values(mask, curves, template)) for name, mask in masks.items()}
+        per_rep_curves.append(curves)
+        per_rep_windows.append(windows)
+    names = list(per_rep_curves[0])
+    return ReplicateSeries(
+        curves={m: np.stack([c[m] for c in per_rep_curves]) for m in names},
+        windows={
+            w: {
+                m: np.stack([np.asarray(v[w][m], dtype=np.float64) for v in per_rep_windows])
+                for m in per_rep_windows[0][w]
             }
-    return SetBaselines(expected, empirical)
+            for w in masks
+        },
+    )
+
+
+def _replicate(neurons: Sequence[np.ndarray], r: int, t: int) -> np.ndarray:
+    """Replicate ``r`` of checkpoint ``t``'s neuron scores ``[L, N]``."""
+    return neurons[t][r]
+
+
+def _all_nan(values: dict[str, float | np.ndarray]) -> dict[str, float | np.ndarray]:
+    return {m: np.full(np.shape(v), np.nan) if np.ndim(v) else math.nan for m, v in values.items()}

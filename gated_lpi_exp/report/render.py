@@ -13,7 +13,7 @@ from gated_lpi_exp.report.figures import RenderedFigure
 from gated_lpi_exp.report.paper import PAPER_CITATION, PAPER_MODELS
 from gated_lpi_exp.report.runs import Column, RunData
 from gated_lpi_exp.report.tables import BEST_MARK, ReportTable
-from gated_lpi_exp.tracking.names import FAMILY_TAG, N_CHECKPOINTS_PARAM
+from gated_lpi_exp.tracking.names import COMPAT_PARAM, FAMILY_TAG, N_CHECKPOINTS_PARAM, SCORING_PARAM
 
 RUN_HEADERS = [
     "column",
@@ -81,6 +81,20 @@ def _runs_lines(columns: list[Column]) -> list[list[str]]:
     return [run_summary(col.label, run) for col in columns for run in col.runs]
 
 
+def scoring_notes(columns: list[Column]) -> list[str]:
+    """One plain-words line for every run not scored the default way (``attribution.compat``)."""
+    notes = []
+    for col in columns:
+        for run in col.runs:
+            mode = run.params.get(COMPAT_PARAM, "none")
+            if mode != "none":
+                words = run.params.get(SCORING_PARAM, f"compatibility mode {mode}")
+                notes.append(
+                    f"Column {col.label} (run {run.run_id}) was scored with attribution.compat={mode}: {words}."
+                )
+    return notes
+
+
 def _head(header: Header) -> str:
     return (
         f"Generated {header.generated:%Y-%m-%d %H:%M:%S %Z} by gated_lpi_exp {header.version} from "
@@ -124,6 +138,7 @@ def render_html(
         f"<p>{html.escape(_head(header))}</p><h2>Runs</h2>",
         _html_plain_table(RUN_HEADERS, _runs_lines(columns)),
         f"<p class=note>{html.escape(LEGEND)}</p>",
+        *(f"<p class=note><b>{html.escape(note)}</b></p>" for note in scoring_notes(columns)),
     ]
     for table in tables:
         parts += [f"<h2>{html.escape(table.title)}</h2>", _html_table(table)]
@@ -158,6 +173,7 @@ def render_markdown(
     """The report as Markdown; writes each figure as ``<stem>.png`` in ``out_dir`` and links it."""
     parts = ["# Gated-LPI report", "", _head(header), "", "## Runs", ""]
     parts += _md_table(RUN_HEADERS, _runs_lines(columns)) + ["", LEGEND, ""]
+    parts += [line for note in scoring_notes(columns) for line in (f"**{note}**", "")]
     for table in tables:
         lines = [[r.label, r.direction, *(r.text(c) for c in r.cells), *r.paper] for r in table.rows]
         parts += [f"## {table.title}", ""]

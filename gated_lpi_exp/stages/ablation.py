@@ -17,6 +17,9 @@ from gated_lpi_exp.schemas import AblationExamples, AblationResult, DataFrame
 from gated_lpi_exp.stages.evaluation import evaluate_checkpoint, example_weights_of
 
 UNIT_SCORES = {"head": "heads", "ffn_neuron": "ffn"}
+"""Ablation unit -> the score kind of :class:`CheckpointAggregate` that ranks it."""
+K = 10
+"""The ablation's measure is HIT@K (the paper's HIT@10; the table columns say ``hit_at_10``)."""
 
 
 def unit_count(cfg: AblationConfig, population: int) -> int:
@@ -77,7 +80,7 @@ def ablate_checkpoint(
 
     def outcome(condition: str, seed_: int, ranks: pd.DataFrame) -> pd.DataFrame:
         table = keys.merge(ranks[["relation", "sample_id", "gold_rank"]], on=["relation", "sample_id"])
-        hit = (table["gold_rank"] <= 10).astype(int)
+        hit = (table["gold_rank"] <= K).astype(int)  # per example: the indicator hit_rate averages
         return keys.assign(condition=condition, seed=seed_, hit_at_10=hit.to_numpy())
 
     def ablated(units: np.ndarray) -> pd.DataFrame:

@@ -14,6 +14,7 @@ from gated_lpi_exp import __version__
 from gated_lpi_exp.adapters import get_adapter
 from gated_lpi_exp.attribution import gated_lpi, predicted_targets
 from gated_lpi_exp.attribution.aggregate import UNIT_KINDS, CheckpointAggregate, ScoreSums
+from gated_lpi_exp.attribution.positions import reduce_positions
 from gated_lpi_exp.attribution.replicates import REPLICATE_KINDS, ReplicateAccumulator
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.config import AttributionConfig, StatisticsConfig
@@ -53,6 +54,7 @@ def relation_key(checkpoint: Checkpoint, dtype: str, rows: pd.DataFrame, cfg: At
         "rows": content_key({"rows": content}),
         "norm": cfg.norm,
         "target": cfg.target,
+        **cfg.scoring_settings(),
     }
 
 
@@ -160,7 +162,13 @@ def _relation_sums(model, tokenizer, rows, cfg, progress, accumulator=None) -> d
             targets,
             norm=cfg.norm,
             memory_budget_mb=cfg.memory_budget_mb,
+            attn_positions=bool(cfg.attn_positions),
         )
+        if result.attn_positions is not None and result.prompt_lengths is not None:
+            # one score per attention neuron, reduced over the prompt's positions
+            result.attn = reduce_positions(
+                result.attn_positions, result.prompt_lengths, cfg.attn_position_reduce
+            )
         where = torch.as_tensor(slots[offset : offset + len(batch.rows)])
         offset += len(batch.rows)
         part = {kind: _slot_sums(getattr(result, kind).cpu(), where, len(counts)) for kind in UNIT_KINDS}
@@ -202,8 +210,8 @@ def top_units(aggregate: CheckpointAggregate, model: PreTrainedModel, n: int) ->
         for rank, idx in enumerate(order, start=1):
             layer, unit = divmod(int(idx), scores.shape[1])
             expert, head, neuron = -1, -1, unit
-            if kind == "ffn" and adapter.is_moe:
-                expert, neuron = divmod(unit, adapter.expert_width)
+            if kind == "ffn":
+                expert, neuron = adapter.locate_ffn(unit)  # MoE: shared experts come after the routed
             elif kind == "attn":
                 head, neuron = divmod(unit, adapter.head_dim)
             elif kind == "heads":

@@ -1,25 +1,34 @@
-"""The knowledge-dynamics stage: layer profiles, J_stab / R_t curves, and windowed summaries (Tables 2-3).
+"""The knowledge-dynamics stage: layer profiles, per-step curves and windowed summaries (Tables 2-3).
 
-Every metric comes from :mod:`gated_lpi_exp.metrics`; this stage arranges checkpoints, windows and tables.
+Which metrics it computes comes from the registry (:mod:`gated_lpi_exp.metrics.registry`): every metric with
+input ``pair`` is computed on each consecutive pair of checkpoints (a curve, summarised per window by the
+metric's aggregation), every metric with input ``profile`` on each window's layer profiles. This stage only
+arranges checkpoints, windows and tables; registering a metric is enough for it to appear here.
 
 Neuron curves are computed one consecutive pair of checkpoints at a time, so memory holds two checkpoints'
 scores whatever the number of checkpoints (OLMoE has ~1M FFN neurons per checkpoint). A window is a contiguous
-run of the step-sorted checkpoints, so its J_t / R_t values are exactly the whole-range curve values whose
-two checkpoints both lie in the window: window means are read off the whole-range curve, which is the same
+run of the step-sorted checkpoints, so its curve values are exactly the whole-range curve values whose
+two checkpoints both lie in the window: window summaries are read off the whole-range curve, which is the same
 number as restricting the checkpoints first and recomputing.
+
+Tables (:func:`compute_dynamics`): ``dynamics_curves`` and ``dynamics_summary`` for single-value metrics;
+``dynamics_layer_curves`` and ``dynamics_layer_summary`` (a ``layer`` column more) for per-layer metrics.
 
 MLflow metric names (:func:`metric_name`, :func:`dynamics_metrics`), with ``<unit>`` in ``ffn | attn``:
 
-- per step (logged with ``step=`` the later checkpoint of the pair): ``j_stab.<unit>``, ``r_t.<unit>``,
-  ``r_t_pop.<unit>``;
-- whole range: ``j_stab.<unit>.mean``, ``r_t.<unit>.mean``, ``r_t_pop.<unit>.mean`` (curve means),
-  ``rho_avg.<unit>``, ``sigma_rel.<unit>`` (single values);
-- named window ``<w>`` of ``dynamics.windows``: ``<metric>.<unit>.<w>`` for every metric;
-- each of these with ``.ci_low`` / ``.ci_high`` (bootstrap interval) and, for the set metrics,
-  ``.baseline`` (closed-form random-set value) appended, where defined.
+- per step (logged with ``step=`` the later checkpoint of the pair): ``<metric>.<unit>`` for each pair
+  metric (``j_stab.ffn``, ``r_t.attn``), ``<metric>.<unit>.layer<L>`` for each per-layer one;
+- whole range: ``<metric>.<unit>.mean`` for pair metrics (the curve's aggregate), ``<metric>.<unit>`` for
+  profile metrics (``rho_avg.ffn``, ``sigma_rel.attn``);
+- named window ``<w>`` of ``dynamics.windows``: ``<metric>.<unit>.<w>``.
 
-Intervals: every bootstrap replicate of the checkpoints' mean scores goes through the same curve and window
-code as the means themselves (:mod:`gated_lpi_exp.metrics.series`).
+Per-layer summaries stay in their table (one MLflow metric per layer and window would flood the UI).
+
+How sure each value is (:mod:`gated_lpi_exp.metrics.series`): every bootstrap replicate of the checkpoints'
+mean scores goes through the same curve and window code as the means themselves, giving ``ci_low`` /
+``ci_high``; a metric registered with a ``baseline`` hook also gets ``baseline`` (closed form for random unit
+sets of the same size) and, in the summaries, ``baseline_empirical`` (mean over seeded random sets). In MLflow,
+``.ci_low`` / ``.ci_high`` / ``.baseline`` are appended to the single-value names where defined.
 """
 
 from __future__ import annotations
@@ -27,23 +36,32 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from gated_lpi_exp.attribution.aggregate import CheckpointAggregate
 from gated_lpi_exp.config import DynamicsConfig, StatisticsConfig
-from gated_lpi_exp.metrics import window_mask
+from gated_lpi_exp.metrics import MetricSpec, get_metric, metrics_for, window_mask
 from gated_lpi_exp.metrics.bootstrap import percentile_interval
 from gated_lpi_exp.metrics.series import (
-    CURVE_METRICS,
     ReplicateSeries,
-    pair_values,
+    baseline_value,
+    pair_curves,
+    point_value,
     replicate_series,
-    set_baselines,
-    window_summary,
+    window_values,
 )
-from gated_lpi_exp.schemas import DataFrame, DynamicsCurve, DynamicsReplicates, DynamicsSummary, LayerProfile
+from gated_lpi_exp.schemas import (
+    DataFrame,
+    DynamicsCurve,
+    DynamicsLayerCurve,
+    DynamicsLayerSummary,
+    DynamicsReplicates,
+    DynamicsSummary,
+    LayerProfile,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +72,24 @@ WHOLE_RANGE = "all"
 _RESERVED_WINDOWS = (WHOLE_RANGE, "mean")
 
 
-def metric_name(metric: str, unit: str, window: str | None = None) -> str:
+def metric_name(metric: str, unit: str, window: str | None = None, layer: int | None = None) -> str:
     """The MLflow metric name of one dynamics value (the scheme is in the module docstring).
 
     Args:
-        metric: One of :data:`CURVE_METRICS` or :data:`PROFILE_METRICS`.
+        metric: A registered metric with input ``pair`` or ``profile``.
         unit: ``ffn`` or ``attn``.
         window: None for a per-step curve value, :data:`WHOLE_RANGE` or a window name for a summary.
+        layer: The layer of a per-layer metric's value; None for single-value metrics.
 
     Returns:
-        e.g. ``j_stab.ffn`` (curve), ``j_stab.ffn.mean``, ``rho_avg.attn``, ``sigma_rel.ffn.early``.
+        e.g. ``j_stab.ffn`` (curve), ``j_stab.ffn.mean``, ``rho_avg.attn``, ``sigma_rel.ffn.early``,
+        ``r_t_layer.ffn.layer3``.
     """
-    base = f"{metric}.{unit}"
+    base = f"{metric}.{unit}" if layer is None else f"{metric}.{unit}.layer{layer}"
     if window is None:
         return base
     if window == WHOLE_RANGE:
-        return f"{base}.mean" if metric in CURVE_METRICS else base
+        return f"{base}.mean" if get_metric(metric).input == "pair" else base
     return f"{base}.{window}"
 
 
@@ -112,31 +132,6 @@ def layer_profiles(aggregates: Sequence[CheckpointAggregate]) -> DataFrame[Layer
     return LayerProfile.check(table)
 
 
-def _curves(ordered: list[CheckpointAggregate], kind: str, top_frac: float) -> dict[str, np.ndarray]:
-    """Curve metrics of consecutive pairs of the mean scores, two checkpoints in memory at a time:
-    each ``[S-1]``."""
-    out = {m: np.full(len(ordered) - 1, np.nan) for m in CURVE_METRICS}
-    for t in range(len(ordered) - 1):
-        for metric, value in pair_values(
-            ordered[t].scores(kind), ordered[t + 1].scores(kind), top_frac
-        ).items():
-            out[metric][t] = value
-    return out
-
-
-def _replicates(
-    ordered: list[CheckpointAggregate], kind: str, layer_kind: str, masks: dict, top_frac: float
-) -> ReplicateSeries | None:
-    """Every bootstrap replicate's curves and summaries, when every checkpoint carries replicates."""
-    reps = [
-        a.replicates for a in ordered if a.replicates and kind in a.replicates and layer_kind in a.replicates
-    ]
-    if len(reps) != len(ordered):
-        return None
-    layers = np.stack([r[layer_kind] for r in reps], axis=1).astype(np.float64)  # [R, S, L]
-    return replicate_series([r[kind] for r in reps], layers, masks, top_frac)
-
-
 def _windows(cfg: DynamicsConfig) -> dict[str, tuple[int | None, int | None]]:
     clash = [w for w in cfg.windows if w in _RESERVED_WINDOWS]
     if clash:
@@ -148,41 +143,113 @@ def _windows(cfg: DynamicsConfig) -> dict[str, tuple[int | None, int | None]]:
 
 
 def _masks(cfg: DynamicsConfig, steps: np.ndarray) -> dict[str, np.ndarray]:
-    """Window name -> checkpoints inside it ``[S]``; warns about windows too short for any metric."""
+    """Window name -> the checkpoints inside it ``[S]``; warns about windows too short for any metric."""
     masks = {}
     for name, (start, stop) in _windows(cfg).items():
-        masks[name] = window_mask(steps.tolist(), start, stop)  # [S]
-        if masks[name].sum() < 2:
+        masks[name] = mask = window_mask(steps.tolist(), start, stop)  # [S]
+        if mask.sum() < 2:
             log.warning(
                 "dynamics window %r [%s, %s) holds %d checkpoint(s) (steps %s); needs >= 2, metrics are NaN",
-                name, start, stop, int(masks[name].sum()), steps[masks[name]].tolist(),
+                name, start, stop, int(mask.sum()), steps[mask].tolist(),
             )  # fmt: skip
     return masks
+
+
+@dataclass
+class _UnitSeries:
+    """Everything the tables show for one unit type: curves and window values, each with its extras."""
+
+    curves: dict[str, np.ndarray]
+    """Metric -> ``[S-1]`` (``[S-1, L]`` per layer)."""
+    baseline_curves: dict[str, np.ndarray]
+    """The same for the closed-form random-set baseline (NaN without one)."""
+    windows: dict[str, dict[str, dict[str, float | np.ndarray]]]
+    """Window -> metric -> column (value, ci_low, ci_high, baseline, baseline_empirical) -> value."""
+    replicates: ReplicateSeries | None
+
+
+def _unit_series(
+    ordered: list[CheckpointAggregate],
+    unit: str,
+    masks: dict[str, np.ndarray],
+    top_frac: float,
+    stats: StatisticsConfig | None,
+) -> _UnitSeries:
+    kind, layer_kind = UNITS[unit]
+    n, n_layers = len(ordered), ordered[0].scores(kind).shape[0]
+
+    def scores(t: int) -> np.ndarray:
+        return ordered[t].scores(kind)  # [L, N]
+
+    curves = pair_curves(scores, n, n_layers, point_value(top_frac))
+    expected = pair_curves(scores, n, n_layers, baseline_value(top_frac, 0, 0))
+    empirical = (
+        pair_curves(scores, n, n_layers, baseline_value(top_frac, stats.baseline_draws, stats.seed))
+        if stats is not None
+        else None
+    )
+    profiles = np.stack([a.scores(layer_kind) for a in ordered])  # [S, L]
+    reps = _replicates(ordered, kind, layer_kind, masks, top_frac) if stats and stats.resamples else None
+    windows: dict[str, dict[str, dict[str, float | np.ndarray]]] = {}
+    for name, mask in masks.items():
+        cols = {
+            "value": window_values(mask, curves, profiles),
+            "baseline": window_values(mask, expected, None),
+            "baseline_empirical": window_values(mask, empirical, None) if empirical else {},
+        }
+        windows[name] = {}
+        for metric, value in cols["value"].items():
+            low = high = np.full(np.shape(value), np.nan)
+            if reps is not None and stats is not None and mask.sum() >= 2:
+                low, high = percentile_interval(reps.windows[name][metric], stats.level)
+            nan = np.full(np.shape(value), np.nan)
+            windows[name][metric] = {
+                "value": value,
+                "ci_low": low,
+                "ci_high": high,
+                "baseline": cols["baseline"].get(metric, nan),
+                "baseline_empirical": cols["baseline_empirical"].get(metric, nan),
+            }
+    return _UnitSeries(curves, expected, windows, reps)
+
+
+def _replicates(
+    ordered: list[CheckpointAggregate], kind: str, layer_kind: str, masks: dict, top_frac: float
+) -> ReplicateSeries | None:
+    """Every bootstrap replicate's curves and window values, when every checkpoint carries replicates."""
+    reps = [
+        a.replicates for a in ordered if a.replicates and kind in a.replicates and layer_kind in a.replicates
+    ]
+    if len(reps) != len(ordered):
+        return None
+    layers = np.stack([r[layer_kind] for r in reps], axis=1).astype(np.float64)  # [R, S, L]
+    return replicate_series([r[kind] for r in reps], layers, masks, top_frac)
 
 
 def compute_dynamics(
     aggregates: Sequence[CheckpointAggregate],
     cfg: DynamicsConfig,
     statistics: StatisticsConfig | None = None,
-) -> tuple[DataFrame[DynamicsCurve], DataFrame[DynamicsSummary], DataFrame[DynamicsReplicates]]:
-    """J_t / R_t curves and the windowed summaries of every dynamics metric (paper Tables 2-3), with
-    bootstrap intervals and random-set baselines.
+) -> dict[str, pd.DataFrame]:
+    """Curves and windowed summaries of every registered dynamics metric (paper Tables 2-3), with bootstrap
+    intervals and random-set baselines.
 
     Args:
         aggregates: One per checkpoint, any order (sorted by step here; steps must be distinct). Intervals
             need every aggregate to carry bootstrap replicates.
         cfg: ``top_frac`` of the top sets and the named step windows (start inclusive, stop exclusive).
-        statistics: Interval level and seeds of the empirical baselines; None: no intervals, closed-form
+        statistics: Interval level and the seeded empirical baselines; None: no intervals, closed-form
             baselines only.
 
     Returns:
-        ``(curves, summary, replicates)``. ``curves``: one row per (metric, unit, consecutive pair), at the
-        pair's later step, with its interval and baseline. ``summary``: one row per (metric, unit, window)
-        for window ``all`` and each named window, with ``ci_low``/``ci_high`` (NaN without replicates),
-        ``baseline`` (closed form) and ``baseline_empirical`` (seeded random sets), NaN for ρ_avg/σ_rel; a
-        window with fewer than 2 checkpoints has NaN values (a warning is logged). ``replicates``: every
-        summary value of every bootstrap replicate (empty without replicates), so runs that share examples
-        can be combined replicate by replicate.
+        Tables by name. ``dynamics_curves``: one row per (pair metric, unit, consecutive pair), at the pair's
+        later step, with its interval and closed-form baseline. ``dynamics_summary``: one row per (metric,
+        unit, window) for window ``all`` and each named window, with ``ci_low`` / ``ci_high`` (NaN without
+        replicates), ``baseline`` and ``baseline_empirical`` (NaN for metrics without a baseline); a window
+        with fewer than 2 checkpoints has NaN values (a warning is logged) and its ``n_checkpoints``.
+        ``dynamics_layer_curves`` / ``dynamics_layer_summary``: the same per layer, for per-layer metrics
+        (only when one is registered). ``dynamics_replicates``: every single-value summary of every bootstrap
+        replicate (empty without replicates), so runs sharing examples combine replicate by replicate.
 
     Raises:
         ValueError: No aggregates, a repeated step, or a window named ``all`` / ``mean``.
@@ -190,72 +257,93 @@ def compute_dynamics(
     ordered = _ordered(aggregates)
     steps = np.array([a.step for a in ordered])  # [S]
     masks = _masks(cfg, steps)
-    stats = statistics or StatisticsConfig(resamples=0)
-    curve_rows, summary_rows, replicate_rows = [], [], []
-    for unit, (kind, layer_kind) in UNITS.items():
-        point = _curves(ordered, kind, cfg.top_frac)
-        profiles = np.stack([a.scores(layer_kind) for a in ordered])  # [S, L]
-        reps = _replicates(ordered, kind, layer_kind, masks, cfg.top_frac) if stats.resamples else None
-        base = set_baselines(
-            [a.scores(kind) for a in ordered], masks, cfg.top_frac, stats.baseline_draws, stats.seed
+    level = statistics.level if statistics else 0.95
+    rows: dict[str, list[dict]] = {
+        k: [] for k in ("curves", "summary", "layer_curves", "layer_summary", "replicates")
+    }
+    series = {unit: _unit_series(ordered, unit, masks, cfg.top_frac, statistics) for unit in UNITS}
+    for unit, one in series.items():
+        for spec in metrics_for("pair"):
+            rows["layer_curves" if spec.per_layer else "curves"] += _curve_rows(spec, unit, steps, one, level)
+    for name, mask in masks.items():  # window-major, as the tables have always been ordered
+        for unit, one in series.items():
+            for metric, cells in one.windows[name].items():
+                rows["layer_summary" if np.ndim(cells["value"]) else "summary"] += _summary_rows(
+                    metric, unit, name, cells, int(mask.sum())
+                )
+            rows["replicates"] += _replicate_rows(unit, name, one.replicates)
+    return _tables(rows)
+
+
+def _curve_rows(
+    spec: MetricSpec, unit: str, steps: np.ndarray, series: _UnitSeries, level: float
+) -> list[dict]:
+    curve, baseline = series.curves[spec.name], series.baseline_curves[spec.name]  # [S-1] or [S-1, L]
+    low = high = np.full(curve.shape, np.nan)
+    if series.replicates is not None:
+        low, high = percentile_interval(series.replicates.curves[spec.name], level)
+    cells = dict(value=curve, ci_low=low, ci_high=high, baseline=baseline)
+    if not spec.per_layer:
+        return [
+            dict(metric=spec.name, unit=unit, step=int(step), **{k: float(v[t]) for k, v in cells.items()})
+            for t, step in enumerate(steps[1:])
+        ]
+    return [
+        dict(
+            metric=spec.name,
+            unit=unit,
+            layer=layer,
+            step=int(step),
+            **{k: float(v[t, layer]) for k, v in cells.items()},
         )
-        level = stats.level
-        curve_rows += _curve_rows(unit, steps, point, reps, base, level)
-        for name, mask in masks.items():
-            values = window_summary(point, profiles, mask)
-            window_reps = reps.windows[name] if reps else None
-            summary_rows += _summary_rows(unit, name, int(mask.sum()), values, window_reps, base, level)
-            if window_reps is not None:
-                replicate_rows += [
-                    dict(metric=m, unit=unit, window=name, replicate=r, value=float(v))
-                    for m, vals in window_reps.items()
-                    for r, v in enumerate(vals)
-                ]
-    return (
-        DynamicsCurve.check(pd.DataFrame(curve_rows, columns=list(DynamicsCurve.to_schema().columns))),
-        DynamicsSummary.check(pd.DataFrame(summary_rows)),
-        DynamicsReplicates.check(
-            pd.DataFrame(replicate_rows, columns=list(DynamicsReplicates.to_schema().columns))
-        ),
-    )
+        for layer in range(curve.shape[1])
+        for t, step in enumerate(steps[1:])
+    ]
 
 
-def _curve_rows(unit, steps, point, reps, base, level) -> list[dict]:
-    rows = []
-    for metric, curve in point.items():
-        low, high = (np.full(curve.shape, np.nan),) * 2
-        if reps is not None:
-            low, high = percentile_interval(reps.curves[metric], level)  # [S-1] each
-        for t, step in enumerate(steps[1:]):
-            rows.append(
-                dict(metric=metric, unit=unit, step=int(step), value=float(curve[t]), ci_low=float(low[t]),
-                     ci_high=float(high[t]), baseline=base.expected.get(metric, math.nan))
-            )  # fmt: skip
-    return rows
+def _summary_rows(metric: str, unit: str, window: str, cells: dict, n: int) -> list[dict]:
+    common = dict(metric=metric, unit=unit, window=window)
+    if not np.ndim(cells["value"]):
+        return [dict(common, n_checkpoints=n, **{k: float(v) for k, v in cells.items()})]
+    return [
+        dict(common, layer=i, n_checkpoints=n, **{k: float(np.asarray(v)[i]) for k, v in cells.items()})
+        for i in range(len(cells["value"]))
+    ]
 
 
-def _summary_rows(unit, window, n, values, window_reps, base, level) -> list[dict]:
-    rows = []
-    for metric, value in values.items():
-        low = high = math.nan
-        if window_reps is not None and n >= 2:
-            low, high = (float(x) for x in percentile_interval(window_reps[metric], level))
-        rows.append(
-            dict(metric=metric, unit=unit, window=window, value=value, n_checkpoints=n, ci_low=low,
-                 ci_high=high, baseline=base.expected.get(metric, math.nan) if n >= 2 else math.nan,
-                 baseline_empirical=base.empirical[window].get(metric, math.nan))
-        )  # fmt: skip
-    return rows
+def _replicate_rows(unit: str, window: str, replicates: ReplicateSeries | None) -> list[dict]:
+    if replicates is None:
+        return []
+    return [
+        dict(metric=metric, unit=unit, window=window, replicate=r, value=float(v))
+        for metric, values in replicates.windows[window].items()
+        if values.ndim == 1  # single-value metrics; per-layer replicates stay out of the table
+        for r, v in enumerate(values)
+    ]
 
 
-def dynamics_metrics(
-    curves: DataFrame[DynamicsCurve], summary: DataFrame[DynamicsSummary]
-) -> tuple[dict[int, dict[str, float]], dict[str, float]]:
+def _tables(rows: dict[str, list[dict]]) -> dict[str, pd.DataFrame]:
+    """The stage's validated tables; the per-layer ones only when a per-layer metric is registered."""
+    schemas = {
+        "curves": DynamicsCurve,
+        "summary": DynamicsSummary,
+        "layer_curves": DynamicsLayerCurve,
+        "layer_summary": DynamicsLayerSummary,
+        "replicates": DynamicsReplicates,
+    }
+    per_layer = bool(metrics_for("pair", per_layer=True))
+    return {
+        f"dynamics_{key}": schema.check(pd.DataFrame(rows[key], columns=list(schema.to_schema().columns)))
+        for key, schema in schemas.items()
+        if per_layer or not key.startswith("layer")
+    }
+
+
+def dynamics_metrics(tables: dict[str, pd.DataFrame]) -> tuple[dict[int, dict[str, float]], dict[str, float]]:
     """The dynamics tables as MLflow metrics, named by :func:`metric_name`.
 
     Args:
-        curves: From :func:`compute_dynamics`.
-        summary: From :func:`compute_dynamics`.
+        tables: From :func:`compute_dynamics`.
 
     Returns:
         ``(per_step, totals)``: ``per_step[step] = {"j_stab.ffn": ..., "r_t.attn": ...}`` (log each with
@@ -263,11 +351,14 @@ def dynamics_metrics(
         Values may be NaN (``Tracker.log_metrics`` skips them).
     """
     per_step: dict[int, dict[str, float]] = {}
-    for row in curves.itertuples(index=False):
-        name = metric_name(row.metric, row.unit)
-        per_step.setdefault(int(row.step), {}).update(_with_extras(name, row))
+    for row in tables["dynamics_curves"].itertuples(index=False):
+        per_step.setdefault(int(row.step), {}).update(_with_extras(metric_name(row.metric, row.unit), row))
+    layer_curves = tables.get("dynamics_layer_curves")
+    for row in [] if layer_curves is None else layer_curves.itertuples(index=False):
+        name = metric_name(row.metric, row.unit, layer=int(row.layer))
+        per_step.setdefault(int(row.step), {})[name] = float(row.value)
     totals: dict[str, float] = {}
-    for row in summary.itertuples(index=False):
+    for row in tables["dynamics_summary"].itertuples(index=False):
         totals.update(_with_extras(metric_name(row.metric, row.unit, row.window), row))
     return per_step, totals
 
@@ -276,7 +367,7 @@ def _with_extras(name: str, row) -> dict[str, float]:
     """``name`` -> value, and ``name.ci_low`` / ``.ci_high`` / ``.baseline`` where they are defined."""
     out = {name: float(row.value)}
     for extra in ("ci_low", "ci_high", "baseline"):
-        value = float(getattr(row, extra))
+        value = float(getattr(row, extra, math.nan))
         if not math.isnan(value):
             out[f"{name}.{extra}"] = value
     return out

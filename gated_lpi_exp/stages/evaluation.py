@@ -13,14 +13,9 @@ from gated_lpi_exp.attribution import final_logits
 from gated_lpi_exp.config import StatisticsConfig
 from gated_lpi_exp.data.batches import prompt_batches
 from gated_lpi_exp.errors import NonFiniteError
+from gated_lpi_exp.metrics import gold_ranks, hit_rate
 from gated_lpi_exp.metrics.bootstrap import example_weights, mean_interval
 from gated_lpi_exp.schemas import DataFrame, ExampleHits, HitSummary
-
-
-def gold_ranks(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Rank of each target (1 = best): one plus the number of logits strictly above it."""
-    target_logit = logits.gather(1, targets[:, None])  # [batch, 1]
-    return (logits > target_logit).sum(dim=1) + 1  # [batch]
 
 
 @torch.no_grad()
@@ -40,7 +35,7 @@ def evaluate_checkpoint(
         logits = final_logits(model, batch.input_ids, batch.attention_mask)  # [batch, vocab] float32
         if not bool(torch.isfinite(logits).all()):  # a NaN logit would otherwise rank the gold token first
             raise NonFiniteError(f"the model's own logits at checkpoint step {step} contain NaN or Inf")
-        ranks = gold_ranks(logits, batch.gold_ids)
+        ranks = gold_ranks(logits, batch.gold_ids)  # [batch]
         parts.append(
             pd.DataFrame(
                 {
@@ -49,7 +44,7 @@ def evaluate_checkpoint(
                     "category": batch.rows["category"].to_numpy(),
                     "sample_id": batch.rows["sample_id"].to_numpy(),
                     "target_id": batch.gold_ids.cpu().numpy(),
-                    "gold_rank": ranks.cpu().numpy(),
+                    "gold_rank": ranks,
                 }
             )
         )
@@ -75,7 +70,7 @@ def example_weights_of(frame: pd.DataFrame, statistics: StatisticsConfig | None)
 def summarise_hits(
     hits: DataFrame[ExampleHits], ks: list[int], statistics: StatisticsConfig | None = None
 ) -> DataFrame[HitSummary]:
-    """HIT@k overall, per category and per relation, for every checkpoint in ``hits``.
+    """HIT@k (:func:`~gated_lpi_exp.metrics.hit_rate`) overall, per category and per relation, for every checkpoint in ``hits``.
 
     With ``statistics`` (and ``resamples > 0``), each value has a bootstrap interval over its examples
     (``ci_low``, ``ci_high``); otherwise those are NaN.
@@ -95,7 +90,7 @@ def summarise_hits(
                 if weights is not None:
                     low, high = mean_interval(hit, weights[:, where], level)
                 rows.append(
-                    dict(step=step, scope=scope, group=group, k=k, hit=float(hit.mean()), n=len(hit),
+                    dict(step=step, scope=scope, group=group, k=k, hit=hit_rate(ranks[where], k), n=len(hit),
                          ci_low=low, ci_high=high)
                 )  # fmt: skip
     return HitSummary.check(pd.DataFrame(rows))

@@ -105,8 +105,10 @@ class ResultStore:
             },
             "data": data_hash,
             "evaluation": asdict(cfg.evaluation),
-            "attribution": {k: getattr(cfg.attribution, k) for k in _ATTRIBUTION_FIELDS},
-            "ablation": asdict(cfg.ablation),
+            "attribution": {k: getattr(cfg.attribution, k) for k in _ATTRIBUTION_FIELDS}
+            | cfg.attribution.scoring_settings(),
+            # The label only names the ablation on screen: renaming it keeps the stored results.
+            "ablation": {k: v for k, v in asdict(cfg.ablation).items() if k != "label"},
             "statistics": asdict(cfg.statistics),
             "seed": cfg.seed,
         }

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m gated_lpi_exp.suites tiny_moe            # or tiny_dense, micro_*, small_moe, small_dense
+    python -m gated_lpi_exp.suites tiny_moe            # or tiny_dense, tiny_neox, micro_*, small_moe, small_dense
     python -m gated_lpi_exp.suites --size micro --family olmo
     python -m gated_lpi_exp.suites tiny_moe --cache-dir /tmp/suites --by-category
 """
@@ -12,23 +12,27 @@ from __future__ import annotations
 import argparse
 import time
 
-from gated_lpi_exp.suites.spec import SIZES, SuiteSpec
+from gated_lpi_exp.suites.spec import FAMILIES, SIZES, SuiteSpec
 
 NAMED = {
     "tiny_moe": ("olmoe", "tiny"),
     "tiny_dense": ("olmo", "tiny"),
     "micro_moe": ("olmoe", "micro"),
     "micro_dense": ("olmo", "micro"),
+    "tiny_neox": ("gpt_neox", "tiny"),
+    "micro_neox": ("gpt_neox", "micro"),
     "small_moe": ("olmoe", "small"),
     "small_dense": ("olmo", "small"),
 }
 """The suites with a config file in ``conf/model/``: name -> (family, size)."""
+SUFFIX = {"olmoe": "moe", "olmo": "dense", "gpt_neox": "neox"}
+"""Name suffix of a suite built from ``--size``/``--family``."""
 
 
 def spec_from_args(args: argparse.Namespace) -> SuiteSpec:
     """The spec named on the command line (a known name, or ``--size``/``--family``)."""
     family, size = NAMED.get(args.name, (args.family, args.size))
-    name = args.name or f"{size}_{'moe' if family == 'olmoe' else 'dense'}"
+    name = args.name or f"{size}_{SUFFIX[family]}"
     return SuiteSpec(name=name, family=family, size=size, seed=args.seed, cache_dir=args.cache_dir)
 
 
@@ -41,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         "name", nargs="?", default=None, help=f"one of {', '.join(NAMED)} (else use --size/--family)"
     )
     parser.add_argument("--size", default="tiny", choices=SIZES)
-    parser.add_argument("--family", default="olmoe", choices=("olmoe", "olmo"))
+    parser.add_argument("--family", default="olmoe", choices=FAMILIES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=None, help="folder holding suites (default: the user cache)")
     parser.add_argument("--by-category", action="store_true", help="also print HIT@k per relation category")

@@ -18,7 +18,8 @@ from gated_lpi_exp.errors import ConfigurationError
 RECIPE_VERSION = 1
 """Bumped whenever the corpus, tokenizer or training code changes what a given spec produces."""
 
-FAMILIES = ("olmoe", "olmo")
+FAMILIES = ("olmoe", "olmo", "gpt_neox")
+"""The families a suite can be built in (``model.py``); each is a registered adapter family."""
 SIZES = ("tiny", "micro", "small")
 
 PRESETS: dict[str, dict[str, int | float]] = {
@@ -88,7 +89,8 @@ class SuiteSpec:
     name: str = "tiny_moe"
     """Display name; the cache folder is ``<name>-<config_hash>``."""
     family: str = "olmoe"
-    """``olmoe`` (``OlmoeForCausalLM``, sparse MoE FFN) or ``olmo`` (``OlmoForCausalLM``, dense FFN)."""
+    """``olmoe`` (``OlmoeForCausalLM``, sparse MoE FFN), ``olmo`` (``OlmoForCausalLM``, dense FFN) or
+    ``gpt_neox`` (``GPTNeoXForCausalLM``, Pythia's architecture: parallel residual, dense FFN)."""
     size: str = "tiny"
     """Preset for dimensions and schedule: ``tiny`` (the embedded default), ``micro`` (for tests) or
     ``small`` (populations large enough for neuron-level metrics; see experiments/small_suites)."""

@@ -6,14 +6,17 @@ from __future__ import annotations
 import subprocess
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from omegaconf import OmegaConf
 
 from gated_lpi_exp import __version__
 from gated_lpi_exp.checkpoints.resolve import Resolution
+from gated_lpi_exp.compat import DESCRIPTIONS as SCORING_DESCRIPTIONS
 from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.data import dataset_hash
+from gated_lpi_exp.metrics import metric_versions
 from gated_lpi_exp.metrics.bootstrap import METHOD
 from gated_lpi_exp.plots import (
     plot_ablation,
@@ -30,10 +33,12 @@ from gated_lpi_exp.stages.evaluation import hit_metrics, summarise_hits
 from gated_lpi_exp.storage.results import CheckpointResult
 from gated_lpi_exp.tracking.names import (
     ABLATION_TAG,
+    COMPAT_TAG,
     DATA_HASH_PARAM,
     FAMILY_TAG,
     MODEL_TAG,
     N_CHECKPOINTS_PARAM,
+    SCORING_PARAM,
     VERSION_TAG,
 )
 from gated_lpi_exp.tracking.tracker import Tracker, flatten
@@ -59,6 +64,8 @@ def run_tags(cfg: RunConfig, hydra_tags: dict[str, str] | None) -> dict[str, str
         ABLATION_TAG: cfg.ablation.name,
         VERSION_TAG: __version__,
     }
+    if cfg.attribution.compat != "none":
+        tags[COMPAT_TAG] = cfg.attribution.compat
     tags.update(hydra_tags or {})
     return tags
 
@@ -70,9 +77,10 @@ def log_run_params(
     samples: pd.DataFrame,
     assignment: list[list[int]],
 ) -> None:
-    """Params (flattened config, revisions, dataset hash, versions, which process took which checkpoints)
-    and the resolved-config artifacts."""
-    params = flatten(asdict(cfg))
+    """Params (flattened config with resolved values, revisions, dataset hash, package and metric versions,
+    which process took which checkpoints) and the resolved-config artifacts."""
+    params = flatten(logged_config(cfg))
+    params.update({f"metrics.{name}.version": version for name, version in metric_versions().items()})
     params.update(
         {
             "run.revisions": ",".join(c.label for c in series.checkpoints),
@@ -87,15 +95,28 @@ def log_run_params(
             "statistics.method": METHOD if cfg.statistics.resamples else "none",
             "package.version": __version__,
             "package.git_commit": git_commit(),
+            SCORING_PARAM: SCORING_DESCRIPTIONS[cfg.attribution.compat],
         }
     )
     tracker.log_params(params)
-    tracker.log_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), "config/resolved.yaml")
+    tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(logged_config(cfg))), "config/resolved.yaml")
     table = pd.DataFrame(
         [dict(step=c.step, tokens=c.tokens, source=c.source, revision=c.revision) for c in series.checkpoints]
     )
     tracker.log_table(CheckpointTable.check(table), "checkpoints")
     tracker.log_table(samples, "samples")
+
+
+def logged_config(cfg: RunConfig) -> dict[str, Any]:
+    """The run's config as params and ``config/resolved.yaml`` show it: with a project suite, every suite
+    field left at its "0 = the size preset" placeholder holds the value the suite was built with; other
+    models log no ``model.suite`` block (it describes nothing they use)."""
+    tree = asdict(cfg)
+    if cfg.model.kind == "suite":
+        tree["model"]["suite"] = asdict(cfg.model.suite.resolved())
+    else:
+        del tree["model"]["suite"]
+    return tree
 
 
 def log_figures(cfg: RunConfig, tables: dict[str, pd.DataFrame], tracker: Tracker) -> None:
@@ -113,7 +134,8 @@ def log_figures(cfg: RunConfig, tables: dict[str, pd.DataFrame], tracker: Tracke
         figures["figures/fig3_ffn_layers.png"] = plot_layer_distributions(profiles, units=("ffn",))
         figures["figures/fig4_attn_layers.png"] = plot_layer_distributions(profiles, units=("attn",))
     if "ablation" in tables:
-        figures["figures/fig5_ablation.png"] = plot_ablation({name: tables["ablation"]})
+        labels = {cfg.ablation.name: cfg.ablation.display_name}
+        figures["figures/fig5_ablation.png"] = plot_ablation({name: tables["ablation"]}, labels=labels)
     for path, fig in figures.items():
         tracker.log_figure(fig, path)
 
