@@ -140,3 +140,9 @@ def test_dynamics_intervals_recompute_the_metric_on_every_replicate():
     assert len(replicates[(replicates.metric == "j_stab") & (replicates.unit == "ffn")]) == 40
     defined = curves.dropna(subset=["ci_low"])
     assert len(defined) == 8 and (defined.ci_low <= defined.ci_high).all()  # ATTN R_t: no gain, undefined
+    # The per-layer R_t gets its interval and baselines from the same registry hooks; with one FFN layer it
+    # is R_t itself, replicate by replicate.
+    layer = tables["dynamics_layer_summary"]
+    one = layer[(layer.metric == "r_t_layer") & (layer.unit == "ffn") & (layer.window == "all")].iloc[0]
+    assert (one.value, one.ci_low, one.ci_high) == pytest.approx((rt.value, rt.ci_low, rt.ci_high))
+    assert one.baseline == pytest.approx(0.2) and one.baseline_empirical == pytest.approx(0.2, abs=0.02)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -45,14 +44,7 @@ from gated_lpi_exp.attribution.aggregate import CheckpointAggregate
 from gated_lpi_exp.config import DynamicsConfig, StatisticsConfig
 from gated_lpi_exp.metrics import MetricSpec, get_metric, metrics_for, window_mask
 from gated_lpi_exp.metrics.bootstrap import percentile_interval
-from gated_lpi_exp.metrics.series import (
-    ReplicateSeries,
-    baseline_value,
-    pair_curves,
-    point_value,
-    replicate_series,
-    window_values,
-)
+from gated_lpi_exp.metrics.series import ReplicateSeries
 from gated_lpi_exp.schemas import (
     DataFrame,
     DynamicsCurve,
@@ -62,6 +54,7 @@ from gated_lpi_exp.schemas import (
     DynamicsSummary,
     LayerProfile,
 )
+from gated_lpi_exp.stages.dynamics_series import UnitSeries, unit_series
 
 log = logging.getLogger(__name__)
 
@@ -155,77 +148,6 @@ def _masks(cfg: DynamicsConfig, steps: np.ndarray) -> dict[str, np.ndarray]:
     return masks
 
 
-@dataclass
-class _UnitSeries:
-    """Everything the tables show for one unit type: curves and window values, each with its extras."""
-
-    curves: dict[str, np.ndarray]
-    """Metric -> ``[S-1]`` (``[S-1, L]`` per layer)."""
-    baseline_curves: dict[str, np.ndarray]
-    """The same for the closed-form random-set baseline (NaN without one)."""
-    windows: dict[str, dict[str, dict[str, float | np.ndarray]]]
-    """Window -> metric -> column (value, ci_low, ci_high, baseline, baseline_empirical) -> value."""
-    replicates: ReplicateSeries | None
-
-
-def _unit_series(
-    ordered: list[CheckpointAggregate],
-    unit: str,
-    masks: dict[str, np.ndarray],
-    top_frac: float,
-    stats: StatisticsConfig | None,
-) -> _UnitSeries:
-    kind, layer_kind = UNITS[unit]
-    n, n_layers = len(ordered), ordered[0].scores(kind).shape[0]
-
-    def scores(t: int) -> np.ndarray:
-        return ordered[t].scores(kind)  # [L, N]
-
-    curves = pair_curves(scores, n, n_layers, point_value(top_frac))
-    expected = pair_curves(scores, n, n_layers, baseline_value(top_frac, 0, 0))
-    empirical = (
-        pair_curves(scores, n, n_layers, baseline_value(top_frac, stats.baseline_draws, stats.seed))
-        if stats is not None
-        else None
-    )
-    profiles = np.stack([a.scores(layer_kind) for a in ordered])  # [S, L]
-    reps = _replicates(ordered, kind, layer_kind, masks, top_frac) if stats and stats.resamples else None
-    windows: dict[str, dict[str, dict[str, float | np.ndarray]]] = {}
-    for name, mask in masks.items():
-        cols = {
-            "value": window_values(mask, curves, profiles),
-            "baseline": window_values(mask, expected, None),
-            "baseline_empirical": window_values(mask, empirical, None) if empirical else {},
-        }
-        windows[name] = {}
-        for metric, value in cols["value"].items():
-            low = high = np.full(np.shape(value), np.nan)
-            if reps is not None and stats is not None and mask.sum() >= 2:
-                low, high = percentile_interval(reps.windows[name][metric], stats.level)
-            nan = np.full(np.shape(value), np.nan)
-            windows[name][metric] = {
-                "value": value,
-                "ci_low": low,
-                "ci_high": high,
-                "baseline": cols["baseline"].get(metric, nan),
-                "baseline_empirical": cols["baseline_empirical"].get(metric, nan),
-            }
-    return _UnitSeries(curves, expected, windows, reps)
-
-
-def _replicates(
-    ordered: list[CheckpointAggregate], kind: str, layer_kind: str, masks: dict, top_frac: float
-) -> ReplicateSeries | None:
-    """Every bootstrap replicate's curves and window values, when every checkpoint carries replicates."""
-    reps = [
-        a.replicates for a in ordered if a.replicates and kind in a.replicates and layer_kind in a.replicates
-    ]
-    if len(reps) != len(ordered):
-        return None
-    layers = np.stack([r[layer_kind] for r in reps], axis=1).astype(np.float64)  # [R, S, L]
-    return replicate_series([r[kind] for r in reps], layers, masks, top_frac)
-
-
 def compute_dynamics(
     aggregates: Sequence[CheckpointAggregate],
     cfg: DynamicsConfig,
@@ -261,7 +183,9 @@ def compute_dynamics(
     rows: dict[str, list[dict]] = {
         k: [] for k in ("curves", "summary", "layer_curves", "layer_summary", "replicates")
     }
-    series = {unit: _unit_series(ordered, unit, masks, cfg.top_frac, statistics) for unit in UNITS}
+    series = {
+        unit: unit_series(ordered, kinds, masks, cfg.top_frac, statistics) for unit, kinds in UNITS.items()
+    }
     for unit, one in series.items():
         for spec in metrics_for("pair"):
             rows["layer_curves" if spec.per_layer else "curves"] += _curve_rows(spec, unit, steps, one, level)
@@ -276,7 +200,7 @@ def compute_dynamics(
 
 
 def _curve_rows(
-    spec: MetricSpec, unit: str, steps: np.ndarray, series: _UnitSeries, level: float
+    spec: MetricSpec, unit: str, steps: np.ndarray, series: UnitSeries, level: float
 ) -> list[dict]:
     curve, baseline = series.curves[spec.name], series.baseline_curves[spec.name]  # [S-1] or [S-1, L]
     low = high = np.full(curve.shape, np.nan)
