@@ -138,7 +138,7 @@ def test_every_stage_runs_on_every_family(family):
         assert (ffn["expert"] < (adapter.n_experts + 1 if adapter.is_moe else 0)).all()
         for name, unit, count in (("top1pct_ffn", "ffn_neuron", 0), ("top1_head", "head", 1)):
             cfg = AblationConfig(name=name, unit=unit, count=count, fraction=0.01, random_seeds=1)
-            table = ablate_checkpoint(model, tok, samples, hits, outcome.aggregate, outcome.sums, cfg)
+            table, _ = ablate_checkpoint(model, tok, samples, hits, outcome.aggregate, outcome.sums, cfg)
             assert set(table["condition"]) == {"base", "targeted", "random"}
     summary = compute_dynamics(aggregates, DynamicsConfig())["dynamics_summary"]
     assert np.isfinite(summary.loc[summary["metric"] == "j_stab", "value"]).all()
