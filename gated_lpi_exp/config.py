@@ -119,8 +119,8 @@ class CheckpointsConfig:
     """Which checkpoints of the series to walk, in training-step order."""
 
     select: str = "all"
-    """``all`` (every checkpoint), ``steps`` (the explicit ``steps`` list) or ``range``
-    (``start``..``stop`` inclusive, keeping steps divisible by ``every``)."""
+    """``all`` (every checkpoint), ``steps`` (the explicit ``steps`` list), ``range`` (``start``..``stop``
+    inclusive, keeping steps divisible by ``every``) or ``revisions`` (the explicit ``revisions`` list)."""
     steps: list[int] = field(default_factory=list)
     """Explicit training steps, for ``select=steps``."""
     start: int | None = None
@@ -129,6 +129,10 @@ class CheckpointsConfig:
     """Last step of a ``range`` (inclusive); None = to the last checkpoint."""
     every: int | None = None
     """Keep only steps divisible by this, for ``range``; None keeps every available step."""
+    revisions: list[str] = field(default_factory=list)
+    """For ``select=revisions``: hub branch names (``step5000-tokens20B``), the commit ids they point at
+    (full, or a unique prefix of 7+ hex digits; the ``commit`` column of a run's checkpoints table), or local
+    step folder names (``step10``)."""
     match: str = "exact"
     """For ``select=steps``: ``exact`` (the step must exist) or ``nearest`` (the closest existing step;
     the mapping is reported)."""
@@ -138,12 +142,16 @@ class CheckpointsConfig:
     """Keep at most this many checkpoints, evenly spread (first and last kept); None keeps all."""
 
     def __post_init__(self) -> None:
-        _choice("checkpoints", "select", self.select, ("all", "steps", "range"))
+        _choice("checkpoints", "select", self.select, ("all", "steps", "range", "revisions"))
         _choice("checkpoints", "match", self.match, ("exact", "nearest"))
         _choice("checkpoints", "missing", self.missing, ("warn", "fail"))
         if self.select == "steps" and not self.steps:
             raise ConfigurationError(
                 "checkpoints.select=steps needs a non-empty checkpoints.steps=[...] list."
+            )
+        if self.select == "revisions" and not self.revisions:
+            raise ConfigurationError(
+                "checkpoints.select=revisions needs a non-empty checkpoints.revisions=[...] list."
             )
         if self.every is not None and self.every <= 0:
             raise ConfigurationError(f"checkpoints.every={self.every} must be a positive number of steps.")
