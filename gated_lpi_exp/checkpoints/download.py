@@ -127,9 +127,9 @@ class Downloader:
         commit = checkpoint.commit
         if self.settings.offline or commit is None:
             return self._cached(checkpoint)
-        ledger = self.ledger(checkpoint.source)
-        ledger.acquire(commit)
         files = self._retry(checkpoint, "the file list", lambda: self._list(checkpoint))
+        ledger = self.ledger(checkpoint.source)
+        ledger.acquire(commit, [f.etag for f in files])  # before looking at the cache: see FetchLedger
         fetched = 0
         for remote in files:
             fetched += self._retry(

@@ -4,13 +4,14 @@ The hub cache keeps each revision as ``snapshots/<commit>/<file>`` links to cont
 (shared between revisions with the same file, e.g. an unchanged tokenizer). The ledger,
 ``<cache>/.locks/models--<org>--<name>/gated_lpi_exp-fetched.json`` (beside the client's own lock files, so
 ``hf cache scan`` does not see it), records per commit the links this tool created, the ``refs/<branch>`` it
-wrote and the processes using the commit, and per repository the blobs it downloaded. Only those are ever
+wrote, the processes using the commit and the blobs they need, and per repository the blobs it downloaded. Only those are ever
 deleted: a file that was in the cache before (a branch the user already had, or a blob it shares) is never
 in the ledger.
 
 Eviction of a commit happens when the last process using it releases it: its recorded links go, then its
-folder and ref when empty, then every recorded blob that no snapshot links to any more (checked under the
-client's per-blob lock, which the client also holds while it links a blob). A process killed before its
+folder and ref when empty, then every recorded blob that no snapshot links to any more and no live user of
+another commit needs (checked under the client's per-blob lock, which the client also holds while it links a
+blob; a process registers what it needs before it looks at the cache, so a blob it finds there stays). A process killed before its
 eviction leaves its entries behind; the next run adopts them (:meth:`FetchLedger.abandoned`). Every change is a
 read-modify-write under a file lock, written atomically.
 """
@@ -103,15 +104,17 @@ class FetchLedger:
         return out
 
     def _entry(self, doc: dict[str, Any], commit: str) -> dict[str, Any]:
-        return doc["commits"].setdefault(commit, {"links": [], "ref": None, "users": []})
+        return doc["commits"].setdefault(commit, {"links": [], "needs": [], "ref": None, "users": []})
 
-    def acquire(self, commit: str) -> None:
-        """Note that this process uses ``commit`` (its files are not evicted by others until it releases)."""
+    def acquire(self, commit: str, needs: list[str] | None = None) -> None:
+        """Note that this process uses ``commit``, whose files are the blobs ``needs``: until it releases the
+        commit, no eviction deletes them (nor the links to them)."""
 
         def add(doc: dict[str, Any]) -> None:
-            users = self._entry(doc, commit)["users"]
-            if self.me not in users:
-                users.append(self.me)
+            entry = self._entry(doc, commit)
+            if self.me not in entry["users"]:
+                entry["users"].append(self.me)
+            entry["needs"] = sorted(set(entry.get("needs", [])) | set(needs or []))
 
         self._update(add)
 
@@ -195,12 +198,18 @@ class FetchLedger:
             ref_path.unlink()
 
     def _sweep_blobs(self, doc: dict[str, Any]) -> int:
-        """Delete the recorded blobs no snapshot links to, each under the client's lock for it."""
+        """Delete the recorded blobs that no snapshot links to and no live user of a commit needs (it may be
+        about to link them), each under the client's lock for it."""
+        needed = {
+            b for e in doc["commits"].values() if any(map(user_alive, e["users"])) for b in e.get("needs", [])
+        }
         freed = 0
         for blob, size in list(doc["blobs"].items()):
             path = self.folder / "blobs" / blob
             if not _ETAG.match(blob):
                 doc["blobs"].pop(blob)
+                continue
+            if blob in needed:
                 continue
             with FileLock(str(self.locks / f"{blob}.lock")):
                 if blob in self._referenced_blobs():

@@ -47,7 +47,11 @@ class Prefetcher(Generic[T]):
         self.wait_s = 0.0
         """Time the consumer spent waiting for fetches."""
         self._slots = threading.Semaphore(ahead + 1)
-        self._futures: dict[int, Future[T]] = {c.step: Future() for c in self.items}
+        self._window = ahead + 1
+        self._held: set[int] = set()
+        self._all: dict[int, Future[T]] = {c.step: Future() for c in self.items}
+        self._futures = dict(self._all)
+        """The futures the consumer is not done with."""
         self._thread = threading.Thread(target=self._work, name="prefetch", daemon=True)
 
     def __enter__(self) -> Prefetcher[T]:
@@ -63,7 +67,7 @@ class Prefetcher(Generic[T]):
             while not self._slots.acquire(timeout=0.2):
                 if self.cancel.is_set():
                     return
-            future = self._futures[item.step]
+            future = self._all[item.step]
             if self.cancel.is_set() or not future.set_running_or_notify_cancel():
                 self._slots.release()
                 if self.cancel.is_set():
@@ -76,19 +80,31 @@ class Prefetcher(Generic[T]):
 
     def get(self, item: Checkpoint) -> T:
         """``item``'s fetch result, waiting for it; raises what the fetch raised."""
+        self._held.add(item.step)
+        if len(self._held) > self._window:
+            raise RuntimeError(
+                f"{len(self._held)} items in use but only {self._window} may be fetched at once: call done() "
+                "on an item before asking for one beyond the prefetch window"
+            )
         started = time.perf_counter()
         try:
             return self._futures[item.step].result()
         finally:
             self.wait_s += time.perf_counter() - started
 
-    def done(self, item: Checkpoint) -> None:
-        """The consumer is finished with ``item``: its slot goes to the next fetch (after its own fetch ended)."""
+    def done(self, item: Checkpoint, cleanup: Callable[[], None] | None = None) -> None:
+        """The consumer is finished with ``item``: once its fetch has ended, ``cleanup`` runs (e.g. eviction),
+        and only then does its slot go to the next fetch, so fetched items never exceed the slots."""
+        self._held.discard(item.step)
         future = self._futures.pop(item.step)
         if future.cancel():  # not started yet: it never took a slot
             return
         future.exception()  # wait for it to end, whatever the outcome
-        self._slots.release()
+        try:
+            if cleanup is not None:
+                cleanup()
+        finally:
+            self._slots.release()
 
     def started(self) -> list[Checkpoint]:
         """Items whose fetch started and that the consumer is not done with."""
@@ -176,15 +192,18 @@ class CheckpointFeed:
         """The walk is finished with ``ckpt`` (its results are stored, or it failed): evict it per ``keep``."""
         if self._prefetcher is None:
             return
-        self._prefetcher.done(ckpt)
         if failed:
             self.stats.failed_steps.append(ckpt.step)
-        if ckpt.commit and self.downloader is not None and not self.downloader.settings.offline:
-            freed = self._ledger().release(ckpt.commit, evict=self.keep == "none")
-            with self._lock:
-                self.stats.evicted_bytes += freed
-            if freed:
-                log.info("step %d: evicted %.1f MB from the hub cache", ckpt.step, freed / 1e6)
+        self._prefetcher.done(ckpt, lambda: self._release(ckpt))
+
+    def _release(self, ckpt: Checkpoint) -> None:
+        if not ckpt.commit or self.downloader is None or self.downloader.settings.offline:
+            return
+        freed = self._ledger().release(ckpt.commit, evict=self.keep == "none")
+        with self._lock:
+            self.stats.evicted_bytes += freed
+        if freed:
+            log.info("step %d: evicted %.1f MB from the hub cache", ckpt.step, freed / 1e6)
 
     def _fetch(self, ckpt: Checkpoint, cancel: threading.Event) -> Fetched:
         assert self.downloader is not None

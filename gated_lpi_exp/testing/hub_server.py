@@ -233,7 +233,7 @@ class _Handler(BaseHTTPRequestHandler):
         faults = self.hub.faults
         if self.command == "GET" and faults.fail.get(f.etag, 0) > 0:
             faults.fail[f.etag] -= 1
-            return self._error(500, None, "injected failure")
+            return self._error(500, None, "injected failure", etag=f.etag)
         start, end = _byte_range(self.headers.get("Range"), f.size)
         if start >= f.size and f.size:
             return self._error(416, None, "range not satisfiable")
@@ -279,7 +279,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._log(200)
 
     def _error(
-        self, status: int, code: str | None, message: str, extra: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str | None,
+        message: str,
+        extra: dict[str, str] | None = None,
+        etag: str | None = None,
     ) -> None:
         data = json.dumps({"error": message}).encode()
         headers = {
@@ -292,7 +297,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, {**headers, **(extra or {})})
         if self.command == "GET":
             self.wfile.write(data)
-        self._log(status)
+        self._log(status, etag)
 
     def _send(self, status: int, headers: dict[str, str]) -> None:
         self.send_response(status)
