@@ -137,7 +137,8 @@ class CheckpointsConfig:
     """For ``select=steps``: ``exact`` (the step must exist) or ``nearest`` (the closest existing step;
     the mapping is reported)."""
     missing: str = "warn"
-    """A requested step that does not exist: ``warn`` (skip it, say so) or ``fail``."""
+    """A requested step that does not exist, or a hub checkpoint whose download fails for good: ``warn``
+    (skip it, say so) or ``fail`` (stop the run; finished checkpoints stay in the result store)."""
     limit: int | None = None
     """Keep at most this many checkpoints, evenly spread (first and last kept); None keeps all."""
 
@@ -361,11 +362,28 @@ class ExecutionConfig:
     timeout_min: int = 1440
     """How long a process of a multi-process run waits for the others (e.g. process 0 for the slowest
     one's checkpoints) before giving up."""
+    prefetch: int = 1
+    """Hub series: checkpoints downloaded in the background beyond the one being analysed (0: download each
+    only when the previous one is finished). Each process of a multi-process run prefetches its own share."""
+    keep_checkpoints: str = "none"
+    """Hub series: ``none`` evicts each checkpoint this run downloaded from the hub cache once its results are
+    in the result store (so the run holds at most ``prefetch + 1`` checkpoints on disk); ``all`` keeps them.
+    Files that were in the cache before the run are never deleted."""
+    download_retries: int = 5
+    """Hub series: further attempts for a file whose download failed (network, server error, content that
+    does not match its advertised hash), with exponential backoff from 1 s. A download that still fails skips
+    its checkpoint or stops the run, as ``checkpoints.missing`` says."""
 
     def __post_init__(self) -> None:
         _choice("execution", "shard", self.shard, ("round_robin", "contiguous"))
+        _choice("execution", "keep_checkpoints", self.keep_checkpoints, ("none", "all"))
         if self.timeout_min < 1:
             raise ConfigurationError(f"execution.timeout_min={self.timeout_min} must be >= 1.")
+        if self.prefetch < 0 or self.download_retries < 0:
+            raise ConfigurationError(
+                f"execution.prefetch={self.prefetch} and execution.download_retries={self.download_retries} "
+                "must be >= 0."
+            )
 
 
 @dataclass

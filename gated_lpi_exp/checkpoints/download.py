@@ -32,6 +32,9 @@ from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.errors import CheckpointError
 
 log = logging.getLogger(__name__)
+# The client's HTTP library logs every request at INFO, which drowns a run's log; failures still show.
+for _name in ("httpx", "httpx2"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 MAX_BACKOFF_S = 30.0
 
