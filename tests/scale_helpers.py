@@ -11,8 +11,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from gated_lpi_exp.data import load_relations
-from gated_lpi_exp.testing import save_random_series, word_tokenizer
+from gated_lpi_exp.testing import bundled_word_tokenizer, save_random_series
 
 STEPS = [0, 10, 20, 30]
 CLI = [sys.executable, "-u", "-m", "gated_lpi_exp"]
@@ -21,9 +20,7 @@ VOLATILE = ("time.", "resume.", "attribution.from_cache", "download.")
 
 
 def bundled_tokenizer():
-    samples = load_relations("bundled")
-    words = {w for text in samples["prompt"].tolist() + samples["object"].tolist() for w in text.split()}
-    return word_tokenizer(sorted(words))
+    return bundled_word_tokenizer()
 
 
 def make_series(root: Path, steps=STEPS, family: str = "olmo") -> Path:

@@ -216,6 +216,25 @@ def test_planner_prints_every_section_offline(offline, tmp_path, capsys, overrid
         assert text in out, text
 
 
+def test_planner_says_the_peak_disk_of_streaming_and_the_time_with_downloads(offline):
+    paper = ["model=olmoe", "checkpoints=paper"]
+    plan = make_plan(compose_run_config(paper), RATES, 0.9, bandwidth=50e6)
+    per_ckpt = 6.9e9 * 2  # bfloat16
+    assert plan.download_bytes == pytest.approx(14 * per_ckpt) and plan.disk_bytes == pytest.approx(
+        2 * per_ckpt
+    )
+    fetch = per_ckpt / 50e6
+    assert plan.streamed_seconds(10.0) == pytest.approx(14 * fetch + fetch)  # download-bound: hidden compute
+    assert plan.streamed_seconds(1000.0) == pytest.approx(14 * 1000.0 + fetch)  # compute-bound
+    text = format_plan(plan)
+    assert "peak disk 27.6 GB" in text and "download 193.2 GB" in text and "streamed at 50 MB/s" in text
+    kept = make_plan(compose_run_config([*paper, "execution.keep_checkpoints=all"]), RATES, 0.9)
+    assert kept.disk_bytes == pytest.approx(kept.download_bytes)
+    serial = make_plan(compose_run_config([*paper, "execution.prefetch=0"]), RATES, 0.9, bandwidth=50e6)
+    assert serial.streamed_seconds(10.0) == pytest.approx(14 * (fetch + 10.0))
+    assert serial.disk_bytes == pytest.approx(per_ckpt)
+
+
 @pytest.mark.slow
 def test_planner_estimate_within_2x_of_measured_attribution(tmp_path):
     from gated_lpi_exp.checkpoints.loading import load_checkpoint, load_tokenizer, resolve_series

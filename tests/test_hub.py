@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from hub_helpers import (
     REPO,
-    DiskSampler,
     blob_names,
     checkpoint_bytes,
     repo_folder,
@@ -31,6 +30,7 @@ from gated_lpi_exp.checkpoints.download import Downloader
 from gated_lpi_exp.checkpoints.hub import HubSettings, list_hub_checkpoints
 from gated_lpi_exp.checkpoints.prefetch import CheckpointFeed
 from gated_lpi_exp.errors import CheckpointError
+from gated_lpi_exp.testing.disk import DiskSampler
 from gated_lpi_exp.testing.hub_repo import HubRepository
 from gated_lpi_exp.testing.hub_server import HubServer
 

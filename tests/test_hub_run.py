@@ -15,7 +15,7 @@ import time
 import pandas as pd
 import pytest
 import torch
-from hub_helpers import REPO, DiskSampler, blob_names, checkpoint_bytes, repo_folder, weights_etag
+from hub_helpers import REPO, blob_names, checkpoint_bytes, repo_folder, weights_etag
 from huggingface_hub import scan_cache_dir
 from scale_helpers import CLI, assert_same_numbers, cli_env, make_series, overrides, run_cli, runs_of
 from test_distributed import _accelerate
@@ -25,6 +25,7 @@ from gated_lpi_exp.data import dataset_hash
 from gated_lpi_exp.errors import CheckpointError
 from gated_lpi_exp.run import load_samples, run
 from gated_lpi_exp.storage.results import ResultStore
+from gated_lpi_exp.testing.disk import DiskSampler
 from gated_lpi_exp.testing.hub_repo import HubRepository
 from gated_lpi_exp.testing.hub_server import HubServer
 

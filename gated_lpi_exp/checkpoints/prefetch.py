@@ -124,6 +124,8 @@ class FeedStats:
     """Peak growth of the repository's blobs in the hub cache over their size when the feed started."""
     evicted_bytes: int = 0
     failed_steps: list[int] = field(default_factory=list)
+    walk_seconds: float = 0.0
+    """Wall time of the walk the feed served (set by the walk)."""
 
 
 class CheckpointFeed:

@@ -11,6 +11,7 @@ download fails for good is skipped with a warning, or stops the run, as ``checkp
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from tqdm.auto import tqdm
@@ -25,7 +26,7 @@ from gated_lpi_exp.errors import CheckpointError
 from gated_lpi_exp.execution.process_group import DistributedError, ProcessGroup
 from gated_lpi_exp.storage.results import CheckpointResult, ResultStore
 from gated_lpi_exp.storage.run_state import RunState
-from gated_lpi_exp.tracking.run_logging import log_checkpoint, log_downloads
+from gated_lpi_exp.tracking.run_logging import log_checkpoint, log_walk
 from gated_lpi_exp.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def walk_all(
     if not group.is_main:
         return None
     every_stats = [p[1] for p in parts]
-    log_downloads(tracker, every_stats)
+    log_walk(tracker, every_stats)
     skipped = {step for s in every_stats for step in s.failed_steps}
     walked = [c for c in checkpoints if c.step not in skipped]
     if not walked:
@@ -82,6 +83,7 @@ def walk_checkpoints(
     """This process's checkpoints in step order: each taken from the result store when an earlier run
     finished it, else downloaded (hub series), computed and stored; logged as it completes. Also what the
     downloads cost."""
+    started = time.perf_counter()
     todo = [c for c in checkpoints if not (cfg.execution.resume and store.has(c))]
     tokenizer = None
     results = []
@@ -107,6 +109,7 @@ def walk_checkpoints(
                     feed.done(ckpt)
             log_checkpoint(tracker, cfg, result)
             results.append(result)
+    feed.stats.walk_seconds = time.perf_counter() - started
     return results, feed.stats
 
 

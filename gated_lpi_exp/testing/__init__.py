@@ -118,6 +118,15 @@ def word_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
     )
 
 
+def bundled_word_tokenizer() -> PreTrainedTokenizerFast:
+    """A word tokenizer over every word of the bundled relations' prompts and objects."""
+    from gated_lpi_exp.data import load_relations
+
+    samples = load_relations("bundled")
+    words = {w for text in samples["prompt"].tolist() + samples["object"].tolist() for w in text.split()}
+    return word_tokenizer(sorted(words))
+
+
 def save_random_series(
     root: str | Path,
     family: str,

@@ -108,9 +108,11 @@ def log_run_params(
     tracker.log_table(samples, "samples")
 
 
-def log_downloads(tracker: Tracker, stats: list[FeedStats]) -> None:
-    """What the hub downloads of every process cost (nothing for local series): bytes and time, the walk's
-    wait for them, the peak disk they held, what was evicted, and the steps skipped after a failed one."""
+def log_walk(tracker: Tracker, stats: list[FeedStats]) -> None:
+    """The walk's wall time (the slowest process's) and what the hub downloads of every process cost (hub
+    series only): bytes and time, the walk's wait for them, the peak disk they held, what was evicted, and
+    the steps skipped after a failed one."""
+    tracker.log_metrics({"time.walk_s": max(s.walk_seconds for s in stats)})
     if not any(s.downloaded_bytes or s.failed_steps for s in stats):
         return
     tracker.log_metrics(
