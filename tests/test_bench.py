@@ -287,3 +287,20 @@ def test_planner_reads_every_familys_dimensions_from_its_config(family):
 def test_planner_refuses_an_unsupported_config():
     with pytest.raises(ConfigurationError, match="model_type 'gpt2' is not a supported family"):
         dims_from_config({"model_type": "gpt2"}, "config.json")
+
+
+@pytest.mark.slow
+def test_sweep_benchmark_reports_every_measure_and_leaves_the_cache_empty(tmp_path, capsys):
+    """A smoke test of ``bench sweep`` on a small series: every field, and the bounds that do not depend on
+    timing (the target itself is the benchmark's to report, never a test's)."""
+    path = tmp_path / "sweep.json"
+    bench_main(["sweep", "--steps", "3", "--hidden", "32", "--json", str(path)])
+    report = json.loads(path.read_text())
+    for key in ("compute_s", "download_s", "wall_target_s", "bandwidth_bytes_per_s", "checkpoint_bytes"):
+        assert report[key] > 0, key
+    for sweep in (report["prefetch0"], report["prefetch1"]):
+        assert sweep["walk_s"] > 0 and sweep["left_in_cache_bytes"] == 0
+        assert 0 < sweep["disk_peak_bytes"] <= 2 * report["checkpoint_bytes"]
+    assert report["prefetch0"]["disk_peak_bytes"] <= report["checkpoint_bytes"] * 1.01
+    out = capsys.readouterr().out
+    assert "sweep, prefetch=1" in out and "target <= 1.15 x max" in out

@@ -180,7 +180,7 @@ class Downloader:
         for n in range(self.retries + 1):
             try:
                 return attempt()
-            except DownloadCancelled:
+            except (DownloadCancelled, CheckpointError):
                 raise
             except (
                 RepositoryNotFoundError,

@@ -159,21 +159,15 @@ def revision_files(
     """The files a checkpoint needs from its commit, with their sizes and content hashes.
 
     Raises:
-        CheckpointError: the revision cannot be listed (the message says why and what to do).
+        CheckpointError: the revision has no safetensors weights.
+        huggingface_hub.errors.HfHubHTTPError: the listing failed (the downloader retries what may pass).
     """
     from huggingface_hub import HfApi
 
     revision = checkpoint.commit or checkpoint.revision
-    try:
-        info = HfApi(endpoint=settings.endpoint).model_info(
-            checkpoint.source, revision=revision, files_metadata=True
-        )
-    except Exception as exc:
-        raise CheckpointError(
-            f"Could not list the files of {checkpoint.source}@{checkpoint.label} (commit {revision}) on "
-            f"{settings.endpoint}: {type(exc).__name__}: {exc}. Fix: check the network and that the branch "
-            "still exists; finished checkpoints are kept, so running the same command again resumes."
-        ) from exc
+    info = HfApi(endpoint=settings.endpoint).model_info(
+        checkpoint.source, revision=revision, files_metadata=True
+    )
     files = []
     for s in info.siblings or []:
         if wanted(s.rfilename, trust_remote_code) and s.size is not None:

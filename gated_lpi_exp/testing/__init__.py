@@ -1,7 +1,8 @@
 """Tiny random-weight models and tokenizers for tests and demos (nothing downloaded).
 
 These are real ``transformers`` models built from small configs; the project's trained tiny suites live in
-``gated_lpi_exp.suites``.
+``gated_lpi_exp.suites``. Beside them: a model-hub protocol server on loopback that serves a local series as a
+hub repository (:mod:`.hub_server`, :mod:`.hub_repo`), and a disk sampler (:mod:`.disk`).
 """
 
 from __future__ import annotations
