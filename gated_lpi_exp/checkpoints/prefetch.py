@@ -180,14 +180,15 @@ class CheckpointFeed:
             if ckpt.commit:
                 ledger.disown(ckpt.commit)
 
-    def path(self, ckpt: Checkpoint) -> str:
-        """Where to load ``ckpt`` from, waiting for its download.
+    def path(self, ckpt: Checkpoint) -> str | None:
+        """The local folder of ``ckpt``'s download, waiting for it; None when nothing is downloaded (a local
+        series: load from ``ckpt.source``).
 
         Raises:
             CheckpointError: its download failed for good (the message names the file and the fix).
         """
         if self._prefetcher is None:
-            return ckpt.source
+            return None
         return str(self._prefetcher.get(ckpt).path)
 
     def done(self, ckpt: Checkpoint, *, failed: bool = False) -> None:

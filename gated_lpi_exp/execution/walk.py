@@ -98,8 +98,8 @@ def walk_checkpoints(
                     if ckpt in todo:  # another process finished it meanwhile
                         feed.done(ckpt)
                 else:
-                    path = downloaded(cfg, feed, ckpt)
-                    if path is None:
+                    ready, path = downloaded(cfg, feed, ckpt)
+                    if not ready:
                         continue
                     tokenizer = tokenizer or load_tokenizer(cfg.model, ckpt, path)
                     model = load_checkpoint(cfg.model, ckpt, device=group.device, path=path)
@@ -124,15 +124,15 @@ def checkpoint_feed(cfg: RunConfig, todo: list[Checkpoint]) -> CheckpointFeed:
     )  # fmt: skip
 
 
-def downloaded(cfg: RunConfig, feed: CheckpointFeed, ckpt: Checkpoint) -> str | None:
-    """``ckpt``'s local folder, waiting for its download; None when the download failed for good and
-    ``checkpoints.missing=warn`` says to go on without it.
+def downloaded(cfg: RunConfig, feed: CheckpointFeed, ckpt: Checkpoint) -> tuple[bool, str | None]:
+    """Whether to analyse ``ckpt``, and the local folder of its download (None: load from its source).
+    Not analysed: its download failed for good and ``checkpoints.missing=warn`` says to go on without it.
 
     Raises:
         CheckpointError: the download failed for good and ``checkpoints.missing=fail``.
     """
     try:
-        return feed.path(ckpt)
+        return True, feed.path(ckpt)
     except CheckpointError as exc:
         feed.done(ckpt, failed=True)
         if cfg.checkpoints.missing == "fail":
@@ -140,7 +140,7 @@ def downloaded(cfg: RunConfig, feed: CheckpointFeed, ckpt: Checkpoint) -> str | 
         log.warning(
             "step %d skipped: %s (checkpoints.missing=warn; =fail stops the run instead)", ckpt.step, exc
         )
-        return None
+        return False, None
 
 
 def collect_results(
