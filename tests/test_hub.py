@@ -94,7 +94,7 @@ def test_the_server_answers_the_ordinary_client_as_the_hub_does(server, repo, se
 
 
 def test_listing_records_the_commit_each_branch_points_at(server, repo, tmp_path):
-    checkpoints = list_hub_checkpoints(REPO, settings_for(server.url, tmp_path))
+    checkpoints = list_hub_checkpoints(REPO, settings=settings_for(server.url, tmp_path))
     assert [c.step for c in checkpoints] == STEPS
     assert [c.commit for c in checkpoints] == [repo.revisions[f"step{s}-tokens0B"].commit for s in STEPS]
 
@@ -113,7 +113,7 @@ def test_a_feed_holds_at_most_prefetch_plus_one_checkpoints_and_leaves_nothing_i
 ):
     server.set_rate(400e3)  # about half a second per checkpoint
     cache = tmp_path / "cache"
-    checkpoints = list_hub_checkpoints(REPO, settings_for(server.url, cache))
+    checkpoints = list_hub_checkpoints(REPO, settings=settings_for(server.url, cache))
     feed = CheckpointFeed(checkpoints, "none", 1, _downloader(server, cache))
     with DiskSampler(repo_folder(cache)) as disk, feed:
         for ckpt in checkpoints:
@@ -135,7 +135,7 @@ def test_the_next_checkpoint_downloads_while_one_is_used_only_when_prefetch_allo
     server, repo, tmp_path, ahead
 ):
     cache = tmp_path / "cache"
-    checkpoints = list_hub_checkpoints(REPO, settings_for(server.url, cache))[:3]
+    checkpoints = list_hub_checkpoints(REPO, settings=settings_for(server.url, cache))[:3]
     feed = CheckpointFeed(checkpoints, "none", ahead, _downloader(server, cache))
     with feed:
         for i, ckpt in enumerate(checkpoints):
@@ -156,7 +156,7 @@ def test_a_branch_the_user_already_had_is_never_evicted(server, repo, tmp_path):
         hf_hub_download(REPO, name, revision=had, cache_dir=cache, endpoint=server.url)
     before = {p.name: p.stat().st_mtime_ns for p in (repo_folder(cache) / "blobs").iterdir()}
     served = len(server.downloads(weights_etag(repo, had)))
-    checkpoints = list_hub_checkpoints(REPO, settings_for(server.url, cache))
+    checkpoints = list_hub_checkpoints(REPO, settings=settings_for(server.url, cache))
     with CheckpointFeed(checkpoints, "none", 1, _downloader(server, cache)) as feed:
         for ckpt in checkpoints:
             feed.path(ckpt)
@@ -172,14 +172,14 @@ def test_a_branch_the_user_already_had_is_never_evicted(server, repo, tmp_path):
 
 def test_keep_all_leaves_every_branch_usable_offline(server, repo, tmp_path):
     cache = tmp_path / "cache"
-    checkpoints = list_hub_checkpoints(REPO, settings_for(server.url, cache))
+    checkpoints = list_hub_checkpoints(REPO, settings=settings_for(server.url, cache))
     with CheckpointFeed(checkpoints, "all", 1, _downloader(server, cache)) as feed:
         for ckpt in checkpoints:
             feed.path(ckpt)
             feed.done(ckpt)
     server.stop()  # no hub at all now
     offline = settings_for(server.url, cache, offline=True)
-    cached = list_hub_checkpoints(REPO, offline)
+    cached = list_hub_checkpoints(REPO, settings=offline)
     assert [(c.step, c.commit) for c in cached] == [(c.step, c.commit) for c in checkpoints]
     paths = []
     with CheckpointFeed(cached, "none", 1, Downloader(offline)) as feed:
@@ -188,7 +188,7 @@ def test_keep_all_leaves_every_branch_usable_offline(server, repo, tmp_path):
             feed.done(c)
     assert all((tmp_path / p / "model.safetensors").is_file() for p in paths)  # offline: nothing evicted
     with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE.*Fix"):
-        list_hub_checkpoints("org/never-downloaded", offline)
+        list_hub_checkpoints("org/never-downloaded", settings=offline)
     _assert_cache_is_consistent(cache)
 
 
@@ -196,7 +196,7 @@ def test_content_that_does_not_match_its_advertised_hash_fails_that_checkpoint_c
     server, repo, tmp_path
 ):
     cache = tmp_path / "cache"
-    checkpoints = list_hub_checkpoints(REPO, settings_for(server.url, cache))
+    checkpoints = list_hub_checkpoints(REPO, settings=settings_for(server.url, cache))
     bad = checkpoints[1]
     server.faults.corrupt.add(weights_etag(repo, bad.revision))
     downloader = _downloader(server, cache, retries=1)
@@ -209,7 +209,7 @@ def test_content_that_does_not_match_its_advertised_hash_fails_that_checkpoint_c
 
 def test_a_failed_transfer_is_retried(server, repo, tmp_path):
     cache = tmp_path / "cache"
-    first = list_hub_checkpoints(REPO, settings_for(server.url, cache))[0]
+    first = list_hub_checkpoints(REPO, settings=settings_for(server.url, cache))[0]
     failing = weights_etag(repo, first.revision)
     server.faults.fail[failing] = 2
     _downloader(server, cache, retries=3).fetch(first)
@@ -229,7 +229,7 @@ def test_a_dropped_connection_is_resumed_with_a_range_request(tmp_path):
     with HubServer(big) as server:
         server.faults.drop_after[etag] = 15 * 2**20
         cache = tmp_path / "cache"
-        (ckpt,) = list_hub_checkpoints("org/big", settings_for(server.url, cache))
+        (ckpt,) = list_hub_checkpoints("org/big", settings=settings_for(server.url, cache))
         fetched = _downloader(server, cache).fetch(ckpt)
         starts = [p.start for p in server.downloads(etag)]
         assert len(starts) == 2 and starts[0] == 0 < starts[1]  # resumed, not restarted
@@ -239,7 +239,7 @@ def test_a_dropped_connection_is_resumed_with_a_range_request(tmp_path):
 
 def test_a_partial_file_left_by_a_killed_process_is_completed_not_downloaded_again(server, repo, tmp_path):
     cache = tmp_path / "cache"
-    ckpt = list_hub_checkpoints(REPO, settings_for(server.url, cache))[2]
+    ckpt = list_hub_checkpoints(REPO, settings=settings_for(server.url, cache))[2]
     weights = repo.revisions[ckpt.revision].files["model.safetensors"]
     blobs = repo_folder(cache) / "blobs"
     blobs.mkdir(parents=True)
@@ -254,7 +254,7 @@ def test_a_partial_file_left_by_a_killed_process_is_completed_not_downloaded_aga
 
 def test_files_left_by_a_killed_run_are_reused_when_needed_and_evicted_when_not(server, repo, tmp_path):
     cache = tmp_path / "cache"
-    checkpoints = list_hub_checkpoints(REPO, settings_for(server.url, cache))
+    checkpoints = list_hub_checkpoints(REPO, settings=settings_for(server.url, cache))
     killed = _downloader(server, cache)
     for ckpt in checkpoints[:2]:
         killed.fetch(ckpt)
@@ -284,7 +284,7 @@ def _as_if_killed(ledger_path):
 
 def test_a_walk_that_stops_early_keeps_its_prefetched_files_for_the_rerun(server, repo, tmp_path):
     cache = tmp_path / "cache"
-    checkpoints = list_hub_checkpoints(REPO, settings_for(server.url, cache))
+    checkpoints = list_hub_checkpoints(REPO, settings=settings_for(server.url, cache))
     with (
         pytest.raises(RuntimeError, match="compute failed"),
         CheckpointFeed(checkpoints, "none", 1, _downloader(server, cache)) as feed,

@@ -100,7 +100,7 @@ def _download(server: HubServer, cache: Path) -> float:
     settings = HubSettings(server.url, cache, False)
     started = time.perf_counter()
     downloader = Downloader(settings)
-    for ckpt in list_hub_checkpoints(REPO, settings):
+    for ckpt in list_hub_checkpoints(REPO, settings=settings):
         downloader.fetch(ckpt)
     return time.perf_counter() - started
 
