@@ -65,7 +65,7 @@ def test_expert_widths_the_experts_kernel_cannot_take_fail_with_the_reason():
         SuiteSpec(family="olmoe", size="small", expert_width=10).resolved()
 
 
-@pytest.mark.parametrize("name", ["small_moe", "small_dense"])
+@pytest.mark.parametrize("name", ["small_moe", "small_dense", "small_dense_active"])
 def test_the_small_model_configs_compose(name):
     cfg = compose_run_config([f"model={name}", "model.suite.seed=2"])
     assert cfg.model.kind == "suite" and cfg.model.suite.size == "small" and cfg.model.suite.seed == 2
