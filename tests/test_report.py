@@ -45,24 +45,31 @@ def _hits() -> pd.DataFrame:
 
 
 def _ablation() -> pd.DataFrame:
-    """Targeted drops 40 and 60 (mean 50.00); random seeds 10 and 20 (mean 15.00 ± 7.07 sd)."""
+    """Steps 10 and 20 know the facts (base 0.5): targeted drops 40 and 60, random seeds 10 and 20. Step 30 is
+    near chance (base 0.1): targeted 100, random 40 and 50. All checkpoints: targeted 66.67, random 25.00 ±
+    7.07; checkpoints with base >= 0.5: 50.00 and 15.00 ± 7.07."""
     rows = []
-    for step, targeted in ((10, 40.0), (20, 60.0)):
+    for step, base, targeted, randoms in ((10, 0.5, 40.0, (10.0, 20.0)), (20, 0.5, 60.0, (10.0, 20.0)),
+                                          (30, 0.1, 100.0, (40.0, 50.0))):  # fmt: skip
         common = dict(step=step, ablation="top10_heads", n_units=10, heldout=False)
-        rows.append(dict(common, condition="base", seed=-1, hit_at_10=0.5, drop_percent=0.0))
+        rows.append(dict(common, condition="base", seed=-1, hit_at_10=base, drop_percent=0.0))
         rows.append(
             dict(
                 common,
                 condition="targeted",
                 seed=-1,
-                hit_at_10=0.5 * (1 - targeted / 100),
+                hit_at_10=base * (1 - targeted / 100),
                 drop_percent=targeted,
             )
         )
-        for seed, drop in ((0, 10.0), (1, 20.0)):
+        for seed, drop in enumerate(randoms):
             rows.append(
                 dict(
-                    common, condition="random", seed=seed, hit_at_10=0.5 * (1 - drop / 100), drop_percent=drop
+                    common,
+                    condition="random",
+                    seed=seed,
+                    hit_at_10=base * (1 - drop / 100),
+                    drop_percent=drop,
                 )
             )
     return AblationResult.check(pd.DataFrame(rows))
@@ -77,6 +84,8 @@ def _log_run(
             "gated_lpi.sweep": "sweep1"}  # fmt: skip
     with tracker.run(f"{model}-all-top10_heads", tags=tags) as run_id:
         tracker.log_params({"model.name": model, "relations.categories": ["factual"], "relations.names": [],
+                            "relations.source": "bundled", "relations.duplicates": "keep",
+                            "model.dtype": "float32", "ablation.rank_by": "signed",
                             "dynamics.top_frac": 0.1, "dynamics.windows.early": [0, 20],
                             "dynamics.windows.late": [20, None], "ablation.name": "top10_heads"})  # fmt: skip
         tracker.log_table(_hits(), "hit_summary")
@@ -149,10 +158,17 @@ def test_report_end_to_end(store, tmp_path):
     t = _row(md, "top-10 heads: targeted")
     assert (
         t[2] == "not computed in this run"
-        and t[3] == "50.00"
+        and t[3] == "66.67"
         and t[4:] == ["9.44 (checkpoint mean)", "50.43 (checkpoint mean)"]
     )
-    assert _row(md, "top-10 heads: random control")[3] == "15.00 ± 7.07"
+    assert _row(md, "top-10 heads: random control")[3] == "25.00 ± 7.07"
+    filtered = _row(md, "top-10 heads: targeted, checkpoints with base HIT@10 ≥ 0.5")
+    assert filtered[3] == "50.00" and filtered[4:] == ["—", "—"]
+    assert _row(md, "top-10 heads: random control, checkpoints with base HIT@10 ≥ 0.5")[3] == "15.00 ± 7.07"
+    # Next to every paper comparison: which choices the runs used, unlike the paper's marked.
+    choices = [line for line in md.splitlines() if line.startswith("*Choices of these runs")]
+    assert len(choices) == 3 and "relations.source=bundled ≠" in choices[2]
+    assert "ablation.rank_by=signed" in choices[2] and "ablation.rank_by" not in choices[0]
     assert _row(md, "top-1 head: targeted")[2:4] == ["not computed in this run"] * 2
     # Figures: 7 inline PNGs in the HTML, the same files next to the Markdown.
     assert html.count("data:image/png;base64,") == 7 and "src='http" not in html

@@ -14,7 +14,8 @@ import pandas as pd
 
 from gated_lpi_exp.config import ABLATIONS
 from gated_lpi_exp.metrics import get_metric
-from gated_lpi_exp.report.paper import TABLE_NOTES, paper_cells
+from gated_lpi_exp.report.choices import choices_note
+from gated_lpi_exp.report.paper import PAPER_CHOICES, TABLE_NOTES, paper_cells
 from gated_lpi_exp.report.runs import NOT_COMPUTED, Column
 
 UNIT_NAMES = {"ffn": "FFN", "attn": "ATTN"}
@@ -154,6 +155,7 @@ def table2(columns: list[Column]) -> ReportTable:
         "top-|I| neuron sets (eq. 7). R_t: mean over steps, skipping undefined steps, of the positive-gain "
         f"concentration (eq. 8), per layer then averaged over layers. Top sets: {share}.",
         TABLE_NOTES["table2"],
+        choices_note(columns),
     ]
     return ReportTable("table2", "Table 2: neuron-level stability", [c.label for c in columns], rows, notes)
 
@@ -171,67 +173,102 @@ def table3(columns: list[Column]) -> ReportTable:
         "ρ_avg: mean Pearson correlation of the mean layer-importance profiles over checkpoint pairs "
         "(eqs. 9–10); σ_rel: mean over layers of std/|mean| across checkpoints (eq. 11).",
         TABLE_NOTES["table3"],
+        choices_note(columns),
     ]
     return ReportTable("table3", "Table 3: layer-level stability", [c.label for c in columns], rows, notes)
 
 
 MIN_BASE_HIT10 = 0.5
-"""Table 4 averages drops over the checkpoints whose unablated HIT@10 is at least this."""
+"""Default threshold of Table 4's second row: the mean over checkpoints whose unablated HIT@10 is at least
+this (``python -m gated_lpi_exp.report --min-base-hit10``)."""
 
 
-def _drop_cells(column: Column, ablation: str) -> tuple[Cell, Cell]:
+def checkpoint_mean_drops(
+    table: pd.DataFrame, ablation: str, min_base_hit10: float | None = None
+) -> tuple[pd.Series, pd.Series]:
+    """Targeted drop % per checkpoint and the random control's checkpoint mean per seed, for one ablation.
+
+    Args:
+        table: A run's ``ablation`` table.
+        ablation: The ablation's name.
+        min_base_hit10: None: every checkpoint (the paper's Table 4); else only checkpoints whose unablated
+            HIT@10 is at least this (near chance a drop % divides by almost nothing).
+
+    Returns:
+        ``(targeted [S], random [seeds])``: the targeted drop of each kept checkpoint, and the mean over the
+        kept checkpoints of each random seed's drop.
+    """
+    part = table[table["ablation"] == ablation]
+    if min_base_hit10 is not None:
+        base = part[part["condition"] == "base"].groupby("step")["hit_at_10"].mean()  # [S]
+        part = part[part["step"].isin(base.index[base >= min_base_hit10])]
+    targeted = part[part["condition"] == "targeted"].groupby("step")["drop_percent"].mean()  # [S]
+    per_seed = part[part["condition"] == "random"].groupby("seed")["drop_percent"].mean()  # [seeds]
+    return targeted, per_seed
+
+
+def _drop_cells(column: Column, ablation: str, min_base_hit10: float | None) -> tuple[Cell, Cell]:
     """Targeted drop (checkpoint mean) and the random control (checkpoint mean per seed, mean ± sd)."""
     table = column.table("ablation")
     if table is None:
         return _missing(column, "ablation"), _missing(column, "ablation")
-    part = table[table["ablation"] == ablation]
-    base = part[part["condition"] == "base"].groupby("step")["hit_at_10"].mean()  # [S]
-    # Near chance a drop % divides by almost nothing (0.01 -> 0.03 is -200%); the paper's checkpoints all
-    # know the facts, so average over checkpoints where the model does.
-    part = part[part["step"].isin(base.index[base >= MIN_BASE_HIT10])]
-    targeted = part[part["condition"] == "targeted"].groupby("step")["drop_percent"].mean()  # [S]
-    per_seed = part[part["condition"] == "random"].groupby("seed")["drop_percent"].mean()  # [seeds]
-    none = Cell(note=NOT_COMPUTED)
+    targeted, per_seed = checkpoint_mean_drops(table, ablation, min_base_hit10)
+    none = Cell(note=NOT_COMPUTED if min_base_hit10 is None else "no checkpoint reaches the threshold")
     t_cell = Cell(value=float(np.nanmean(targeted))) if targeted.notna().any() else none
     seeds = per_seed.dropna()
     if seeds.empty:
-        return t_cell, Cell(note=NOT_COMPUTED)
+        return t_cell, none
     sd = float(seeds.std(ddof=1)) if len(seeds) > 1 else None
     return t_cell, Cell(value=float(seeds.mean()), sd=sd)
 
 
-def table4(columns: list[Column]) -> ReportTable:
-    """Table 4: HIT@10 drop (%) per ablation, targeted vs the matched random control."""
+def _drop_rows(columns: list[Column], name: str, min_base_hit10: float | None) -> list[Row]:
+    pairs = [_drop_cells(c, name, min_base_hit10) for c in columns]
+    label = ABLATION_NAMES.get(name, name)
+    if min_base_hit10 is None:
+        paper = paper_cells(("drop_percent", name, "targeted"), 2)
+        kinds = ((f"{label}: targeted", paper), (f"{label}: random control", ["—"] * len(paper)))
+    else:
+        where = f", checkpoints with base HIT@10 ≥ {min_base_hit10:g}"
+        none = ["—"] * len(paper_cells(("drop_percent", name, "targeted"), 2))
+        kinds = ((f"{label}: targeted{where}", none), (f"{label}: random control{where}", none))
+    return [
+        mark_best(Row(text, "drop_percent", [p[i] for p in pairs], paper))
+        for i, (text, paper) in enumerate(kinds)
+    ]
+
+
+def table4(columns: list[Column], min_base_hit10: float = MIN_BASE_HIT10) -> ReportTable:
+    """Table 4: HIT@10 drop (%) per ablation, targeted vs the matched random control.
+
+    Per ablation, the paper-comparable rows (mean over every analysed checkpoint), then the same means over
+    the checkpoints whose unablated HIT@10 is at least ``min_base_hit10``.
+    """
     present = set()
     for col in columns:
         table = col.table("ablation")
         present |= set() if table is None else set(table["ablation"])
     names = [a for a in ABLATIONS if a != "none"] + sorted(present - set(ABLATIONS))
-    rows = []
-    for name in names:
-        pairs = [_drop_cells(c, name) for c in columns]
-        label = ABLATION_NAMES.get(name, name)
-        paper = paper_cells(("drop_percent", name, "targeted"), 2)
-        rows.append(mark_best(Row(f"{label}: targeted", "drop_percent", [p[0] for p in pairs], paper)))
-        control = ["—"] * len(paper)
-        rows.append(
-            mark_best(Row(f"{label}: random control", "drop_percent", [p[1] for p in pairs], control))
-        )
+    rows = [row for name in names for row in _drop_rows(columns, name, None)]
+    rows += [row for name in names for row in _drop_rows(columns, name, min_base_hit10)]
     heldout = any(bool(t["heldout"].any()) for c in columns if (t := c.table("ablation")) is not None)
     notes = [
-        "Drop % = 100·(HIT@10 base − ablated)/base per checkpoint, then the unweighted mean over the checkpoints "
-        f"whose base HIT@10 is at least {MIN_BASE_HIT10} (near chance the ratio is meaningless). "
-        "Random control: that mean for each seed, then mean ± sample sd over seeds (no sd with one seed).",
+        "Drop % = 100·(HIT@10 base − ablated)/base per checkpoint, then the unweighted mean over every analysed "
+        "checkpoint (the paper's Table 4); the rows marked 'checkpoints with base HIT@10 ≥ "
+        f"{min_base_hit10:g}' average only the checkpoints that know the facts (near chance the ratio is "
+        "meaningless; the threshold is --min-base-hit10). Random control: that mean for each seed, then "
+        "mean ± sample sd over seeds (no sd with one seed).",
         "Units ranked on a held-out half of the examples (some runs)."
         if heldout
         else "Units ranked and evaluated on the same examples (no held-out split).",
         TABLE_NOTES["table4"],
+        choices_note(columns, tuple(PAPER_CHOICES)),
     ]
     return ReportTable(
         "table4", "Table 4: HIT@10 drop (%) under ablation", [c.label for c in columns], rows, notes
     )
 
 
-def build_tables(columns: list[Column]) -> list[ReportTable]:
-    """Tables 2, 3 and 4 for these columns."""
-    return [table2(columns), table3(columns), table4(columns)]
+def build_tables(columns: list[Column], min_base_hit10: float = MIN_BASE_HIT10) -> list[ReportTable]:
+    """Tables 2, 3 and 4 for these columns (``min_base_hit10``: Table 4's second, filtered rows)."""
+    return [table2(columns), table3(columns), table4(columns, min_base_hit10)]
