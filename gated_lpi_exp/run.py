@@ -30,6 +30,7 @@ from gated_lpi_exp.stages.ablation import ablate_checkpoint
 from gated_lpi_exp.stages.attribution import head_scores, top_units
 from gated_lpi_exp.stages.dynamics import compute_dynamics, dynamics_metrics, layer_profiles
 from gated_lpi_exp.stages.evaluation import hit_metrics, summarise_hits
+from gated_lpi_exp.stages.lagged import lagged_metrics, lagged_overlaps
 from gated_lpi_exp.storage.results import CheckpointResult, ResultStore
 from gated_lpi_exp.storage.run_state import RunState
 from gated_lpi_exp.tracking.run_logging import log_figures, log_run_params, run_name, run_tags
@@ -165,12 +166,19 @@ def dynamics_tables(
     cfg: RunConfig, results: list[CheckpointResult], tracker: Tracker
 ) -> dict[str, pd.DataFrame]:
     """Stability, concentration and consolidation over the checkpoints; curves and summaries to MLflow."""
-    curves, summary = compute_dynamics(attribution_aggregates(results), cfg.dynamics)
+    aggregates = attribution_aggregates(results)
+    curves, summary = compute_dynamics(aggregates, cfg.dynamics)
     per_step, totals = dynamics_metrics(curves, summary)
     for step, values in sorted(per_step.items()):
         tracker.log_metrics(values, step=step)
+    tables = {"dynamics_curves": curves, "dynamics_summary": summary}
+    if cfg.dynamics.lagged_pairs:
+        tables["dynamics_lagged"] = lagged_overlaps(
+            aggregates, cfg.dynamics.lagged_pairs, cfg.dynamics.top_frac
+        )
+        totals |= lagged_metrics(tables["dynamics_lagged"])
     tracker.log_metrics(totals)
-    return {"dynamics_curves": curves, "dynamics_summary": summary}
+    return tables
 
 
 def attribution_aggregates(results: list[CheckpointResult]) -> list[CheckpointAggregate]:

@@ -113,6 +113,20 @@ class DynamicsSummary(Schema):
     n_checkpoints: Series[int] = pa.Field(ge=0)
 
 
+class LaggedOverlap(Schema):
+    """Jaccard overlap of the top neuron sets of two chosen checkpoints (``dynamics.lagged_pairs``)."""
+
+    unit: Series[str] = pa.Field(isin=["ffn", "attn"])
+    requested_a: Series[int] = pa.Field(ge=0)  # the steps as configured ...
+    requested_b: Series[int] = pa.Field(ge=0)
+    step_a: Series[int] = pa.Field(ge=0)  # ... and the analysed checkpoints nearest to them
+    step_b: Series[int] = pa.Field(ge=0)
+    value: Series[float] = pa.Field(ge=0.0, le=1.0)
+    set_size: Series[int] = pa.Field(ge=1)  # neurons in each top set
+    population: Series[int] = pa.Field(ge=1)  # neurons of the unit type
+    random_baseline: Series[float] = pa.Field(nullable=True)  # sets of the same size drawn at random
+
+
 class AblationResult(Schema):
     """HIT@10 under an intervention per checkpoint: the targeted units, and random controls by seed."""
 

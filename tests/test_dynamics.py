@@ -10,8 +10,10 @@ import pytest
 
 from gated_lpi_exp.attribution.aggregate import CheckpointAggregate
 from gated_lpi_exp.config import DynamicsConfig
-from gated_lpi_exp.schemas import DynamicsCurve, DynamicsSummary, LayerProfile
+from gated_lpi_exp.metrics import top_set_overlap
+from gated_lpi_exp.schemas import DynamicsCurve, DynamicsSummary, LaggedOverlap, LayerProfile
 from gated_lpi_exp.stages.dynamics import compute_dynamics, dynamics_metrics, layer_profiles, metric_name
+from gated_lpi_exp.stages.lagged import lagged_metrics, lagged_overlaps
 
 # 3 checkpoints, 2 layers x 5 FFN neurons (population 10; top_frac 0.2 -> top 2, per layer top 1).
 FFN = {
@@ -129,3 +131,46 @@ def test_metric_names(aggregates):
     assert {"sigma_rel.ffn", "sigma_rel.attn.early", "r_t.attn.mean", "rho_avg.ffn.early"} <= set(totals)
     assert len(totals) == 4 * 2 * 2
     assert metric_name("r_t", "attn") == "r_t.attn" and metric_name("rho_avg", "ffn", "all") == "rho_avg.ffn"
+
+
+# --- lagged pairs -------------------------------------------------------------------------------------------
+
+
+def test_lagged_pairs_compare_two_chosen_checkpoints_by_hand(aggregates, caplog):
+    # FFN top-2 sets: step 0 {0, 1}, step 20 {1, 2} (|I| ranks 9 and 8) -> J = 1/3. ATTN is the same at
+    # every step -> J = 1. Step 12 is nearest to 10, step 19 to 20; [0, 4] both match step 0: skipped.
+    with caplog.at_level(logging.WARNING):
+        table = lagged_overlaps(aggregates, [[0, 19], [12, 20], [0, 4]], top_frac=0.2)
+    LaggedOverlap.check(table)
+    assert "[0, 4]: both steps match checkpoint 0" in caplog.text
+    ffn = table[table.unit == "ffn"]
+    assert ffn[["requested_a", "requested_b", "step_a", "step_b"]].values.tolist() == [
+        [0, 19, 0, 20],
+        [12, 20, 10, 20],
+    ]
+    assert ffn.value.tolist() == pytest.approx([1 / 3, 1.0])  # step 10 {1, 2} vs step 20 {1, 2}
+    assert table[table.unit == "attn"].value.tolist() == [1.0, 1.0]
+    assert ffn.set_size.tolist() == [2, 2] and ffn.population.tolist() == [10, 10]
+    assert table.random_baseline.isna().all()  # the random-set baseline's place, filled once it exists
+    assert lagged_metrics(table) == pytest.approx(
+        {"j_lag.ffn.0_19": 1 / 3, "j_lag.attn.0_19": 1.0, "j_lag.ffn.12_20": 1.0, "j_lag.attn.12_20": 1.0}
+    )
+
+
+def test_the_lagged_overlap_of_consecutive_checkpoints_is_the_j_stab_curve(aggregates):
+    curves, _ = compute_dynamics(aggregates, DynamicsConfig(top_frac=0.2))
+    table = lagged_overlaps(aggregates, [[0, 10], [10, 20]], top_frac=0.2)
+    j = curves[(curves.metric == "j_stab") & (curves.unit == "ffn")].value.tolist()
+    assert table[table.unit == "ffn"].value.tolist() == pytest.approx(j)
+
+
+def test_top_set_overlap_matches_a_brute_force_set_count():
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=(3, 50)), rng.normal(size=(3, 50))  # [L, N]: one population of 150
+    k = 2  # ceil(0.01 * 150)
+    top_a = set(np.argsort(-np.abs(a.ravel()), kind="stable")[:k])
+    top_b = set(np.argsort(-np.abs(b.ravel()), kind="stable")[:k])
+    assert top_set_overlap(a, b, 0.01) == pytest.approx(len(top_a & top_b) / len(top_a | top_b))
+    assert top_set_overlap(a, a, 0.01) == 1.0
+    with pytest.raises(ValueError, match="same size"):
+        top_set_overlap(a, b[:, :10], 0.01)

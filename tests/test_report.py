@@ -17,6 +17,7 @@ from gated_lpi_exp.report.runs import RunData, make_columns, select_runs
 from gated_lpi_exp.report.tables import Cell, Row, mark_best
 from gated_lpi_exp.schemas import AblationResult, HitSummary
 from gated_lpi_exp.stages.dynamics import compute_dynamics, layer_profiles
+from gated_lpi_exp.stages.lagged import lagged_overlaps
 from gated_lpi_exp.tracking.tracker import Tracker
 
 STEPS = [0, 10, 20, 30]
@@ -92,6 +93,7 @@ def _log_run(
         tracker.log_table(layer_profiles(aggs), "layer_profiles")
         tracker.log_table(curves, "dynamics_curves")
         tracker.log_table(summary, "dynamics_summary")
+        tracker.log_table(lagged_overlaps(aggs, [[0, 30], [10, 28]], 0.1), "dynamics_lagged")
         if ablation:
             tracker.log_table(_ablation(), "ablation")
     return run_id, summary
@@ -149,6 +151,14 @@ def test_report_end_to_end(store, tmp_path):
     assert early[4:] == ["22.2 (10K–70K)", "6.3 (10K–70K)"]
     late = _row(md, "R_t ATTN (%), window late, steps [20, end)")
     assert late[2] != "" and late[4:] == ["—", "—"]
+    # Table 2 also has the lagged pairs: the value of each run's own table; 28 is matched to step 30.
+    lagged = lagged_overlaps(_aggregates(0, 2), [[0, 30]], 0.1)
+    ffn = _row(md, "J_lag FFN (%), top sets at steps 0 vs 30")
+    assert ffn[3].split()[0] == f"{100 * lagged[lagged.unit == 'ffn'].value.item():.1f}"
+    assert (
+        "Lagged pairs matched to the nearest analysed checkpoints: 10 vs 28 -> tiny_dense: steps 10 vs 30"
+        in md
+    )
     # Table 3: σ_rel is lower-is-better, so ▲ goes to the smaller value.
     s = _row(md, "σ_rel FFN, all checkpoints")
     dense_v, moe_v = (float(c.split()[0]) for c in s[2:4])

@@ -49,7 +49,9 @@ def _cfg(series, tmp_path, *overrides):
 
 
 def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(series, tmp_path, caplog):
-    cfg = _cfg(series, tmp_path, "ablation=top1_head", "ablation.random_seeds=2")
+    cfg = _cfg(
+        series, tmp_path, "ablation=top1_head", "ablation.random_seeds=2", "dynamics.lagged_pairs=[[0,25]]"
+    )
     result = run(cfg)
     client = MlflowClient(cfg.tracking.uri)
     logged = client.get_run(result.run_id)
@@ -59,9 +61,19 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
     assert params["run.revisions"] == "step0,step10,step30"
     assert len(params["data.hash"]) >= 16 and params["package.version"]
     assert "package.git_commit" in params and params["attribution.norm"] == "frozen"
+    assert params["run.step_mapping"] == "none"
+    lagged = result.tables["dynamics_lagged"]  # 25 is matched to the analysed step 30
+    assert lagged[["step_a", "step_b"]].drop_duplicates().values.tolist() == [[0, 30]]
     history = client.get_metric_history(result.run_id, "hit_at_10")
     assert sorted(m.step for m in history) == STEPS
-    for name in ("hit_at_1", "hit_at_10.factual", "j_stab.ffn", "ablation.drop_percent.targeted"):
+    names = (
+        "hit_at_1",
+        "hit_at_10.factual",
+        "j_stab.ffn",
+        "ablation.drop_percent.targeted",
+        "j_lag.attn.0_25",
+    )
+    for name in names:
         assert client.get_metric_history(result.run_id, name), name
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "tables")}
     for table in (
@@ -75,6 +87,7 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
         "dynamics_summary",
         "ablation",
         "head_scores",
+        "dynamics_lagged",
     ):
         assert f"tables/{table}.parquet" in artifacts, table
     figures = {a.path for a in client.list_artifacts(result.run_id, "figures")}

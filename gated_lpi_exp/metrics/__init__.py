@@ -12,7 +12,12 @@ Conventions shared by the functions (details in each docstring):
 
 from gated_lpi_exp.metrics._arrays import top_count
 from gated_lpi_exp.metrics.layers import cross_step_cv, layer_consistency
-from gated_lpi_exp.metrics.neurons import jaccard_stability, positive_gain_concentration, top_set
+from gated_lpi_exp.metrics.neurons import (
+    jaccard_stability,
+    positive_gain_concentration,
+    top_set,
+    top_set_overlap,
+)
 from gated_lpi_exp.metrics.prediction import drop_percent, hit_at_k
 from gated_lpi_exp.metrics.registry import (
     AGGREGATIONS,
@@ -39,5 +44,6 @@ __all__ = [
     "register_metric",
     "top_count",
     "top_set",
+    "top_set_overlap",
     "window_mask",
 ]

@@ -71,6 +71,28 @@ def jaccard_stability(scores: Any, top_frac: float = 0.01) -> tuple[float, np.nd
     return float(curve.mean()), curve
 
 
+def top_set_overlap(scores_a: Any, scores_b: Any, top_frac: float = 0.01) -> float:
+    """Jaccard overlap of the top sets of two checkpoints, any two (the paper's 100K vs 300K comparison).
+
+    ``|Top_a ∩ Top_b| / |Top_a ∪ Top_b|`` with ``Top = top_set(scores, top_frac)``; for consecutive
+    checkpoints this is one value of the J_stab curve.
+
+    Args:
+        scores_a: Importance at the first checkpoint; any shape (flattened into one population, e.g.
+            ``[L, N]``).
+        scores_b: Importance at the second checkpoint, same shape.
+        top_frac: Share of the population in each top set.
+
+    Raises:
+        ValueError: Shapes differ, or invalid scores / top_frac.
+    """
+    a = as_float(scores_a, "scores_a", (1, 2, 3)).ravel()
+    b = as_float(scores_b, "scores_b", (1, 2, 3)).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"scores_a and scores_b must have the same size, got {a.size} and {b.size}")
+    return float(jaccard_stability(np.stack([a, b]), top_frac)[0])
+
+
 def positive_gain_concentration(scores: Any, top_frac: float = 0.01) -> np.ndarray:
     """Positive-gain concentration R_t (paper eq. 8), per layer then averaged over layers.
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from gated_lpi_exp.metrics.layers import cross_step_cv, layer_consistency
-from gated_lpi_exp.metrics.neurons import jaccard_stability, positive_gain_concentration
+from gated_lpi_exp.metrics.neurons import jaccard_stability, positive_gain_concentration, top_set_overlap
 from gated_lpi_exp.metrics.prediction import drop_percent, hit_at_k
 
 
@@ -132,6 +132,14 @@ register_metric(
     description="Top-1% set stability: mean Jaccard overlap of consecutive checkpoints' top-|I| sets; "
     "fn returns (mean, curve)",
 )(jaccard_stability)
+register_metric(
+    "j_lag",
+    higher_is_better=True,
+    aggregation="none",
+    paper_ref="Sec. 4.1 text (100K vs 300K)",
+    description="Lagged top-1% overlap: Jaccard overlap of the top-|I| sets of two chosen checkpoints "
+    "(dynamics.lagged_pairs), e.g. how much of the core at 100K survives to 300K",
+)(top_set_overlap)
 register_metric(
     "r_t",
     higher_is_better=True,

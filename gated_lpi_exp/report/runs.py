@@ -19,7 +19,14 @@ from mlflow.tracking import MlflowClient
 from pandera.errors import SchemaError, SchemaErrors
 
 from gated_lpi_exp.errors import ConfigurationError
-from gated_lpi_exp.schemas import AblationResult, DynamicsCurve, DynamicsSummary, HitSummary, LayerProfile
+from gated_lpi_exp.schemas import (
+    AblationResult,
+    DynamicsCurve,
+    DynamicsSummary,
+    HitSummary,
+    LaggedOverlap,
+    LayerProfile,
+)
 from gated_lpi_exp.tracking.names import ABLATION_TAG, DATA_HASH_PARAM, MODEL_TAG, REPORT_TAG, SWEEP_TAG
 
 log = logging.getLogger(__name__)
@@ -29,6 +36,7 @@ TABLES = {
     "layer_profiles": LayerProfile,
     "dynamics_curves": DynamicsCurve,
     "dynamics_summary": DynamicsSummary,
+    "dynamics_lagged": LaggedOverlap,
     "ablation": AblationResult,
 }
 """Run artifacts ``tables/<name>.parquet`` the report reads, with their schemas."""

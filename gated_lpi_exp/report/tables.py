@@ -19,7 +19,7 @@ from gated_lpi_exp.report.paper import PAPER_CHOICES, TABLE_NOTES, paper_cells
 from gated_lpi_exp.report.runs import NOT_COMPUTED, Column
 
 UNIT_NAMES = {"ffn": "FFN", "attn": "ATTN"}
-METRIC_NAMES = {"j_stab": "J_stab", "r_t": "R_t", "rho_avg": "ρ_avg", "sigma_rel": "σ_rel"}
+METRIC_NAMES = {"j_stab": "J_stab", "r_t": "R_t", "rho_avg": "ρ_avg", "sigma_rel": "σ_rel", "j_lag": "J_lag"}
 ABLATION_NAMES = {
     "top1_head": "top-1 head",
     "top10_heads": "top-10 heads",
@@ -139,6 +139,40 @@ def _summary_rows(columns: list[Column], metric: str, scale: float, digits: int,
     return rows
 
 
+def _lagged_cell(column: Column, unit: str, pair: tuple[int, int]) -> tuple[Cell, str]:
+    """The overlap of one configured pair, and a note when it was matched to other analysed steps."""
+    table = column.table("dynamics_lagged")
+    if table is None:
+        return _missing(column, "dynamics_lagged"), ""
+    hit = table[
+        (table["unit"] == unit) & (table["requested_a"] == pair[0]) & (table["requested_b"] == pair[1])
+    ]
+    if hit.empty:
+        return Cell(note="pair not in this run"), ""
+    row = hit.iloc[0]
+    steps = (int(row["step_a"]), int(row["step_b"]))
+    note = "" if steps == pair else f"{column.label}: steps {steps[0]:,} vs {steps[1]:,}"
+    return Cell(value=float(row["value"])), note
+
+
+def _lagged_rows(columns: list[Column]) -> tuple[list[Row], list[str]]:
+    """J_lag rows (%), one per configured pair and unit, and where a pair was matched to other steps."""
+    pairs: list[tuple[int, int]] = []
+    for col in columns:
+        if (table := col.table("dynamics_lagged")) is not None:
+            found = zip(table["requested_a"].astype(int), table["requested_b"].astype(int), strict=True)
+            pairs += [p for p in found if p not in pairs]
+    rows, matched = [], []
+    for a, b in pairs:
+        for unit in UNIT_NAMES:
+            label = f"J_lag {UNIT_NAMES[unit]} (%), top sets at steps {a:,} vs {b:,}"
+            cells, notes = zip(*(_lagged_cell(c, unit, (a, b)) for c in columns), strict=True)
+            paper = paper_cells(("j_lag", unit, f"{a}_{b}"), 1)
+            rows.append(mark_best(Row(label, "j_lag", list(cells), paper, 1, 100.0)))
+            matched += [f"{a:,} vs {b:,} -> {n}" for n in notes if n and unit == "ffn"]
+    return rows, matched
+
+
 def table2(columns: list[Column]) -> ReportTable:
     """Table 2: mean J_stab by window and mean R_t, FFN and ATTN neurons, in %."""
     top = columns[0].param("dynamics.top_frac") if columns else None
@@ -150,13 +184,21 @@ def table2(columns: list[Column]) -> ReportTable:
     rows = _summary_rows(columns, "j_stab", 100.0, 1, " (%)") + _summary_rows(
         columns, "r_t", 100.0, 1, " (%)"
     )
+    lagged, matched = _lagged_rows(columns)
+    rows += lagged
     notes = [
         "J_stab: mean over the consecutive checkpoint pairs inside the window of the Jaccard overlap of "
         "top-|I| neuron sets (eq. 7). R_t: mean over steps, skipping undefined steps, of the positive-gain "
-        f"concentration (eq. 8), per layer then averaged over layers. Top sets: {share}.",
+        f"concentration (eq. 8), per layer then averaged over layers. J_lag: the same Jaccard overlap between "
+        "two chosen checkpoints (dynamics.lagged_pairs; a step is matched to the nearest analysed checkpoint, "
+        f"shown when it differs). Top sets: {share}.",
         TABLE_NOTES["table2"],
         choices_note(columns),
     ]
+    if matched:
+        notes.insert(
+            1, "Lagged pairs matched to the nearest analysed checkpoints: " + "; ".join(matched) + "."
+        )
     return ReportTable("table2", "Table 2: neuron-level stability", [c.label for c in columns], rows, notes)
 
 

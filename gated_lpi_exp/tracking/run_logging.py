@@ -82,6 +82,8 @@ def log_run_params(
             "run.revisions": ",".join(c.label for c in series.checkpoints),
             N_CHECKPOINTS_PARAM: len(series.checkpoints),
             "run.missing_steps": ",".join(map(str, series.missing_steps)) or "none",
+            "run.step_mapping": ", ".join(f"{a}->{b}" for a, b in series.substitutions.items() if a != b)
+            or "none",
             "run.processes": len(assignment),
             "run.assignment": "; ".join(
                 f"{rank}: {','.join(map(str, steps)) or '-'}" for rank, steps in enumerate(assignment)
@@ -108,7 +110,8 @@ def log_figures(cfg: RunConfig, tables: dict[str, pd.DataFrame], tracker: Tracke
     figures = {"figures/hit_curves.png": plot_hit_curves({name: tables["hit_summary"]})}
     if "dynamics_curves" in tables:
         curves = {name: tables["dynamics_curves"]}
-        figures["figures/fig1_jaccard.png"] = plot_jaccard(curves)
+        lagged = {name: tables["dynamics_lagged"]} if "dynamics_lagged" in tables else None
+        figures["figures/fig1_jaccard.png"] = plot_jaccard(curves, cfg.dynamics.top_frac, lagged=lagged)
         figures["figures/r_t_concentration.png"] = plot_concentration(curves)
     if "layer_profiles" in tables:
         profiles = {name: tables["layer_profiles"]}
