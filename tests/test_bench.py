@@ -50,6 +50,12 @@ HUB_CONFIGS = {
         model_type="olmo", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
         num_attention_heads=32, num_key_value_heads=32, vocab_size=50304, tie_word_embeddings=False,
     ),
+    "allenai/OLMo-7B": dict(  # OLMo v1's native layout (hf_olmo), converted into OlmoForCausalLM's fields
+        model_type="hf_olmo", d_model=4096, n_heads=32, n_layers=32, mlp_ratio=4, mlp_hidden_size=22016,
+        activation_type="swiglu", block_type="sequential", alibi=False, rope=True, attention_layer_norm=False,
+        layer_norm_type="default", layer_norm_with_affine=False, include_bias=False, weight_tying=False,
+        vocab_size=50280, embedding_size=50304, max_sequence_length=2048, eos_token_id=50279, pad_token_id=1,
+    ),
     "EleutherAI/pythia-1b": dict(
         model_type="gpt_neox", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
         num_attention_heads=8, vocab_size=50304, use_parallel_residual=True, tie_word_embeddings=False,
@@ -192,9 +198,19 @@ def test_planner_math_on_a_tiny_shape():
     [
         (
             ["model=olmoe", "checkpoints=paper"],
-            ["checkpoints: 14", "64 experts x 1024 (top-8)", "6.92B params"],
+            [
+                "checkpoints: 19 [step grid to 1,200,000",
+                "64 experts x 1024 (top-8)",
+                "6.92B params",
+                "memory: weights 27.7 GB as model.dtype=float32 (13.8 GB with model.dtype=bfloat16)",
+            ],
         ),
-        (["model=olmo"], ["checkpoints: 489 (estimate)", "FFN 11008", "32 layers", "6.89B params"]),
+        (["model=olmo"], ["checkpoints: 13 [step grid to 600,000", "FFN 11008", "32 layers", "6.89B params"]),
+        (
+            ["model=olmo", "checkpoints=all", "model.dtype=bfloat16"],
+            ["checkpoints: 556 (estimate)", "download 15.3 TB", "weights 13.8 GB as model.dtype=bfloat16"],
+        ),
+        (["model=olmo_0424"], ["checkpoints: 489 (estimate)", "FFN 11008", "32 layers", "6.89B params"]),
         (
             ["model=pythia", "model.size=1b", "checkpoints=paper"],
             ["gpt_neox, 16 layers", "FFN 8192", "8 heads x 256"],

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from gated_lpi_exp.attribution.aggregate import CheckpointAggregate
 from gated_lpi_exp.metrics import top_count, top_set_overlap
 from gated_lpi_exp.schemas import DataFrame, LaggedOverlap
-from gated_lpi_exp.attribution.aggregate import CheckpointAggregate
 
 log = logging.getLogger(__name__)
 
