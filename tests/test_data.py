@@ -491,3 +491,13 @@ def test_the_papers_upstream_files_give_906_examples_by_default_and_877_without_
     dropped = load_relations(root, duplicates="drop")
     assert len(dropped) == 877
     assert cleaning_report(dropped)["detail"].str.contains(" dropped: ").all()
+
+
+def test_a_run_logs_how_many_samples_repeat_a_subject(dirty_dir):
+    from gated_lpi_exp.tracking.run_logging import data_params
+
+    assert data_params(load_relations(dirty_dir)) == {
+        "data.n_examples": 8,
+        "data.n_duplicates": 1,
+        "data.n_conflicts": 1,
+    }

@@ -62,6 +62,7 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
     assert len(params["data.hash"]) >= 16 and params["package.version"]
     assert "package.git_commit" in params and params["attribution.norm"] == "frozen"
     assert params["run.step_mapping"] == "none"
+    assert (params["data.n_duplicates"], params["data.n_conflicts"]) == ("0", "0")  # the bundled set is clean
     lagged = result.tables["dynamics_lagged"]  # 25 is matched to the analysed step 30
     assert lagged[["step_a", "step_b"]].drop_duplicates().values.tolist() == [[0, 30]]
     history = client.get_metric_history(result.run_id, "hit_at_10")
@@ -88,6 +89,7 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
         "ablation",
         "head_scores",
         "dynamics_lagged",
+        "cleaning",
     ):
         assert f"tables/{table}.parquet" in artifacts, table
     figures = {a.path for a in client.list_artifacts(result.run_id, "figures")}

@@ -14,7 +14,7 @@ from gated_lpi_exp import __version__
 from gated_lpi_exp.checkpoints.resolve import Resolution
 from gated_lpi_exp.compat import DESCRIPTIONS as SCORING_DESCRIPTIONS
 from gated_lpi_exp.config import RunConfig
-from gated_lpi_exp.data import dataset_hash
+from gated_lpi_exp.data import cleaning_report, dataset_hash
 from gated_lpi_exp.plots import (
     plot_ablation,
     plot_concentration,
@@ -89,7 +89,7 @@ def log_run_params(
                 f"{rank}: {','.join(map(str, steps)) or '-'}" for rank, steps in enumerate(assignment)
             ),
             DATA_HASH_PARAM: dataset_hash(samples),
-            "data.n_examples": len(samples),
+            **data_params(samples),
             "package.version": __version__,
             "package.git_commit": git_commit(),
             SCORING_PARAM: SCORING_DESCRIPTIONS[cfg.attribution.compat],
@@ -102,6 +102,20 @@ def log_run_params(
     )
     tracker.log_table(CheckpointTable.check(table), "checkpoints")
     tracker.log_table(samples, "samples")
+    if "changes" in samples.attrs:
+        tracker.log_table(cleaning_report(samples), "cleaning")
+
+
+def data_params(samples: pd.DataFrame) -> dict[str, int]:
+    """``data.n_examples`` and, from the cleaning report, ``data.n_duplicates`` / ``data.n_conflicts``: the
+    samples that repeat an earlier subject with the same / another object (kept or dropped, as
+    ``relations.duplicates`` says)."""
+    kinds = [c["kind"] for c in samples.attrs.get("changes", [])]
+    return {
+        "data.n_examples": len(samples),
+        "data.n_duplicates": kinds.count("duplicate"),
+        "data.n_conflicts": kinds.count("conflict"),
+    }
 
 
 def log_figures(cfg: RunConfig, tables: dict[str, pd.DataFrame], tracker: Tracker) -> None:
