@@ -174,12 +174,11 @@ def dynamics_tables(
     per_step, totals = dynamics_metrics(curves, summary)
     for step, values in sorted(per_step.items()):
         tracker.log_metrics(values, step=step)
-    tables = {"dynamics_curves": curves, "dynamics_summary": summary}
+    tables: dict[str, pd.DataFrame] = {"dynamics_curves": curves, "dynamics_summary": summary}
     if cfg.dynamics.lagged_pairs:
-        tables["dynamics_lagged"] = lagged_overlaps(
-            aggregates, cfg.dynamics.lagged_pairs, cfg.dynamics.top_frac
-        )
-        totals |= lagged_metrics(tables["dynamics_lagged"])
+        lagged = lagged_overlaps(aggregates, cfg.dynamics.lagged_pairs, cfg.dynamics.top_frac)
+        totals |= lagged_metrics(lagged)
+        tables["dynamics_lagged"] = lagged
     tracker.log_metrics(totals)
     return tables
 

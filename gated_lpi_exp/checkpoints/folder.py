@@ -90,6 +90,7 @@ def load_model(
     """
     folder = Path(folder)
     config = read_config(folder)
+    net: PreTrainedModel
     if is_native_olmo(config):
         olmo_config = native_olmo_config(config, folder / "config.json")
         tensors, where = read_weights(folder, weights_only_bin=True)
@@ -117,6 +118,7 @@ def load_folder_tokenizer(folder: str | Path, *, trust_remote_code: bool = False
     """The tokenizer saved in a checkpoint folder (an OLMo v1 native folder: from its ``tokenizer.json``,
     without the repository's tokenizer class), with a pad token (the EOS token when it has none)."""
     folder = Path(folder)
+    tok: PreTrainedTokenizerBase
     if is_native_olmo(read_config(folder)):
         tok = _native_tokenizer(folder)
     else:

@@ -114,7 +114,8 @@ def native_olmo_state_dict(
         CheckpointError: naming ``where``: a key is missing or unexpected, or a tensor has the wrong shape.
     """
     native = {key.removeprefix("model."): value for key, value in tensors.items()}
-    d, heads, kv = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+    d, heads = config.hidden_size, config.num_attention_heads
+    kv = config.num_key_value_heads or heads
     head_dim, inner = d // heads, config.intermediate_size
     qkv = [d, kv * head_dim, kv * head_dim]
     taken: set[str] = set()
