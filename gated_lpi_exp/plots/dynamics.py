@@ -102,14 +102,21 @@ def plot_jaccard(
 
 
 def _draw_lagged(ax, row, color: str) -> None:
-    """One lagged pair: a dashed span ``step_a -> step_b`` at its overlap (%), labelled at its end."""
+    """One lagged pair: a dashed span ``step_a -> step_b`` at its overlap (%), labelled above its middle."""
     value = 100 * row.value
     ax.plot([row.step_a, row.step_b], [value, value], ls="--", lw=1.2, color=color, marker="|", ms=8)
     label = f"J({format_step(row.step_a)}, {format_step(row.step_b)}) = {value:.1f}%"
     if not np.isnan(row.random_baseline):
         label += f" (random {100 * row.random_baseline:.2f}%)"
+    middle = (row.step_a + row.step_b) / 2
     ax.annotate(
-        label, (row.step_b, value), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color
+        label,
+        (middle, value),
+        textcoords="offset points",
+        xytext=(0, 4),
+        ha="center",
+        fontsize=7,
+        color=color,
     )
 
 
