@@ -30,7 +30,6 @@ from gated_lpi_exp.stages.ablation import ablate_checkpoint
 from gated_lpi_exp.stages.attribution import head_scores, top_units
 from gated_lpi_exp.stages.dynamics import compute_dynamics, dynamics_metrics, layer_profiles
 from gated_lpi_exp.stages.evaluation import hit_metrics, summarise_hits
-from gated_lpi_exp.stages.lagged import lagged_metrics, lagged_overlaps
 from gated_lpi_exp.storage.results import CheckpointResult, ResultStore
 from gated_lpi_exp.storage.run_state import RunState
 from gated_lpi_exp.tracking.run_logging import log_figures, log_run_params, run_name, run_tags
@@ -143,7 +142,7 @@ def analyse_checkpoint(
     result.attribution_cached = outcome.computed_relations == 0
     result.aggregate = outcome.aggregate
     result.top_units = top_units(outcome.aggregate, model, cfg.attribution.top_n_logged)
-    if cfg.ablation.name != "none":
+    if cfg.ablation.enabled:
         result.ablation = ablate_checkpoint(
             model, tokenizer, samples, hits, outcome.aggregate, outcome.sums, cfg.ablation,
             seed=cfg.seed, batch_size=cfg.evaluation.batch_size,
@@ -160,7 +159,7 @@ def collect_tables(cfg: RunConfig, results: list[CheckpointResult]) -> dict[str,
         aggregates = attribution_aggregates(results)
         tables["head_scores"] = pd.concat([head_scores(a) for a in aggregates], ignore_index=True)
         tables["layer_profiles"] = layer_profiles(aggregates)
-    if cfg.ablation.name != "none":
+    if cfg.ablation.enabled:
         tables["ablation"] = pd.concat([r.ablation for r in results], ignore_index=True)
     return tables
 
@@ -169,16 +168,10 @@ def dynamics_tables(
     cfg: RunConfig, results: list[CheckpointResult], tracker: Tracker
 ) -> dict[str, pd.DataFrame]:
     """Stability, concentration and consolidation over the checkpoints; curves and summaries to MLflow."""
-    aggregates = attribution_aggregates(results)
-    curves, summary = compute_dynamics(aggregates, cfg.dynamics)
-    per_step, totals = dynamics_metrics(curves, summary)
+    tables = compute_dynamics(attribution_aggregates(results), cfg.dynamics)
+    per_step, totals = dynamics_metrics(tables)
     for step, values in sorted(per_step.items()):
         tracker.log_metrics(values, step=step)
-    tables: dict[str, pd.DataFrame] = {"dynamics_curves": curves, "dynamics_summary": summary}
-    if cfg.dynamics.lagged_pairs:
-        lagged = lagged_overlaps(aggregates, cfg.dynamics.lagged_pairs, cfg.dynamics.top_frac)
-        totals |= lagged_metrics(lagged)
-        tables["dynamics_lagged"] = lagged
     tracker.log_metrics(totals)
     return tables
 

@@ -10,6 +10,9 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing.pandas import DataFrame, Series
 
+METRIC_NAME = r"^[a-z][a-z0-9_]*$"
+"""What a registered metric's name looks like (the registry in ``gated_lpi_exp.metrics`` holds the names)."""
+
 
 class Schema(pa.DataFrameModel):
     """Base: strict columns, values coerced to the declared types."""
@@ -95,9 +98,9 @@ class LayerProfile(Schema):
 
 
 class DynamicsCurve(Schema):
-    """A per-step dynamics metric: J_t at the later step of each pair, R_t at step t."""
+    """A per-step dynamics metric (a registered metric with input ``pair``), at the later step of each pair."""
 
-    metric: Series[str] = pa.Field(isin=["j_stab", "r_t"])
+    metric: Series[str] = pa.Field(str_matches=METRIC_NAME)
     unit: Series[str] = pa.Field(isin=["ffn", "attn"])
     step: Series[int] = pa.Field(ge=0)
     value: Series[float] = pa.Field(nullable=True)
@@ -106,25 +109,48 @@ class DynamicsCurve(Schema):
 class DynamicsSummary(Schema):
     """Single-value dynamics metrics over the whole range (window ``all``) and named step windows."""
 
-    metric: Series[str] = pa.Field(isin=["j_stab", "r_t", "rho_avg", "sigma_rel"])
+    metric: Series[str] = pa.Field(str_matches=METRIC_NAME)
     unit: Series[str] = pa.Field(isin=["ffn", "attn"])
     window: Series[str]
     value: Series[float] = pa.Field(nullable=True)
     n_checkpoints: Series[int] = pa.Field(ge=0)
 
 
-class LaggedOverlap(Schema):
-    """Jaccard overlap of the top neuron sets of two chosen checkpoints (``dynamics.lagged_pairs``)."""
+class DynamicsLayerCurve(Schema):
+    """A per-layer dynamics metric at the later step of each consecutive pair, one row per layer."""
 
+    metric: Series[str] = pa.Field(str_matches=METRIC_NAME)
+    unit: Series[str] = pa.Field(isin=["ffn", "attn"])
+    layer: Series[int] = pa.Field(ge=0)
+    step: Series[int] = pa.Field(ge=0)
+    value: Series[float] = pa.Field(nullable=True)
+
+
+class DynamicsLayerSummary(Schema):
+    """A per-layer dynamics metric over the whole range (window ``all``) and named step windows."""
+
+    metric: Series[str] = pa.Field(str_matches=METRIC_NAME)
+    unit: Series[str] = pa.Field(isin=["ffn", "attn"])
+    layer: Series[int] = pa.Field(ge=0)
+    window: Series[str]
+    value: Series[float] = pa.Field(nullable=True)
+    n_checkpoints: Series[int] = pa.Field(ge=0)
+
+
+class LaggedOverlap(Schema):
+    """A metric with input ``lagged_pair`` (J_lag: the top sets' Jaccard overlap) between two chosen
+    checkpoints (``dynamics.lagged_pairs``), with what units drawn at random would give."""
+
+    metric: Series[str] = pa.Field(str_matches=METRIC_NAME)
     unit: Series[str] = pa.Field(isin=["ffn", "attn"])
     requested_a: Series[int] = pa.Field(ge=0)  # the steps as configured ...
     requested_b: Series[int] = pa.Field(ge=0)
     step_a: Series[int] = pa.Field(ge=0)  # ... and the analysed checkpoints nearest to them
     step_b: Series[int] = pa.Field(ge=0)
-    value: Series[float] = pa.Field(ge=0.0, le=1.0)
+    value: Series[float] = pa.Field(nullable=True)
     set_size: Series[int] = pa.Field(ge=1)  # neurons in each top set
     population: Series[int] = pa.Field(ge=1)  # neurons of the unit type
-    random_baseline: Series[float] = pa.Field(nullable=True)  # sets of the same size drawn at random
+    random_baseline: Series[float] = pa.Field(nullable=True)  # the metric's baseline; NaN: it has none
 
 
 class AblationResult(Schema):

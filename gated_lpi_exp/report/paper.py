@@ -81,6 +81,10 @@ PAPER_VALUES: dict[tuple[str, str, str], dict[str, PaperValue]] = {
     # Section text (not a table): top-1% overlap of 100K vs 300K; random sets: FFN 0.4%, ATTN 0.005 (0.5%).
     ("j_lag", "ffn", "100000_300000"): {_MOE: PaperValue(13.0, "100K vs 300K, 'about 13%'", "text")},
     ("j_lag", "attn", "100000_300000"): {_MOE: PaperValue(26.73, "100K vs 300K", "text")},
+    ("j_lag", "ffn", "100000_300000.random"): {_MOE: PaperValue(0.4, "random 1% sets, 100K vs 300K", "text")},
+    ("j_lag", "attn", "100000_300000.random"): {
+        _MOE: PaperValue(0.5, "random 1% sets, 100K vs 300K, 'averaged only 0.005'", "text")
+    },
     ("rho_avg", "ffn", "all"): {
         _MOE: PaperValue(0.97, "10K–1.2M", "Table 3"),
         _DENSE: PaperValue(0.54, "10K–600K", "Table 3"),

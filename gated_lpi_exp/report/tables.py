@@ -1,6 +1,9 @@
 """The report's Tables 2-4: our columns side by side, the paper's published numbers apart, ▲ on the best.
 
-Which value is best comes only from the metric registry (``higher_is_better``), never from the row.
+The rows come from the metric registry: Table 2 shows every single-value metric with input ``pair`` (the
+neuron-level curves' summaries), Table 3 every metric with input ``profile``; labels, units and digits are
+the registry's. Which value is best comes only from ``higher_is_better``, never from the row; a metric
+without a direction (None: a descriptive measure) is never marked.
 """
 
 from __future__ import annotations
@@ -12,19 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from gated_lpi_exp.config import ABLATIONS
-from gated_lpi_exp.metrics import get_metric
+from gated_lpi_exp.compose import ablation_presets
+from gated_lpi_exp.metrics import MetricSpec, get_metric, metrics_for
 from gated_lpi_exp.report.choices import choices_note
-from gated_lpi_exp.report.paper import PAPER_CHOICES, TABLE_NOTES, paper_cells
+from gated_lpi_exp.report.paper import PAPER_CHOICES, PAPER_VALUES, TABLE_NOTES, paper_cells
 from gated_lpi_exp.report.runs import NOT_COMPUTED, Column
 
 UNIT_NAMES = {"ffn": "FFN", "attn": "ATTN"}
-METRIC_NAMES = {"j_stab": "J_stab", "r_t": "R_t", "rho_avg": "ρ_avg", "sigma_rel": "σ_rel", "j_lag": "J_lag"}
-ABLATION_NAMES = {
-    "top1_head": "top-1 head",
-    "top10_heads": "top-10 heads",
-    "top1pct_ffn": "top-1% FFN neurons",
-}
 BEST_MARK = "▲"
 
 
@@ -51,7 +48,9 @@ class Row:
 
     @property
     def direction(self) -> str:
-        return "higher" if get_metric(self.metric).higher_is_better else "lower"
+        """``higher`` / ``lower`` is better, or ``—`` for a descriptive metric."""
+        better = get_metric(self.metric).higher_is_better
+        return "—" if better is None else ("higher" if better else "lower")
 
     def text(self, cell: Cell) -> str:
         """A cell as text: ``25.3 ± 1.2 ▲``, ``n/a (1 checkpoint)`` or the note."""
@@ -77,10 +76,12 @@ class ReportTable:
 
 
 def mark_best(row: Row) -> Row:
-    """Set ``best`` on the column(s) with the best finite value, by the registry's direction (>= 2 values)."""
+    """Set ``best`` on the column(s) with the best finite value, by the registry's direction (>= 2 values;
+    none for a metric without a direction)."""
     finite = [c.value for c in row.cells if c.value is not None and not math.isnan(c.value)]
-    if len(finite) >= 2:
-        target = max(finite) if get_metric(row.metric).higher_is_better else min(finite)
+    better = get_metric(row.metric).higher_is_better
+    if len(finite) >= 2 and better is not None:
+        target = max(finite) if better else min(finite)
         for cell in row.cells:
             cell.best = cell.value is not None and math.isclose(
                 cell.value, target, rel_tol=1e-12, abs_tol=1e-15
@@ -128,62 +129,81 @@ def _summary_cell(column: Column, metric: str, unit: str, window: str) -> Cell:
     return Cell(value=value, note=note if math.isnan(value) else "")
 
 
-def _summary_rows(columns: list[Column], metric: str, scale: float, digits: int, suffix: str) -> list[Row]:
-    rows = []
-    for unit in UNIT_NAMES:
-        for window in _windows(columns):
-            label = f"{METRIC_NAMES[metric]} {UNIT_NAMES[unit]}{suffix}, {_window_label(window, columns)}"
-            cells = [_summary_cell(c, metric, unit, window) for c in columns]
-            paper = paper_cells((metric, unit, window), digits)
-            rows.append(mark_best(Row(label, metric, cells, paper, digits, scale)))
-    return rows
+def _summary_rows(columns: list[Column], spec: MetricSpec, unit: str, window: str) -> Row:
+    shown = spec.display
+    label = f"{spec.label} {UNIT_NAMES[unit]}{shown.suffix}, {_window_label(window, columns)}"
+    cells = [_summary_cell(c, spec.name, unit, window) for c in columns]
+    paper = paper_cells((spec.name, unit, window), shown.digits)
+    return mark_best(Row(label, spec.name, cells, paper, shown.digits, shown.scale))
 
 
-def _lagged_cell(column: Column, unit: str, pair: tuple[int, int]) -> tuple[Cell, str]:
-    """The overlap of one configured pair, and a note when it was matched to other analysed steps."""
+def _lagged_cells(column: Column, metric: str, unit: str, pair: tuple[int, int]) -> tuple[Cell, Cell, str]:
+    """One configured pair's value and random baseline, and a note when the pair was matched to other
+    analysed steps."""
     table = column.table("dynamics_lagged")
     if table is None:
-        return _missing(column, "dynamics_lagged"), ""
+        missing = _missing(column, "dynamics_lagged")
+        return missing, missing, ""
     hit = table[
-        (table["unit"] == unit) & (table["requested_a"] == pair[0]) & (table["requested_b"] == pair[1])
+        (table["metric"] == metric)
+        & (table["unit"] == unit)
+        & (table["requested_a"] == pair[0])
+        & (table["requested_b"] == pair[1])
     ]
     if hit.empty:
-        return Cell(note="pair not in this run"), ""
+        return Cell(note="pair not in this run"), Cell(note="pair not in this run"), ""
     row = hit.iloc[0]
     steps = (int(row["step_a"]), int(row["step_b"]))
     note = "" if steps == pair else f"{column.label}: steps {steps[0]:,} vs {steps[1]:,}"
-    return Cell(value=float(row["value"])), note
+    return Cell(value=float(row["value"])), Cell(value=float(row["random_baseline"])), note
 
 
-def _lagged_rows(columns: list[Column]) -> tuple[list[Row], list[str]]:
-    """J_lag rows (%), one per configured pair and unit, and where a pair was matched to other steps."""
+def _lagged_pairs(columns: list[Column]) -> list[tuple[int, int]]:
     pairs: list[tuple[int, int]] = []
     for col in columns:
         if (table := col.table("dynamics_lagged")) is not None:
             found = zip(table["requested_a"].astype(int), table["requested_b"].astype(int), strict=True)
             pairs += [p for p in found if p not in pairs]
+    return pairs
+
+
+def _lagged_rows(columns: list[Column]) -> tuple[list[Row], list[str]]:
+    """Rows of every ``lagged_pair`` metric (J_lag), one per configured pair and unit, each followed by its
+    random baseline's row; and where a pair was matched to other steps."""
     rows, matched = [], []
-    for a, b in pairs:
-        for unit in UNIT_NAMES:
-            label = f"J_lag {UNIT_NAMES[unit]} (%), top sets at steps {a:,} vs {b:,}"
-            cells, notes = zip(*(_lagged_cell(c, unit, (a, b)) for c in columns), strict=True)
-            paper = paper_cells(("j_lag", unit, f"{a}_{b}"), 1)
-            rows.append(mark_best(Row(label, "j_lag", list(cells), paper, 1, 100.0)))
-            matched += [f"{a:,} vs {b:,} -> {n}" for n in notes if n and unit == "ffn"]
+    for a, b in _lagged_pairs(columns):
+        for spec in metrics_for("lagged_pair"):
+            shown = spec.display
+            for unit in UNIT_NAMES:
+                label = f"{spec.label} {UNIT_NAMES[unit]}{shown.suffix}, steps {a:,} vs {b:,}"
+                found = [_lagged_cells(c, spec.name, unit, (a, b)) for c in columns]
+                paper = paper_cells((spec.name, unit, f"{a}_{b}"), shown.digits)
+                cells, baselines = [f[0] for f in found], [f[1] for f in found]
+                rows.append(mark_best(Row(label, spec.name, cells, paper, shown.digits, shown.scale)))
+                random_paper = paper_cells((spec.name, unit, f"{a}_{b}.random"), shown.digits)
+                rows.append(
+                    Row(
+                        f"{label}: random sets", spec.name, baselines, random_paper, shown.digits, shown.scale
+                    )
+                )
+                matched += [f"{a:,} vs {b:,} -> {f[2]}" for f in found if f[2] and unit == "ffn"]
     return rows, matched
 
 
 def table2(columns: list[Column]) -> ReportTable:
-    """Table 2: mean J_stab by window and mean R_t, FFN and ATTN neurons, in %."""
+    """Table 2: the neuron-level metrics (input ``pair``) by unit and window, J_stab and R_t in %."""
     top = columns[0].param("dynamics.top_frac") if columns else None
     share = (
         f"top {float(top) * 100:g}% of neurons (dynamics.top_frac={top})"
         if top
         else "see the runs' dynamics.top_frac"
     )
-    rows = _summary_rows(columns, "j_stab", 100.0, 1, " (%)") + _summary_rows(
-        columns, "r_t", 100.0, 1, " (%)"
-    )
+    rows = [
+        _summary_rows(columns, spec, unit, window)
+        for spec in metrics_for("pair", per_layer=False)
+        for unit in UNIT_NAMES
+        for window in _windows(columns)
+    ]
     lagged, matched = _lagged_rows(columns)
     rows += lagged
     notes = [
@@ -191,7 +211,8 @@ def table2(columns: list[Column]) -> ReportTable:
         "top-|I| neuron sets (eq. 7). R_t: mean over steps, skipping undefined steps, of the positive-gain "
         f"concentration (eq. 8), per layer then averaged over layers. J_lag: the same Jaccard overlap between "
         "two chosen checkpoints (dynamics.lagged_pairs; a step is matched to the nearest analysed checkpoint, "
-        f"shown when it differs). Top sets: {share}.",
+        "shown when it differs); 'random sets': the expected overlap of two top sets of the same size drawn "
+        f"at random (closed form). Top sets: {share}.",
         TABLE_NOTES["table2"],
         choices_note(columns),
     ]
@@ -203,14 +224,13 @@ def table2(columns: list[Column]) -> ReportTable:
 
 
 def table3(columns: list[Column]) -> ReportTable:
-    """Table 3: ρ_avg and σ_rel of the FFN and ATTN layer profiles by window."""
-    rows = []
-    for unit in UNIT_NAMES:
-        for window in _windows(columns):
-            for metric in ("rho_avg", "sigma_rel"):
-                label = f"{METRIC_NAMES[metric]} {UNIT_NAMES[unit]}, {_window_label(window, columns)}"
-                cells = [_summary_cell(c, metric, unit, window) for c in columns]
-                rows.append(mark_best(Row(label, metric, cells, paper_cells((metric, unit, window), 2), 2)))
+    """Table 3: the layer-level metrics (input ``profile``: ρ_avg, σ_rel) of the layer profiles by window."""
+    rows = [
+        _summary_rows(columns, spec, unit, window)
+        for unit in UNIT_NAMES
+        for window in _windows(columns)
+        for spec in metrics_for("profile")
+    ]
     notes = [
         "ρ_avg: mean Pearson correlation of the mean layer-importance profiles over checkpoint pairs "
         "(eqs. 9–10); σ_rel: mean over layers of std/|mean| across checkpoints (eq. 11).",
@@ -264,9 +284,30 @@ def _drop_cells(column: Column, ablation: str, min_base_hit10: float | None) -> 
     return t_cell, Cell(value=float(seeds.mean()), sd=sd)
 
 
-def _drop_rows(columns: list[Column], name: str, min_base_hit10: float | None) -> list[Row]:
+def ablation_labels(columns: list[Column]) -> dict[str, str]:
+    """Ablation name -> display name, for the ablations a report shows: every preset the paper reports and
+    every ablation a run computed; presets first in their order (:func:`ablation_presets`), others by name.
+
+    The display name is the one the runs logged (param ``ablation.label``), else the preset's, else the name.
+    """
+    present = set()
+    for col in columns:
+        table = col.table("ablation")
+        present |= set() if table is None else set(table["ablation"])
+    presets = ablation_presets()
+    reported = [n for n in presets if n in present or ("drop_percent", n, "targeted") in PAPER_VALUES]
+    names = reported + sorted(present - set(presets))
+    logged = {
+        r.ablation: r.params["ablation.label"]
+        for c in columns
+        for r in reversed(c.runs)  # newest last, so the newest run's label wins
+        if r.params.get("ablation.label")
+    }
+    return {n: logged.get(n) or (presets[n].display_name if n in presets else n) for n in names}
+
+
+def _drop_rows(columns: list[Column], name: str, label: str, min_base_hit10: float | None) -> list[Row]:
     pairs = [_drop_cells(c, name, min_base_hit10) for c in columns]
-    label = ABLATION_NAMES.get(name, name)
     if min_base_hit10 is None:
         paper = paper_cells(("drop_percent", name, "targeted"), 2)
         kinds = ((f"{label}: targeted", paper), (f"{label}: random control", ["—"] * len(paper)))
@@ -286,13 +327,11 @@ def table4(columns: list[Column], min_base_hit10: float = MIN_BASE_HIT10) -> Rep
     Per ablation, the paper-comparable rows (mean over every analysed checkpoint), then the same means over
     the checkpoints whose unablated HIT@10 is at least ``min_base_hit10``.
     """
-    present = set()
-    for col in columns:
-        table = col.table("ablation")
-        present |= set() if table is None else set(table["ablation"])
-    names = [a for a in ABLATIONS if a != "none"] + sorted(present - set(ABLATIONS))
-    rows = [row for name in names for row in _drop_rows(columns, name, None)]
-    rows += [row for name in names for row in _drop_rows(columns, name, min_base_hit10)]
+    labels = ablation_labels(columns)
+    rows = [row for name, label in labels.items() for row in _drop_rows(columns, name, label, None)]
+    rows += [
+        row for name, label in labels.items() for row in _drop_rows(columns, name, label, min_base_hit10)
+    ]
     heldout = any(bool(t["heldout"].any()) for c in columns if (t := c.table("ablation")) is not None)
     notes = [
         "Drop % = 100·(HIT@10 base − ablated)/base per checkpoint, then the unweighted mean over every analysed "

@@ -1,10 +1,14 @@
-"""Lagged overlaps: the top neuron sets of two chosen checkpoints compared directly (``dynamics.lagged_pairs``).
+"""Lagged pairs: two chosen checkpoints compared directly (``dynamics.lagged_pairs``), by every registered
+metric with input ``lagged_pair`` (J_lag, the top sets' Jaccard overlap).
 
 The consecutive-checkpoint curve J_t says how much of the top set survives one step of the grid; a lagged
 pair (the paper compares 100K with 300K) says how much survives a longer stretch. Each configured step is
-matched to the nearest analysed checkpoint (ties to the earlier one), and the table keeps both.
+matched to the nearest analysed checkpoint (ties to the earlier one), and the table keeps both. Beside each
+value: the metric's random baseline (``MetricSpec.baseline``; J_lag: the expected overlap of top sets of the
+same size drawn at random), NaN for a metric without one.
 
-MLflow metrics: ``j_lag.<unit>.<a>_<b>`` with the configured steps, e.g. ``j_lag.ffn.100000_300000``.
+MLflow metrics: ``<metric>.<unit>.<a>_<b>`` with the configured steps, e.g. ``j_lag.ffn.100000_300000``, and
+``<metric>.<unit>.<a>_<b>.random`` for the baseline.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from gated_lpi_exp.attribution.aggregate import CheckpointAggregate
-from gated_lpi_exp.metrics import top_count, top_set_overlap
+from gated_lpi_exp.metrics import metrics_for, top_count
 from gated_lpi_exp.schemas import DataFrame, LaggedOverlap
 
 log = logging.getLogger(__name__)
@@ -34,7 +38,7 @@ def nearest_step(steps: Sequence[int], wanted: int) -> int:
 def lagged_overlaps(
     aggregates: Sequence[CheckpointAggregate], pairs: Sequence[Sequence[int]], top_frac: float
 ) -> DataFrame[LaggedOverlap]:
-    """Top-set Jaccard overlap of every configured pair of steps, FFN and ATTN neurons.
+    """Every ``lagged_pair`` metric on every configured pair of steps, FFN and ATTN neurons.
 
     Args:
         aggregates: One per analysed checkpoint, any order.
@@ -43,8 +47,7 @@ def lagged_overlaps(
         top_frac: Share of neurons in a top set, as for J_stab.
 
     Returns:
-        One row per (pair, unit). ``random_baseline`` is the overlap two random sets of ``set_size``
-        neurons would have: left empty (NaN) until the random-set baselines of the set metrics exist.
+        One row per (metric, pair, unit), with the metric's random baseline (NaN when it has none).
     """
     by_step = {a.step: a for a in aggregates}
     steps = sorted(by_step)
@@ -60,24 +63,29 @@ def lagged_overlaps(
         for unit, kind in UNIT_KINDS.items():
             first, second = by_step[a].scores(kind), by_step[b].scores(kind)  # [L, N] each
             population = int(first.size)
-            rows.append(
-                dict(
-                    unit=unit, requested_a=int(requested_a), requested_b=int(requested_b), step_a=a, step_b=b,
-                    value=top_set_overlap(first, second, top_frac), set_size=top_count(population, top_frac),
-                    population=population, random_baseline=math.nan,
-                )
-            )  # fmt: skip
+            for spec in metrics_for("lagged_pair"):
+                baseline = math.nan if spec.baseline is None else spec.baseline(first, second, top_frac)
+                rows.append(
+                    dict(
+                        metric=spec.name, unit=unit, requested_a=int(requested_a), requested_b=int(requested_b),
+                        step_a=a, step_b=b, value=float(spec.fn(first, second, top_frac)),
+                        set_size=top_count(population, top_frac), population=population,
+                        random_baseline=float(baseline),
+                    )
+                )  # fmt: skip
     return LaggedOverlap.check(pd.DataFrame(rows, columns=_COLUMNS))
 
 
-def lagged_metric_name(unit: str, requested_a: int, requested_b: int) -> str:
+def lagged_metric_name(metric: str, unit: str, requested_a: int, requested_b: int) -> str:
     """``j_lag.ffn.100000_300000``."""
-    return f"j_lag.{unit}.{requested_a}_{requested_b}"
+    return f"{metric}.{unit}.{requested_a}_{requested_b}"
 
 
 def lagged_metrics(table: DataFrame[LaggedOverlap]) -> dict[str, float]:
-    """The lagged overlaps as MLflow metrics named by :func:`lagged_metric_name`."""
-    return {
-        lagged_metric_name(r.unit, r.requested_a, r.requested_b): float(r.value)
-        for r in table.itertuples(index=False)
-    }
+    """The lagged values as MLflow metrics named by :func:`lagged_metric_name`, their baselines ``.random``
+    (NaN baselines included; ``Tracker.log_metrics`` skips them)."""
+    out = {}
+    for r in table.itertuples(index=False):
+        name = lagged_metric_name(r.metric, r.unit, r.requested_a, r.requested_b)
+        out[name], out[f"{name}.random"] = float(r.value), float(r.random_baseline)
+    return out
