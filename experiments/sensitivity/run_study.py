@@ -6,6 +6,8 @@ project's default differ, each as plain config overrides of ``python -m gated_lp
 
     python experiments/sensitivity/run_study.py                 # run what is missing, then write the table
     python experiments/sensitivity/run_study.py --collect-only  # only rebuild the table from finished runs
+    python experiments/sensitivity/run_study.py --smoke         # minutes: 1 model, 3 checkpoints, 2 samples
+                                                                # per relation, 2 variants, under work/smoke/
 
 Runs, logs and the generated data live under ``experiments/sensitivity/work/`` (not committed); a run that
 finished is not run again. Every variant runs on one data source that has repeated subjects, so the
@@ -37,6 +39,9 @@ from gated_lpi_exp.report.tables import MIN_BASE_HIT10, checkpoint_mean_drops
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"
+"""Runs, logs and data; ``--smoke`` moves it to ``work/smoke`` (and writes its table there)."""
+SMOKE_OVERRIDES = ("checkpoints.limit=3", "relations.max_per_relation=2")
+SMOKE_VARIANTS = ("default", "rank_by")
 MODELS = ("tiny_moe", "tiny_dense")
 ABLATIONS = ("top1_head", "top10_heads", "top1pct_ffn")
 EXPERIMENT = "sensitivity"
@@ -143,8 +148,9 @@ def available(choice: Choice) -> bool:
     return True
 
 
-def common_overrides(model: str, source: Path) -> list[str]:
+def common_overrides(model: str, source: Path, extra: tuple[str, ...] = ()) -> list[str]:
     return [
+        *extra,
         f"model={model}",
         f"relations.source={source}",
         f"tracking.uri=sqlite:///{WORK}/mlflow.db",
@@ -172,14 +178,19 @@ def finished_runs(client: MlflowClient, run_name: str) -> dict[str, str]:
 
 
 def run_variant(
-    client: MlflowClient, model: str, variant: str, overrides: tuple[str, ...], source: Path
+    client: MlflowClient,
+    model: str,
+    variant: str,
+    overrides: tuple[str, ...],
+    source: Path,
+    extra: tuple[str, ...] = (),
 ) -> None:
     """One sweep over the three ablations (attribution computed once, then taken from the cache)."""
     name = f"{model}-{variant}"
     if set(finished_runs(client, name)) >= set(ABLATIONS):
         log.info("%s: finished earlier, not run again", name)
         return
-    args = [*common_overrides(model, source), f"tracking.run_name={name}", *overrides]
+    args = [*common_overrides(model, source, extra), f"tracking.run_name={name}", *overrides]
     args += [f"ablation={','.join(ABLATIONS)}", f"hydra.sweep.dir={WORK}/multirun/{name}", "-m"]
     log_path = WORK / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -267,7 +278,11 @@ def _row_cells(label: str, base: dict, by_variant: dict, choices: list[Choice]) 
 
 
 def write_table(
-    results: dict[str, dict[str, dict[str, float]]], choices: list[Choice], absent: list[Choice], source: Path
+    results: dict[str, dict[str, dict[str, float]]],
+    choices: list[Choice],
+    absent: list[Choice],
+    source: Path,
+    out: Path = HERE,
 ) -> str:
     """``table.md``: per model, each number under our default and under each alternative (Δ in brackets),
     and the largest move of the yardstick (random samples left out); ``table.csv``: the same, long."""
@@ -305,7 +320,7 @@ def write_table(
                 for v, vals in by_variant.items()
             ]
         lines.append("")
-    pd.DataFrame(rows).to_csv(HERE / "table.csv", index=False)
+    pd.DataFrame(rows).to_csv(out / "table.csv", index=False)
     return "\n".join(lines)
 
 
@@ -315,8 +330,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--collect-only", action="store_true", help="only rebuild the table from finished runs"
     )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="check the study runs end to end in minutes: the first model, 3 checkpoints, 2 samples per "
+        "relation, the default and one variant, no yardstick; everything under work/smoke/",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    global WORK
+    out = HERE
+    if args.smoke:
+        WORK = out = HERE / "work" / "smoke"
+        args.models = args.models[:1]
     WORK.mkdir(parents=True, exist_ok=True)
     source = write_source_with_repeats(WORK / "data")
     client = MlflowClient(f"sqlite:///{WORK}/mlflow.db")
@@ -325,22 +351,25 @@ def main(argv: list[str] | None = None) -> int:
     variants = [("default", (), source)] + [(c.name, c.overrides, source) for c in choices]
     variants += [
         (f"control{seed}", (), write_control_source(source, WORK / f"control{seed}", seed))
-        for seed in CONTROL_SEEDS
+        for seed in ([] if args.smoke else CONTROL_SEEDS)
     ]
+    if args.smoke:
+        variants = [v for v in variants if v[0] in SMOKE_VARIANTS]
+    extra = SMOKE_OVERRIDES if args.smoke else ()
     results: dict[str, dict[str, dict[str, float]]] = {}
     for model in args.models:
         results[model] = {}
         for variant, overrides, data in variants:
             if not args.collect_only:
                 try:
-                    run_variant(client, model, variant, overrides, data)
+                    run_variant(client, model, variant, overrides, data, extra)
                 except GatedLPIError as exc:
                     log.error("%s-%s: %s", model, variant, exc)
             runs = finished_runs(client, f"{model}-{variant}")
             if runs:
                 results[model][variant] = run_values(client, runs)
-    (HERE / "table.md").write_text(write_table(results, choices, absent, source) + "\n")
-    log.info("wrote %s", HERE / "table.md")
+    (out / "table.md").write_text(write_table(results, choices, absent, source, out) + "\n")
+    log.info("wrote %s", out / "table.md")
     return 0
 
 
