@@ -96,7 +96,9 @@ def plot_jaccard(
     colors = resolve_colors(curves_by_model, colors)
     for model, table in (lagged or {}).items():
         for ax, unit in zip(fig.axes[:2], UNITS, strict=True):
-            for row in table[table["unit"] == unit].itertuples(index=False):
+            # Only J_lag: another lagged_pair metric need not be a Jaccard overlap on this axis.
+            rows = table[(table["unit"] == unit) & (table["metric"] == "j_lag")]
+            for row in rows.itertuples(index=False):
                 _draw_lagged(ax, row, colors.get(model, "black"))
     return fig
 
