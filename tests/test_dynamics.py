@@ -251,6 +251,22 @@ def test_the_dynamics_stage_computes_the_configured_lagged_pairs_and_names_them(
     assert "dynamics_lagged" not in compute_dynamics(aggregates, DynamicsConfig(top_frac=0.2))
 
 
+def test_a_registered_lagged_pair_metric_is_computed_on_every_configured_pair(aggregates, scratch_registry):
+    def later_total(scores_a, scores_b, top_frac):  # total |I| at the later checkpoint
+        return float(np.abs(np.asarray(scores_b)).sum())
+
+    scratch_registry.register_metric(
+        "later_total", input="lagged_pair", label="total", unit="ratio", higher_is_better=None,
+        aggregation="none", description="d", paper_ref="-",
+    )(later_total)  # fmt: skip
+    tables = compute_dynamics(aggregates, DynamicsConfig(top_frac=0.2, lagged_pairs=[[0, 20]]))
+    extra = tables["dynamics_lagged"].query("metric == 'later_total'").set_index("unit")
+    assert extra.value.to_dict() == {"ffn": 21.0, "attn": 36.0}  # FFN at step 20: 9+8+1+1+2; ATTN: 1..8
+    assert extra.random_baseline.isna().all()  # registered without a baseline
+    _, totals = dynamics_metrics(tables)
+    assert totals["later_total.ffn.0_20"] == 21.0
+
+
 def test_the_lagged_overlap_of_consecutive_checkpoints_is_the_j_stab_curve(aggregates):
     curves, _ = _dynamics(aggregates, DynamicsConfig(top_frac=0.2))
     table = lagged_overlaps(aggregates, [[0, 10], [10, 20]], top_frac=0.2)
