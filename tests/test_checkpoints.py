@@ -184,3 +184,17 @@ def test_a_malformed_grid_is_refused_when_the_config_is_built():
     for grid in ([], [[10, 5, 1]], [[0, None, 0]], [[0, 10]]):
         with pytest.raises(ConfigurationError, match="checkpoints.grid"):
             CheckpointsConfig(select="grid", grid=grid)
+
+
+def test_revisions_select_by_branch_name_or_the_commit_a_branch_points_at(caplog):
+    commits = {name: f"{i:x}" * 40 for i, name in enumerate(BRANCHES, start=1)}
+    series = parse_branches("allenai/OLMoE-1B-7B-0924", {n: c[:40] for n, c in commits.items()})
+    assert series[0].commit == commits["step5000-tokens20B"][:40]
+    by_commit = commits["step15000-tokens62B"][:12]  # a unique prefix, as `git log --oneline` prints it
+    picked = select_checkpoints(series, select="revisions", revisions=["step10000-tokens41B", by_commit])
+    assert [c.step for c in picked.checkpoints] == [10000, 15000]
+    with caplog.at_level(logging.WARNING):
+        picked = select_checkpoints(series, select="revisions", revisions=["step5000-tokens20B", "abcdef0"])
+    assert [c.step for c in picked.checkpoints] == [5000] and "abcdef0" in caplog.text
+    with pytest.raises(CheckpointError, match="abcdef0"):
+        select_checkpoints(series, select="revisions", revisions=["abcdef0"], missing="fail")

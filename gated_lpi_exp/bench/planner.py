@@ -30,6 +30,8 @@ from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.errors import ConfigurationError
 
 CALIBRATE_MAX_PARAMS = 100e6
+DEFAULT_BANDWIDTH = 100e6
+"""Bytes per second from the hub when none is given (about a 1 Gbit/s link)."""
 PAPER_LRE_EXAMPLES = 906
 PAPER_RELATIONS = {"linguistic": 3, "commonsense": 3, "factual": 2, "bias": 4}  # the paper's 12 relations
 
@@ -59,11 +61,26 @@ class Plan:
     h100_s: float
     download_bytes: float
     disk_bytes: float
+    """Peak disk the checkpoints take: with ``keep_checkpoints=none`` only ``prefetch + 1`` at once."""
     storage_note: str
     rates: Rates
     rates_note: str
     sensitivity: dict[str, tuple[float, float]]  # larger batch size -> (this machine, H100) s/checkpoint
     dtype: str = "float32"  # the weights' dtype once loaded (model.dtype; auto = as stored, float32)
+    bandwidth: float = DEFAULT_BANDWIDTH
+    """Assumed download rate from the hub, bytes per second."""
+    prefetch: int = 1
+
+    def streamed_seconds(self, compute_s: float) -> float:
+        """Wall time of the walk at ``compute_s`` per checkpoint, downloads included: with prefetch the
+        slower of the two streams plus the first download; without, their sum."""
+        n, fetch = (
+            self.checkpoints.value,
+            self.download_bytes / max(self.checkpoints.value, 1) / self.bandwidth,
+        )
+        if self.prefetch == 0:
+            return n * (fetch + compute_s)
+        return max(n * fetch, n * compute_s) + fetch
 
 
 def model_dims(cfg: RunConfig) -> ModelDims:
@@ -150,7 +167,11 @@ def count_examples(cfg: RunConfig) -> tuple[Count, list[int]]:
 
 
 def make_plan(
-    cfg: RunConfig, rates: Rates | None = None, efficiency: float | None = None, rates_note: str = ""
+    cfg: RunConfig,
+    rates: Rates | None = None,
+    efficiency: float | None = None,
+    rates_note: str = "",
+    bandwidth: float = DEFAULT_BANDWIDTH,
 ) -> Plan:
     """The cost of ``cfg``'s attribution per checkpoint and in total (rates measured now when None)."""
     dims = model_dims(cfg)
@@ -190,7 +211,7 @@ def make_plan(
     return Plan(
         cfg.model.name, dims, checkpoints, examples, batches, work, cpu_s, method, least, h100,
         download, disk, note, rates, rates_note, sensitivity,
-        "float32" if cfg.model.dtype == "auto" else cfg.model.dtype,
+        "float32" if cfg.model.dtype == "auto" else cfg.model.dtype, bandwidth, cfg.execution.prefetch,
     )  # fmt: skip
 
 
@@ -243,8 +264,16 @@ def _random_model(dims: ModelDims) -> torch.nn.Module:
 def _storage(cfg: RunConfig, dims: ModelDims, checkpoints: int) -> tuple[float, float, str]:
     per_ckpt = dims.total_params * STORED_BYTES_PER_PARAM  # hub series, suites and local series: float32
     if cfg.model.kind == "hub":
-        note = "float32 weights as stored on the hub; the hub cache keeps every branch"
-        return per_ckpt * checkpoints, per_ckpt * checkpoints, note
+        ex = cfg.execution
+        if ex.keep_checkpoints == "all":
+            return per_ckpt * checkpoints, per_ckpt * checkpoints, "float32 weights as stored on the hub; " \
+                "keep_checkpoints=all: the hub cache keeps every branch"  # fmt: skip
+        held = min(ex.prefetch + 1, checkpoints)
+        note = (
+            f"float32 weights as stored on the hub; keep_checkpoints=none, prefetch={ex.prefetch}: at most "
+            f"{held} checkpoint{'s' if held != 1 else ''} at once per process, each evicted once its results are stored"
+        )
+        return per_ckpt * checkpoints, per_ckpt * held, note
     return 0.0, per_ckpt * checkpoints, "nothing to download; float32 checkpoints on local disk"
 
 

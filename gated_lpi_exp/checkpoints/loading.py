@@ -1,4 +1,8 @@
-"""Find a model's checkpoint series and load its checkpoints (no pickle, no remote code by default)."""
+"""Find a model's checkpoint series and load its checkpoints (no pickle, no remote code by default).
+
+A local folder (a local series, a suite, or a hub revision the walk downloaded) loads through
+:func:`~gated_lpi_exp.checkpoints.folder.load_model`, which reads the transformers layout and OLMo v1's native
+layout alike and refuses pickle-only weights."""
 
 from __future__ import annotations
 
@@ -6,16 +10,22 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.utils import logging as hf_logging
 
 from gated_lpi_exp.adapters import FAMILIES
 from gated_lpi_exp.checkpoints.folder import checkpoint_model_type, load_folder_tokenizer, load_model
 from gated_lpi_exp.checkpoints.grid import grid_steps
+from gated_lpi_exp.checkpoints.hub import list_hub_checkpoints
 from gated_lpi_exp.checkpoints.resolve import (
     Checkpoint,
     Resolution,
-    list_hub_checkpoints,
     list_local_checkpoints,
     select_checkpoints,
 )
@@ -25,6 +35,8 @@ from gated_lpi_exp.errors import CheckpointError
 log = logging.getLogger(__name__)
 # One weight-loading bar per checkpoint drowns the run's own progress bars; the run shows its own.
 hf_logging.disable_progress_bar()
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_series(
@@ -58,6 +70,7 @@ def resolve_series(
         match=checkpoints.match,
         missing=checkpoints.missing,
         limit=checkpoints.limit,
+        revisions=checkpoints.revisions,
     )
     if checkpoints.select == "grid":
         log.info("checkpoint grid of %s: %s", model.name, describe_mapping(resolution, steps))
@@ -90,57 +103,86 @@ def pick_device(device: str) -> torch.device:
 
 
 def load_checkpoint(
-    model: ModelConfig, checkpoint: Checkpoint, *, device: torch.device | None = None
+    model: ModelConfig,
+    checkpoint: Checkpoint,
+    *,
+    device: torch.device | None = None,
+    path: str | None = None,
 ) -> PreTrainedModel:
-    """Load one checkpoint in eval mode with :func:`~gated_lpi_exp.checkpoints.folder.load_model`.
+    """Load one checkpoint in eval mode, safetensors weights only.
 
     Args:
         model: How to load (dtype, attention, remote code).
-        checkpoint: Which checkpoint (a hub revision is downloaded first: config, tokenizer and weights).
+        checkpoint: Which checkpoint.
         device: Where to put it; None = as ``model.device`` says (a multi-process run passes each process's
             own device).
+        path: A local folder holding the checkpoint's files (a downloaded hub revision's snapshot); None =
+            ``checkpoint.source`` at its commit (or branch).
 
     Raises:
-        CheckpointError: the checkpoint is missing, truncated, or has no readable weights (names the step,
-            the path and the fix).
+        CheckpointError: the checkpoint is missing, truncated, has only pickle weights, or is a damaged
+            OLMo v1 native folder (names the step or file, the path and the fix).
     """
-    folder = checkpoint_folder(checkpoint)
-    check_family(model, checkpoint, folder)
+    source, revision = _where(checkpoint, path)
+    check_family(model, checkpoint, path)
     try:
-        net = load_model(
-            folder,
-            model.dtype,
-            attn_implementation=model.attn_implementation,
-            trust_remote_code=model.trust_remote_code,
-        )
+        if revision is None:  # a local folder: the transformers layout or OLMo v1's native one
+            net = load_model(
+                source,
+                model.dtype,
+                attn_implementation=model.attn_implementation,
+                trust_remote_code=model.trust_remote_code,
+            )
+        else:
+            net = AutoModelForCausalLM.from_pretrained(
+                source,
+                revision=revision,
+                dtype=_DTYPES.get(model.dtype, "auto"),
+                use_safetensors=True,  # never unpickle weights
+                trust_remote_code=model.trust_remote_code,
+                attn_implementation=model.attn_implementation,
+            )
     except CheckpointError:
-        raise  # already names the file and the fix
+        raise  # already names the file and the fix (pickle-only weights, a bad native folder)
     except Exception as exc:  # corrupted files surface as many exception types
         where = checkpoint.source + (f"@{checkpoint.revision}" if checkpoint.revision else "")
-        if checkpoint.revision is None:
+        where += f" ({source})" if path else ""
+        if path:
+            fix = (
+                f"delete the downloaded revision {source} (it is downloaded again), then run again: the "
+                "checkpoints already analysed are kept in the result store and are not recomputed"
+            )
+        elif Path(checkpoint.source).exists():
             fix = (
                 f"replace the damaged files in {checkpoint.source} (copy or download that checkpoint again; "
                 "for a project suite, delete the suite folder and it is rebuilt), then run again: the "
                 "checkpoints already analysed are kept in the result store and are not recomputed"
             )
         else:
-            fix = f"delete the downloaded files in {folder} so they are downloaded again, then run again"
+            fix = "check the revision exists upstream, has safetensors weights, and the network is up"
         raise CheckpointError(
             f"Could not load checkpoint step {checkpoint.step} from {where}: {type(exc).__name__}: {exc}. Fix: {fix}."
         ) from exc
-    return net.to(device or pick_device(model.device))  # type: ignore[arg-type]  # transformers wraps .to
+    return net.to(device or pick_device(model.device)).eval()  # type: ignore[arg-type]  # transformers wraps .to
 
 
-def check_family(model: ModelConfig, checkpoint: Checkpoint, folder: Path) -> None:
-    """Refuse a checkpoint whose model type is not ``model.family``, before any weight is read (an OLMo v1
-    native checkpoint counts as ``olmo``, the class it is converted into).
+def check_family(model: ModelConfig, checkpoint: Checkpoint, path: str | None = None) -> None:
+    """Refuse a checkpoint whose ``model_type`` is not ``model.family``, before any weight is read
+    (``path`` as for :func:`load_checkpoint`).
 
     Raises:
         CheckpointError: the types differ (names both, the checkpoint and the fix).
     """
+    source, revision = _where(checkpoint, path)
     try:
-        found = checkpoint_model_type(folder)
-    except CheckpointError:  # a missing or damaged config fails the weight loading below, with its own fix
+        if revision is None:  # a local folder; OLMo v1's native layout counts as olmo, the class it becomes
+            found = checkpoint_model_type(source)
+        else:
+            config = AutoConfig.from_pretrained(
+                source, revision=revision, trust_remote_code=model.trust_remote_code
+            )
+            found = getattr(config, "model_type", None)
+    except Exception:  # a missing or damaged config fails the weight loading below, with its own fix
         return
     if found == model.family:
         return
@@ -156,44 +198,31 @@ def check_family(model: ModelConfig, checkpoint: Checkpoint, folder: Path) -> No
     )
 
 
-def checkpoint_folder(checkpoint: Checkpoint, *, weights: bool = True) -> Path:
-    """The local folder of a checkpoint: its own folder, or a hub revision's files in the hub cache.
+def _where(checkpoint: Checkpoint, path: str | None) -> tuple[str, str | None]:
+    """What to hand ``from_pretrained``: a local folder, or the repository at its pinned commit."""
+    if path is not None:
+        return path, None
+    return checkpoint.source, checkpoint.commit or checkpoint.revision
 
-    A hub revision is downloaded with its config and tokenizer files and, when ``weights``, its weights
-    (the safetensors files, else ``pytorch_model*.bin``, which only OLMo v1's native layout may use).
 
-    Raises:
-        CheckpointError: the hub cannot be reached or the revision does not exist.
-    """
-    if checkpoint.revision is None:
-        return Path(checkpoint.source)
-    from huggingface_hub import HfApi, snapshot_download
-
-    patterns = ["*.json", "*.txt", "*.model"]
+def load_tokenizer(
+    model: ModelConfig, checkpoint: Checkpoint, path: str | None = None
+) -> PreTrainedTokenizerBase:
+    """The series' tokenizer (with a pad token: the EOS token when the tokenizer has none); ``path`` as for
+    :func:`load_checkpoint`."""
+    source, revision = _where(checkpoint, path)
     try:
-        if weights:
-            files = HfApi().list_repo_files(checkpoint.source, revision=checkpoint.revision)
-            safe = [f for f in files if f.endswith(".safetensors")]
-            patterns += ["model*.safetensors"] if safe else ["pytorch_model*.bin"]
-        return Path(
-            snapshot_download(checkpoint.source, revision=checkpoint.revision, allow_patterns=patterns)
+        if revision is None:  # a local folder (OLMo v1 native: its tokenizer.json, no remote class)
+            return load_folder_tokenizer(source, trust_remote_code=model.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(
+            source, revision=revision, trust_remote_code=model.trust_remote_code
         )
-    except Exception as exc:  # offline, unknown revision, auth: all end the same way for the user
-        raise CheckpointError(
-            f"Could not download {checkpoint.source}@{checkpoint.revision} (step {checkpoint.step}): "
-            f"{type(exc).__name__}: {exc}. Fix: check the network and that the revision exists upstream, or "
-            "download the series and use model.kind=local model.source=/path/to/series."
-        ) from exc
-
-
-def load_tokenizer(model: ModelConfig, checkpoint: Checkpoint) -> PreTrainedTokenizerBase:
-    """The series' tokenizer (with a pad token: the EOS token when the tokenizer has none)."""
-    folder = checkpoint_folder(checkpoint, weights=False)
-    try:
-        return load_folder_tokenizer(folder, trust_remote_code=model.trust_remote_code)
     except CheckpointError:
         raise
     except Exception as exc:
         raise CheckpointError(
-            f"Could not load the tokenizer of {checkpoint.source} from {folder} ({type(exc).__name__}: {exc})."
+            f"Could not load the tokenizer of {checkpoint.source} ({type(exc).__name__}: {exc})."
         ) from exc
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
