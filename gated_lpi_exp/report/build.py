@@ -14,7 +14,7 @@ from gated_lpi_exp.errors import ConfigurationError
 from gated_lpi_exp.report.figures import render_figures
 from gated_lpi_exp.report.render import Header, render_html, render_markdown
 from gated_lpi_exp.report.runs import load_run, make_columns, select_runs
-from gated_lpi_exp.report.tables import build_tables
+from gated_lpi_exp.report.tables import MIN_BASE_HIT10, build_tables
 from gated_lpi_exp.tracking.names import REPORT_RUNS_TAG, REPORT_TAG, VERSION_TAG
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ def build_report(
     sweep: str | None = None,
     out_dir: str | Path = "report",
     log_artifact: bool = False,
+    min_base_hit10: float = MIN_BASE_HIT10,
 ) -> ReportFiles:
     """Write ``report.html`` (self-contained) and ``report.md`` (+ figure PNGs) for the selected runs.
 
@@ -52,6 +53,7 @@ def build_report(
             (``gated_lpi.model``, ``gated_lpi.ablation``) tag pair.
         out_dir: Output folder (created).
         log_artifact: Also log the folder to a new run of ``experiment`` tagged ``gated_lpi.report=1``.
+        min_base_hit10: Table 4's second rows average the checkpoints whose unablated HIT@10 is at least this.
 
     Raises:
         ConfigurationError: Nothing to report, or an unknown experiment / unfinished run.
@@ -64,7 +66,7 @@ def build_report(
         "given ids" if run_ids else (f"sweep {sweep}" if sweep is not None else "newest per model/ablation")
     )
     header = Header(datetime.now(timezone.utc), __version__, tracking_uri, experiment, selection)
-    tables, figures = build_tables(columns), render_figures(columns)
+    tables, figures = build_tables(columns, min_base_hit10), render_figures(columns)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     html_path, md_path = out / HTML_NAME, out / MARKDOWN_NAME

@@ -9,6 +9,7 @@ import sys
 
 from gated_lpi_exp.errors import GatedLPIError
 from gated_lpi_exp.report.build import build_report
+from gated_lpi_exp.report.tables import MIN_BASE_HIT10
 
 
 def parser() -> argparse.ArgumentParser:
@@ -26,6 +27,13 @@ def parser() -> argparse.ArgumentParser:
     pick.add_argument("--sweep", metavar="TAG", help="the runs tagged gated_lpi.sweep=TAG")
     p.add_argument(
         "--out", default="report", help="output folder for report.html, report.md, PNGs (default: ./report)"
+    )
+    p.add_argument(
+        "--min-base-hit10",
+        type=float,
+        default=MIN_BASE_HIT10,
+        help="Table 4's second rows: mean over checkpoints whose unablated HIT@10 is at least this "
+        "(default: %(default)s); the first rows, as in the paper, average every checkpoint",
     )
     p.add_argument(
         "--log-artifact",
@@ -49,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             sweep=args.sweep,
             out_dir=args.out,
             log_artifact=args.log_artifact,
+            min_base_hit10=args.min_base_hit10,
         )
     except GatedLPIError as exc:
         print(f"error: {exc}", file=sys.stderr)

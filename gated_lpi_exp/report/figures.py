@@ -29,6 +29,8 @@ class FigureSpec:
     caption: str
     table: str
     plot: Callable
+    extras: tuple[tuple[str, str], ...] = ()
+    """``(keyword, table)``: further run tables the plot takes as ``keyword={column: table}``."""
 
 
 _DIST = "layer importance across depth at each model's first, middle and last step."
@@ -36,9 +38,11 @@ FIGURES = (
     FigureSpec(
         "fig1_jaccard",
         "Fig. 1: Jaccard overlap of the top FFN and ATTN neuron sets between consecutive checkpoints "
-        "(band: 95% bootstrap interval over examples; dotted: random sets of the same size).",
+        "(band: 95% bootstrap interval over examples; dotted: random sets of the same size); dashed: the "
+        "overlap of the configured lagged pairs (dynamics.lagged_pairs, e.g. 100K vs 300K).",
         "dynamics_curves",
         plot_jaccard,
+        extras=(("lagged", "dynamics_lagged"),),
     ),
     FigureSpec(
         "fig1b_concentration",
@@ -113,6 +117,8 @@ def render_figures(columns: list[Column]) -> list[RenderedFigure]:
         kwargs: dict[str, Any] = {"top_frac": float(top)} if top and spec.table == "dynamics_curves" else {}
         if spec.table == "ablation":
             kwargs["labels"] = ablation_labels(columns)
+        for keyword, name in spec.extras:
+            kwargs[keyword] = {c.label: t for c in columns if (t := c.table(name)) is not None}
         fig = spec.plot(data, colors=colors, **kwargs)
         note = f"Not computed in this run: {', '.join(lacking)}." if lacking else ""
         out.append(RenderedFigure(spec, to_png(fig), note))

@@ -27,6 +27,7 @@ from gated_lpi_exp.schemas import (
     DynamicsReplicates,
     DynamicsSummary,
     HitSummary,
+    LaggedOverlap,
     LayerProfile,
 )
 from gated_lpi_exp.tracking.names import (
@@ -45,6 +46,7 @@ TABLES = {
     "layer_profiles": LayerProfile,
     "dynamics_curves": DynamicsCurve,
     "dynamics_summary": DynamicsSummary,
+    "dynamics_lagged": LaggedOverlap,
     "ablation": AblationResult,
     "dynamics_replicates": DynamicsReplicates,
     "ablation_examples": AblationExamples,

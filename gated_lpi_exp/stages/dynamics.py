@@ -12,7 +12,8 @@ two checkpoints both lie in the window: window summaries are read off the whole-
 number as restricting the checkpoints first and recomputing.
 
 Tables (:func:`compute_dynamics`): ``dynamics_curves`` and ``dynamics_summary`` for single-value metrics;
-``dynamics_layer_curves`` and ``dynamics_layer_summary`` (a ``layer`` column more) for per-layer metrics.
+``dynamics_layer_curves`` and ``dynamics_layer_summary`` (a ``layer`` column more) for per-layer metrics;
+``dynamics_lagged`` for the ``lagged_pair`` metrics on ``dynamics.lagged_pairs`` (:mod:`.lagged`).
 
 MLflow metric names (:func:`metric_name`, :func:`dynamics_metrics`), with ``<unit>`` in ``ffn | attn``:
 
@@ -20,7 +21,8 @@ MLflow metric names (:func:`metric_name`, :func:`dynamics_metrics`), with ``<uni
   metric (``j_stab.ffn``, ``r_t.attn``), ``<metric>.<unit>.layer<L>`` for each per-layer one;
 - whole range: ``<metric>.<unit>.mean`` for pair metrics (the curve's aggregate), ``<metric>.<unit>`` for
   profile metrics (``rho_avg.ffn``, ``sigma_rel.attn``);
-- named window ``<w>`` of ``dynamics.windows``: ``<metric>.<unit>.<w>``.
+- named window ``<w>`` of ``dynamics.windows``: ``<metric>.<unit>.<w>``;
+- lagged pair ``[a, b]``: ``<metric>.<unit>.<a>_<b>`` and its random baseline ``<metric>.<unit>.<a>_<b>.random``.
 
 Per-layer summaries stay in their table (one MLflow metric per layer and window would flood the UI).
 
@@ -55,6 +57,7 @@ from gated_lpi_exp.schemas import (
     LayerProfile,
 )
 from gated_lpi_exp.stages.dynamics_series import UnitSeries, unit_series
+from gated_lpi_exp.stages.lagged import lagged_metrics, lagged_overlaps
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +175,8 @@ def compute_dynamics(
         ``dynamics_layer_curves`` / ``dynamics_layer_summary``: the same per layer, for per-layer metrics
         (only when one is registered). ``dynamics_replicates``: every single-value summary of every bootstrap
         replicate (empty without replicates), so runs sharing examples combine replicate by replicate.
+        ``dynamics_lagged``: one row per (``lagged_pair`` metric, configured pair, unit), only when
+        ``cfg.lagged_pairs`` is set.
 
     Raises:
         ValueError: No aggregates, a repeated step, or a window named ``all`` / ``mean``.
@@ -196,7 +201,10 @@ def compute_dynamics(
                     metric, unit, name, cells, int(mask.sum())
                 )
             rows["replicates"] += _replicate_rows(unit, name, one.replicates)
-    return _tables(rows)
+    tables = _tables(rows)
+    if cfg.lagged_pairs:
+        tables["dynamics_lagged"] = lagged_overlaps(ordered, cfg.lagged_pairs, cfg.top_frac)
+    return tables
 
 
 def _curve_rows(
@@ -284,6 +292,8 @@ def dynamics_metrics(tables: dict[str, pd.DataFrame]) -> tuple[dict[int, dict[st
     totals: dict[str, float] = {}
     for row in tables["dynamics_summary"].itertuples(index=False):
         totals.update(_with_extras(metric_name(row.metric, row.unit, row.window), row))
+    if "dynamics_lagged" in tables:
+        totals |= lagged_metrics(tables["dynamics_lagged"])
     return per_step, totals
 
 

@@ -16,7 +16,7 @@ from gated_lpi_exp.checkpoints.prefetch import FeedStats
 from gated_lpi_exp.checkpoints.resolve import Resolution
 from gated_lpi_exp.compat import DESCRIPTIONS as SCORING_DESCRIPTIONS
 from gated_lpi_exp.config import RunConfig
-from gated_lpi_exp.data import dataset_hash
+from gated_lpi_exp.data import cleaning_report, dataset_hash
 from gated_lpi_exp.metrics import metric_versions
 from gated_lpi_exp.metrics.bootstrap import METHOD
 from gated_lpi_exp.plots import (
@@ -89,12 +89,14 @@ def log_run_params(
             or "none",
             N_CHECKPOINTS_PARAM: len(series.checkpoints),
             "run.missing_steps": ",".join(map(str, series.missing_steps)) or "none",
+            "run.step_mapping": ", ".join(f"{a}->{b}" for a, b in series.substitutions.items() if a != b)
+            or "none",
             "run.processes": len(assignment),
             "run.assignment": "; ".join(
                 f"{rank}: {','.join(map(str, steps)) or '-'}" for rank, steps in enumerate(assignment)
             ),
             DATA_HASH_PARAM: dataset_hash(samples),
-            "data.n_examples": len(samples),
+            **data_params(samples),
             "statistics.method": METHOD if cfg.statistics.resamples else "none",
             "package.version": __version__,
             "package.git_commit": git_commit(),
@@ -111,6 +113,20 @@ def log_run_params(
     )
     tracker.log_table(CheckpointTable.check(table), "checkpoints")
     tracker.log_table(samples, "samples")
+    if "changes" in samples.attrs:
+        tracker.log_table(cleaning_report(samples), "cleaning")
+
+
+def data_params(samples: pd.DataFrame) -> dict[str, int]:
+    """``data.n_examples`` and, from the cleaning report, ``data.n_duplicates`` / ``data.n_conflicts``: the
+    samples that repeat an earlier subject with the same / another object (kept or dropped, as
+    ``relations.duplicates`` says)."""
+    kinds = [c["kind"] for c in samples.attrs.get("changes", [])]
+    return {
+        "data.n_examples": len(samples),
+        "data.n_duplicates": kinds.count("duplicate"),
+        "data.n_conflicts": kinds.count("conflict"),
+    }
 
 
 def logged_config(cfg: RunConfig) -> dict[str, Any]:
@@ -151,7 +167,8 @@ def log_figures(cfg: RunConfig, tables: dict[str, pd.DataFrame], tracker: Tracke
     figures = {"figures/hit_curves.png": plot_hit_curves({name: tables["hit_summary"]})}
     if "dynamics_curves" in tables:
         curves = {name: tables["dynamics_curves"]}
-        figures["figures/fig1_jaccard.png"] = plot_jaccard(curves)
+        lagged = {name: tables["dynamics_lagged"]} if "dynamics_lagged" in tables else None
+        figures["figures/fig1_jaccard.png"] = plot_jaccard(curves, cfg.dynamics.top_frac, lagged=lagged)
         figures["figures/r_t_concentration.png"] = plot_concentration(curves)
         figures["figures/r_t_pooled_concentration.png"] = plot_concentration(curves, pooled=True)
     if "layer_profiles" in tables:
