@@ -13,7 +13,7 @@ Conventions shared by the functions (details in each docstring):
 from gated_lpi_exp.metrics._arrays import top_count
 from gated_lpi_exp.metrics.layers import cross_step_cv, layer_consistency
 from gated_lpi_exp.metrics.neurons import jaccard_stability, positive_gain_concentration, top_set
-from gated_lpi_exp.metrics.prediction import drop_percent, hit_at_k
+from gated_lpi_exp.metrics.prediction import MIN_BASE_HIT10, drop_percent, hit_at_k
 from gated_lpi_exp.metrics.registry import (
     AGGREGATIONS,
     METRICS,
@@ -27,6 +27,7 @@ from gated_lpi_exp.metrics.windows import window_mask
 __all__ = [
     "AGGREGATIONS",
     "METRICS",
+    "MIN_BASE_HIT10",
     "MetricSpec",
     "cross_step_cv",
     "drop_percent",

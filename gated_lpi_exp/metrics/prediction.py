@@ -45,6 +45,11 @@ def hit_at_k(logits: Any, targets: Any, k: int) -> float:
     return float((n_greater < k).mean())
 
 
+MIN_BASE_HIT10 = 0.5
+"""A drop is shown (MLflow metrics, the report's Table 4) only at checkpoints whose unablated HIT@10 is at
+least this: near chance a drop divides by almost nothing (0.01 -> 0.03 is -200%)."""
+
+
 def drop_percent(base: float, ablated: float) -> float:
     """Relative drop of a score under ablation: ``100 · (base - ablated) / base``.
 
