@@ -77,11 +77,13 @@ def runs_of(uri: str, experiment: str = "gated_lpi_exp"):
 
 
 def logged_tables(uri: str, run_id: str, dst: Path) -> dict[str, pd.DataFrame]:
-    """Every ``tables/*.parquet`` artifact of a run, read back."""
+    """Every ``tables/*.parquet`` artifact of a run, read back (not their ``.csv`` copies)."""
     client = MlflowClient(uri)
     mlflow.set_tracking_uri(uri)
     out = {}
     for artifact in client.list_artifacts(run_id, "tables"):
+        if not artifact.path.endswith(".parquet"):
+            continue
         local = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path=artifact.path, dst_path=str(dst / run_id)
         )

@@ -10,7 +10,9 @@ from mlflow.tracking import MlflowClient
 from gated_lpi_exp.compose import compose_run_config
 from gated_lpi_exp.data import load_relations
 from gated_lpi_exp.errors import CheckpointError
+from gated_lpi_exp.plots import FIGURES
 from gated_lpi_exp.run import run
+from gated_lpi_exp.suites.spec import PRESETS
 from gated_lpi_exp.testing import save_random_series, word_tokenizer
 
 STEPS = [0, 10, 30]
@@ -59,7 +61,7 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
     assert "package.git_commit" in params and params["attribution.norm"] == "frozen"
     history = client.get_metric_history(result.run_id, "hit_at_10")
     assert sorted(m.step for m in history) == STEPS
-    for name in ("hit_at_1", "hit_at_10.factual", "j_stab.ffn", "ablation.drop_percent.targeted"):
+    for name in ("hit_at_1", "hit_at_10.factual", "j_stab.ffn", "ablation.hit_at_10.targeted"):
         assert client.get_metric_history(result.run_id, name), name
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "tables")}
     for table in (
@@ -74,13 +76,13 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
         "ablation",
         "head_scores",
     ):
-        assert f"tables/{table}.parquet" in artifacts, table
+        assert {f"tables/{table}.parquet", f"tables/{table}.csv"} <= artifacts, table
     figures = {a.path for a in client.list_artifacts(result.run_id, "figures")}
-    assert "figures/fig1_jaccard.png" in figures and "figures/fig5_ablation.png" in figures
+    assert figures == {f"figures/{spec.stem}.png" for spec in FIGURES}
     assert client.list_artifacts(result.run_id, "config")[0].path == "config/resolved.yaml"
     assert {a.path for a in client.list_artifacts(result.run_id, "attribution")} == {
         f"attribution/step{s}.npz" for s in STEPS
-    }
+    } | {"attribution/README.md"}  # what the arrays are, readable in the UI
 
     # The logged HIT@10 equals a recomputation from the logged per-example ranks.
     path = mlflow.artifacts.download_artifacts(
@@ -127,6 +129,18 @@ def test_the_default_run_on_a_micro_suite_exercises_every_stage(tmp_path, monkey
     )
     assert cfg.ablation.name != "none" and cfg.attribution.enabled
     result = run(cfg)
+    logged = MlflowClient(cfg.tracking.uri).get_run(result.run_id)
+    params = logged.data.params
+    # Resolved values, not the config's "0 = the size preset" placeholders.
+    preset = PRESETS["micro"]
+    for key in ("hidden_size", "num_layers", "num_experts", "steps", "num_checkpoints", "lr"):
+        assert float(params[f"model.suite.{key}"]) == preset[key] != 0, key
+    assert params["attribution.cache_dir"] != "None" and "ablation.fraction" not in params  # a head ablation
+    (dataset,) = logged.inputs.dataset_inputs
+    assert dataset.dataset.digest == params["data.hash"] and dataset.dataset.name == "bundled:all"
+    note = logged.data.tags["mlflow.note.content"]
+    assert note.startswith("micro_moe (MoE, suite micro_moe), 7 checkpoints (steps 0–240), on 36 examples")
+    assert "top-10 heads" in note and logged.data.tags["mlflow.source.name"] == "gated_lpi_exp"
     for table in ("hit_summary", "top_units", "layer_profiles", "dynamics_summary", "ablation"):
         assert len(result.tables[table]) > 0, table
     hits = result.tables["hit_summary"]
