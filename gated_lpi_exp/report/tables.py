@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from gated_lpi_exp.config import ABLATIONS
-from gated_lpi_exp.metrics import get_metric
+from gated_lpi_exp.metrics import MIN_BASE_HIT10, get_metric
 from gated_lpi_exp.report.paper import TABLE_NOTES, paper_cells
 from gated_lpi_exp.report.runs import NOT_COMPUTED, Column
 
@@ -173,10 +173,6 @@ def table3(columns: list[Column]) -> ReportTable:
         TABLE_NOTES["table3"],
     ]
     return ReportTable("table3", "Table 3: layer-level stability", [c.label for c in columns], rows, notes)
-
-
-MIN_BASE_HIT10 = 0.5
-"""Table 4 averages drops over the checkpoints whose unablated HIT@10 is at least this."""
 
 
 def _drop_cells(column: Column, ablation: str) -> tuple[Cell, Cell]:
