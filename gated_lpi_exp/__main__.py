@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -20,28 +21,51 @@ prepare_hydra()
 log = logging.getLogger("gated_lpi_exp")
 
 
+def sweep_dir() -> str | None:
+    """The folder of the ``-m`` sweep this job belongs to (None for a single run)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return str(Path(HydraConfig.get().sweep.dir).resolve())
+
+
 def hydra_tags() -> dict[str, str]:
     """Tags that group the jobs of one ``-m`` sweep in MLflow."""
     if not HydraConfig.initialized():
         return {}
     hc = HydraConfig.get()
     tags = {OVERRIDES_TAG: " ".join(hc.overrides.task) or "(defaults)"}
-    if hc.mode == RunMode.MULTIRUN:
-        tags[SWEEP_TAG] = str(Path(hc.sweep.dir).resolve())
+    if (folder := sweep_dir()) is not None:
+        tags[SWEEP_TAG] = folder
         tags[JOB_NUM_TAG] = str(hc.job.num)
     return tags
 
 
+def report_command(folder: str | None, run_id: str) -> str:
+    """The report command for this run, or for its whole sweep."""
+    if folder is None:
+        return f"python -m gated_lpi_exp.report --runs {run_id[:8]}"
+    shown = os.path.relpath(folder) if Path(folder).is_relative_to(Path.cwd()) else folder
+    return f"python -m gated_lpi_exp.report --sweep {shown}   (when every job of the sweep has finished)"
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Run one Hydra job; a project error ends with its message (no traceback) and exit status 2."""
+    """Run one Hydra job and print its results; a project error ends with its message (no traceback) and
+    exit status 2."""
+    from gated_lpi_exp.console import console, run_summary
     from gated_lpi_exp.run import run
 
     try:
-        result = run(to_run_config(cfg), hydra_tags=hydra_tags())
+        with console():
+            run_cfg = to_run_config(cfg)
+            result = run(run_cfg, hydra_tags=hydra_tags(), sweep_dir=sweep_dir())
     except GatedLPIError as exc:
         log.error("%s: %s", type(exc).__name__, exc)
         sys.exit(2)
+    if result.run_id:  # process 0 of the run
+        command = report_command(sweep_dir(), result.run_id)
+        summary = run_summary(run_cfg, result.tables, result.run_id, result.url, command)
+        print(summary, flush=True)
     return result.metrics.get("hit_at_10")
 
 

@@ -15,6 +15,7 @@ from gated_lpi_exp.checkpoints.loading import load_checkpoint, load_tokenizer
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.execution.process_group import DistributedError, ProcessGroup
+from gated_lpi_exp.execution.stage_guards import bar_disabled
 from gated_lpi_exp.storage.results import CheckpointResult, ResultStore
 from gated_lpi_exp.storage.run_state import RunState
 from gated_lpi_exp.tracking.run_logging import log_checkpoint
@@ -61,8 +62,8 @@ def walk_checkpoints(
     finished it, else computed and stored; logged as it completes."""
     tokenizer = None
     results = []
-    bar = tqdm(checkpoints, desc="checkpoints", unit="ckpt", disable=not cfg.progress)
-    for ckpt in bar:
+    bar = tqdm(checkpoints, desc="checkpoints", unit="ckpt", disable=bar_disabled(cfg.progress))
+    for done, ckpt in enumerate(bar, 1):
         bar.set_postfix(step=ckpt.step)
         with store.lock(ckpt):  # the same checkpoint in another process with the same inputs waits
             result = store.get(ckpt) if cfg.execution.resume else None
@@ -76,6 +77,7 @@ def walk_checkpoints(
                 state.record(ckpt.step, store.put(result, sums), group.rank)
         log_checkpoint(tracker, cfg, result)
         results.append(result)
+        log.info("step %d: checkpoint %d of %d done", ckpt.step, done, len(checkpoints))
     return results
 
 
