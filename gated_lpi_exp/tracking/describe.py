@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from gated_lpi_exp.adapters import MOE_FAMILIES
 from gated_lpi_exp.checkpoints.resolve import Resolution
 from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.data.relations import BUNDLED_DIR
@@ -31,7 +32,7 @@ def resolved_params(cfg: RunConfig) -> dict[str, Any]:
     if cfg.model.kind == "suite":
         suite = asdict(cfg.model.suite.resolved())
         suite["cache_dir"] = suite["cache_dir"] or str(cache_root())
-        if cfg.model.family != "olmoe":
+        if cfg.model.family not in MOE_FAMILIES:
             for key in _MOE_ONLY:
                 suite.pop(key)
         model["suite"] = suite
@@ -78,7 +79,7 @@ def ablation_phrase(cfg: RunConfig) -> str:
 def run_description(cfg: RunConfig, series: Resolution, samples: pd.DataFrame) -> str:
     """One sentence: model, data, checkpoints, ablation (the run's ``mlflow.note.content``)."""
     steps = [c.step for c in series.checkpoints]
-    kind = "MoE" if cfg.model.family == "olmoe" else "dense"
+    kind = "MoE" if cfg.model.family in MOE_FAMILIES else "dense"
     span = f"steps {steps[0]:,}–{steps[-1]:,}" if len(steps) > 1 else f"step {steps[0]:,}"
     n_rel = samples["relation"].nunique()
     return (
