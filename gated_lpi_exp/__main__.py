@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from gated_lpi_exp.compose import CONF_DIR, prepare_hydra
-from gated_lpi_exp.config import to_run_config
+from gated_lpi_exp.config import TrackingConfig, to_run_config
 from gated_lpi_exp.errors import GatedLPIError
 from gated_lpi_exp.tracking.names import JOB_NUM_TAG, OVERRIDES_TAG, SWEEP_TAG
 
@@ -40,12 +40,24 @@ def hydra_tags() -> dict[str, str]:
     return tags
 
 
-def report_command(folder: str | None, run_id: str) -> str:
-    """The report command for this run, or for its whole sweep."""
+def report_command(folder: str | None, run_id: str, where: str) -> str:
+    """The report command for this run, or for its whole sweep (``where``: its store options, if any)."""
     if folder is None:
-        return f"python -m gated_lpi_exp.report --runs {run_id[:8]}"
+        return f"python -m gated_lpi_exp.report{where} --runs {run_id[:8]}"
     shown = os.path.relpath(folder) if Path(folder).is_relative_to(Path.cwd()) else folder
-    return f"python -m gated_lpi_exp.report --sweep {shown}   (when every job of the sweep has finished)"
+    return (
+        f"python -m gated_lpi_exp.report{where} --sweep {shown}   (when every job of the sweep has finished)"
+    )
+
+
+def report_options(tracking: TrackingConfig) -> str:
+    """The report's ``--tracking-uri`` and ``--experiment`` for runs logged with ``tracking`` (none where the
+    defaults name the same store and experiment from here)."""
+    from gated_lpi_exp.tracking.sweep import store_key
+
+    default = TrackingConfig()
+    uri = f" --tracking-uri {tracking.uri}" if store_key(tracking.uri) != store_key(default.uri) else ""
+    return uri + (f" --experiment {tracking.experiment}" if tracking.experiment != default.experiment else "")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -63,7 +75,7 @@ def main(cfg: DictConfig) -> float | None:
         log.error("%s: %s", type(exc).__name__, exc)
         sys.exit(2)
     if result.run_id:  # process 0 of the run
-        command = report_command(sweep_dir(), result.run_id)
+        command = report_command(sweep_dir(), result.run_id, report_options(run_cfg.tracking))
         summary = run_summary(run_cfg, result.tables, result.run_id, result.url, command)
         print(summary, flush=True)
     return result.metrics.get("hit_at_10")

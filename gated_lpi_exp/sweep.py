@@ -20,7 +20,8 @@ from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from gated_lpi_exp.tracking.sweep import SweepParent, children, finish_parent, read_parents
+from gated_lpi_exp.config import TrackingConfig
+from gated_lpi_exp.tracking.sweep import SweepParent, children, finish_parent, read_parents, store_key
 from gated_lpi_exp.tracking.ui import browse_hint, runs_page
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,17 @@ def log_comparison(parent: SweepParent, sweep_dir: Path) -> None:
         client.log_artifacts(parent.run_id, tmp, "report")
 
 
+def store_options(parent: SweepParent, experiment: str) -> str:
+    """The report's ``--tracking-uri`` / ``--experiment`` options for a parent's store (none for the
+    defaults: ./mlflow.db, experiment gated_lpi_exp)."""
+    uri = (
+        ""
+        if parent.tracking_uri == store_key(TrackingConfig().uri)
+        else f" --tracking-uri {parent.tracking_uri}"
+    )
+    return uri + ("" if experiment == TrackingConfig().experiment else f" --experiment {experiment}")
+
+
 def finish_sweep(sweep_dir: str | os.PathLike[str], aborted: bool = False) -> list[str]:
     """Close every parent run of the sweep in ``sweep_dir``: the comparison logged (unless ``aborted``),
     status set.
@@ -64,12 +76,14 @@ def finish_sweep(sweep_dir: str | os.PathLike[str], aborted: bool = False) -> li
         except Exception as exc:  # the runs are logged; a failed comparison must not hide that
             log.warning("sweep %s: could not log the comparison report to its parent run: %s", folder, exc)
         status = finish_parent(parent, aborted=aborted)
-        runs = children(MlflowClient(parent.tracking_uri), parent)
+        client = MlflowClient(parent.tracking_uri)
+        runs = children(client, parent)
         done = sum(r.info.status == "FINISHED" for r in runs)
+        options = store_options(parent, client.get_experiment(parent.experiment_id).name)
         lines += [
             f"Sweep {parent.sweep_id} ({shown_path(folder)}): {done} of {len(runs)} runs finished; "
             f"parent run {status}.",
-            f"  compare: python -m gated_lpi_exp.report --sweep {shown_path(folder)}",
+            f"  compare: python -m gated_lpi_exp.report{options} --sweep {shown_path(folder)}",
             f"  browse:  {browse_hint(parent.tracking_uri, runs_page(parent.experiment_id))}",
         ]
     return lines

@@ -71,9 +71,11 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 240, launcher=CLI) -> s
 
 
 def runs_of(uri: str, experiment: str = "gated_lpi_exp"):
+    """The client and the experiment's runs of jobs (not the parent runs of sweeps)."""
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
-    return client, ([] if exp is None else client.search_runs([exp.experiment_id]))
+    runs = [] if exp is None else client.search_runs([exp.experiment_id])
+    return client, [r for r in runs if r.data.tags.get("gated_lpi.sweep_parent") != "1"]
 
 
 def logged_tables(uri: str, run_id: str, dst: Path) -> dict[str, pd.DataFrame]:
