@@ -133,13 +133,16 @@ def test_the_default_run_on_a_micro_suite_exercises_every_stage(tmp_path, monkey
     params = logged.data.params
     # Resolved values, not the config's "0 = the size preset" placeholders.
     preset = PRESETS["micro"]
-    for key in ("hidden_size", "num_layers", "num_experts", "steps", "num_checkpoints", "lr"):
+    for key in ("hidden_size", "num_layers", "steps", "num_checkpoints", "lr"):
         assert float(params[f"model.suite.{key}"]) == preset[key] != 0, key
+    moe = suite == "micro_moe"
+    assert ("model.suite.num_experts" in params) == moe  # a dense suite logs no expert fields
     assert params["attribution.cache_dir"] != "None" and "ablation.fraction" not in params  # a head ablation
     (dataset,) = logged.inputs.dataset_inputs
     assert dataset.dataset.digest == params["data.hash"] and dataset.dataset.name == "bundled:all"
     note = logged.data.tags["mlflow.note.content"]
-    assert note.startswith("micro_moe (MoE, suite micro_moe), 7 checkpoints (steps 0–240), on 36 examples")
+    kind = "MoE" if moe else "dense"
+    assert note.startswith(f"{suite} ({kind}, suite {suite}), 7 checkpoints (steps 0–240), on 36 examples")
     assert "top-10 heads" in note and logged.data.tags["mlflow.source.name"] == "gated_lpi_exp"
     for table in ("hit_summary", "top_units", "layer_profiles", "dynamics_summary", "ablation"):
         assert len(result.tables[table]) > 0, table

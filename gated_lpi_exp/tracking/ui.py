@@ -38,7 +38,7 @@ def browse_hint(uri: str, route: str) -> str:
     command that serves the store and the URL to open then."""
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/{route}"
-    return f"mlflow ui --backend-store-uri {uri} --port 5000, then open http://127.0.0.1:5000/{route}"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, then open http://127.0.0.1:5000/{route}"
 
 
 def ui_path(experiment_id: str, run_id: str) -> str:
