@@ -21,7 +21,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gated_lpi_exp.compose import CONF_DIR
 from gated_lpi_exp.config import RunConfig
-from gated_lpi_exp.metrics import MIN_BASE_HIT10
+from gated_lpi_exp.metrics import MIN_BASE_HIT10, MetricSpec, metrics_for
 
 LOGGING_CONFIG = CONF_DIR / "hydra" / "job_logging" / "gated_lpi_exp.yaml"
 """The one log format: Hydra's job logging config, also used by the other commands (report, suites)."""
@@ -90,25 +90,22 @@ def hit_rows(hits: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return ["measure (± s.e., n=" + str(n) + ")", f"step {first:,}", f"step {last:,}"], rows
 
 
-DYNAMICS_ROWS = (
-    ("j_stab", "J_stab: top-set overlap of consecutive checkpoints", True),
-    ("r_t", "R_t: gain share of the top neurons", True),
-    ("rho_avg", "ρ_avg: layer-profile correlation", False),
-    ("sigma_rel", "σ_rel: layer-importance variation", False),
-)
-"""Metric, label, shown in % (fractions) or as a plain number."""
+def _shown(spec: MetricSpec, value: float) -> str:
+    """A value as the registry's unit says: a fraction in %, anything else as a plain number."""
+    if spec.unit == "fraction":
+        return _pct(value, spec.display.digits)
+    return "n/a" if math.isnan(value) else f"{value * spec.display.scale:.{spec.display.digits}f}"
 
 
 def dynamics_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Every dynamics metric over all checkpoints, FFN and ATTN."""
+    """Every registered single-value dynamics metric over all checkpoints, FFN and ATTN."""
     whole = summary[summary["window"] == "all"]
     rows = []
-    for metric, label, percent in DYNAMICS_ROWS:
-        cells = [label]
+    for spec in [*metrics_for("pair", per_layer=False), *metrics_for("profile")]:
+        cells = [spec.label]
         for unit in ("ffn", "attn"):
-            hit = whole[(whole["metric"] == metric) & (whole["unit"] == unit)]
-            value = float(hit["value"].iloc[0]) if len(hit) else float("nan")
-            cells.append(_pct(value) if percent else ("n/a" if math.isnan(value) else f"{value:.2f}"))
+            hit = whole[(whole["metric"] == spec.name) & (whole["unit"] == unit)]
+            cells.append(_shown(spec, float(hit["value"].iloc[0]) if len(hit) else float("nan")))
         rows.append(cells)
     return ["dynamics (all checkpoints)", "FFN", "ATTN"], rows
 
@@ -142,6 +139,11 @@ def results_table(cfg: RunConfig, tables: dict[str, pd.DataFrame]) -> str:
         if name in tables and len(tables[name]):
             headers, rows = make(tables[name])
             parts += [*_md(headers, rows), ""]
+    if "dynamics_summary" in tables:
+        parts.append(
+            f"Dynamics: top sets are the top {cfg.dynamics.top_frac * 100:g}% of neurons (dynamics.top_frac); "
+            "the metrics are defined in docs/definitions.md."
+        )
     if "ablation" in tables:
         parts.append(
             f"Drops: mean over the checkpoints whose base HIT@10 is at least {_pct(MIN_BASE_HIT10, 0)} "

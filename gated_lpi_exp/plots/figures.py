@@ -7,7 +7,7 @@ A new figure is one entry of :data:`FIGURES`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -27,6 +27,8 @@ class FigureSettings:
 
     top_frac: float = 0.01
     """``dynamics.top_frac``: the share of neurons in a top set."""
+    ablation_labels: Mapping[str, str] = field(default_factory=dict)
+    """Ablation name -> display name (the preset's ``label``), in panel order."""
 
 
 Draw = Callable[[Mapping[str, pd.DataFrame], Mapping[str, str], FigureSettings], Figure]
@@ -90,7 +92,7 @@ FIGURES: tuple[FigureSpec, ...] = (
         "fig5_ablation",
         "Fig. 5: HIT@10 under each ablation of these runs: targeted (top units) vs a matched random control.",
         "ablation",
-        lambda data, colors, s: plot_ablation(data, colors=colors),
+        lambda data, colors, s: plot_ablation(data, colors=colors, labels=s.ablation_labels),
     ),
     FigureSpec(
         "hit_curves",

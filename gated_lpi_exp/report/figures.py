@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from gated_lpi_exp.plots import FIGURES, FigureSettings, FigureSpec, model_colors, to_png
 from gated_lpi_exp.report.runs import Column
+from gated_lpi_exp.report.tables import ablation_labels
 
 
 @dataclass
@@ -22,7 +23,7 @@ def render_figures(columns: list[Column]) -> list[RenderedFigure]:
     """Draw every figure of :data:`FIGURES` over the columns that have its table."""
     colors = model_colors(c.label for c in columns)
     top = columns[0].param("dynamics.top_frac") if columns else None
-    settings = FigureSettings(top_frac=float(top)) if top else FigureSettings()
+    settings = FigureSettings(top_frac=float(top) if top else 0.01, ablation_labels=ablation_labels(columns))
     out = []
     for spec in FIGURES:
         data = {c.label: t for c in columns if (t := c.table(spec.table)) is not None}

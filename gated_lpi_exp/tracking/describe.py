@@ -27,6 +27,12 @@ _MOE_ONLY = ("num_experts", "experts_per_token", "router_aux_loss_coef")
 
 def resolved_params(cfg: RunConfig) -> dict[str, Any]:
     """The run's config as flat params, with defaults resolved and unused fields left out."""
+    return flatten(resolved_config(cfg))
+
+
+def resolved_config(cfg: RunConfig) -> dict[str, Any]:
+    """The run's config as a nested dict (``config/resolved.yaml``), with defaults resolved and unused
+    fields left out."""
     tree = asdict(cfg)
     model = tree["model"]
     if cfg.model.kind == "suite":
@@ -47,7 +53,7 @@ def resolved_params(cfg: RunConfig) -> dict[str, Any]:
         ablation.pop("fraction")
     else:
         ablation.pop("count")
-    return flatten(tree)
+    return tree
 
 
 def relation_label(cfg: RunConfig) -> str:

@@ -14,13 +14,20 @@ from gated_lpi_exp.checkpoints.resolve import Resolution
 from gated_lpi_exp.compat import DESCRIPTIONS as SCORING_DESCRIPTIONS
 from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.data import dataset_hash
+from gated_lpi_exp.metrics import metric_versions
 from gated_lpi_exp.plots import FIGURES, FigureSettings, model_colors
 from gated_lpi_exp.schemas import CheckpointTable
 from gated_lpi_exp.stages.ablation import ablation_metrics
 from gated_lpi_exp.stages.attribution import aggregate_arrays
 from gated_lpi_exp.stages.evaluation import hit_metrics, summarise_hits
 from gated_lpi_exp.storage.results import CheckpointResult
-from gated_lpi_exp.tracking.describe import dataset_name, dataset_source, relation_label, resolved_params
+from gated_lpi_exp.tracking.describe import (
+    dataset_name,
+    dataset_source,
+    relation_label,
+    resolved_config,
+    resolved_params,
+)
 from gated_lpi_exp.tracking.names import (
     ABLATION_TAG,
     COMPAT_TAG,
@@ -75,9 +82,11 @@ def log_run_params(
     samples: pd.DataFrame,
     assignment: list[list[int]],
 ) -> None:
-    """Params (the config with resolved values, revisions, dataset hash, versions, which process took which
-    checkpoints), the examples as the run's dataset input, and the resolved-config artifacts."""
+    """Params (the config with resolved values, revisions, dataset hash, package and metric versions, which
+    process took which checkpoints), the examples as the run's dataset input, and the resolved-config
+    artifacts."""
     params = resolved_params(cfg)
+    params.update({f"metrics.{name}.version": version for name, version in metric_versions().items()})
     params.update(
         {
             "run.revisions": ",".join(c.label for c in series.checkpoints),
@@ -96,7 +105,7 @@ def log_run_params(
     )
     tracker.log_params(params)
     tracker.log_dataset(samples, dataset_name(cfg), dataset_hash(samples), dataset_source(cfg))
-    tracker.log_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), "config/resolved.yaml")
+    tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(resolved_config(cfg))), "config/resolved.yaml")
     if cfg.attribution.enabled:
         tracker.log_text(ARRAYS_README, "attribution/README.md")
     table = pd.DataFrame(
@@ -111,7 +120,9 @@ def log_figures(cfg: RunConfig, tables: dict[str, pd.DataFrame], tracker: Tracke
     ``figures/<stem>.png``."""
     name = cfg.model.name
     colors = model_colors([name])
-    settings = FigureSettings(top_frac=cfg.dynamics.top_frac)
+    settings = FigureSettings(
+        top_frac=cfg.dynamics.top_frac, ablation_labels={cfg.ablation.name: cfg.ablation.display_name}
+    )
     for spec in FIGURES:
         if spec.table in tables:
             tracker.log_figure(
