@@ -16,7 +16,7 @@ from gated_lpi_exp.report import main
 from gated_lpi_exp.report.runs import Column, RunData, make_columns
 from gated_lpi_exp.report.sections import split_sections
 from gated_lpi_exp.report.select import select_runs
-from gated_lpi_exp.report.tables import Cell, Row, ablation_labels, mark_best
+from gated_lpi_exp.report.tables import Cell, Row, ablation_labels, mark_best, table4
 from gated_lpi_exp.schemas import AblationResult, HitSummary
 from gated_lpi_exp.stages.dynamics import compute_dynamics, layer_profiles
 from gated_lpi_exp.tracking.sweep import sweep_parent
@@ -256,6 +256,17 @@ def test_best_mark_follows_the_registry_direction():
     assert (
         not any(c.best for c in single.cells) and single.text(single.cells[1]) == "not computed in this run"
     )
+
+
+def test_drops_computed_only_near_chance_are_said_to_be_so_not_missing():
+    near_chance = _ablation().assign(hit_at_10=lambda t: t["hit_at_10"] * 0.1)  # base HIT@10 0.05
+    run = _fake_run("a" * 32, "olmoe", "top10_heads", 1)
+    run.tables["ablation"] = near_chance
+    rows = table4([Column("olmoe", [run])]).rows
+    targeted = next(r for r in rows if r.label == "top-10 heads: targeted")
+    assert targeted.text(targeted.cells[0]) == "base HIT@10 below 0.5 at all 2 checkpoints"
+    untouched = next(r for r in rows if r.label == "top-1 head: targeted")
+    assert untouched.text(untouched.cells[0]) == "not computed in this run"
 
 
 def _small_run(tracker: Tracker, model: str, params: dict, tags: dict, parent: str | None = None) -> str:

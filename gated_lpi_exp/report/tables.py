@@ -187,6 +187,9 @@ def _drop_cells(column: Column, ablation: str) -> tuple[Cell, Cell]:
     part = part[part["step"].isin(base.index[base >= MIN_BASE_HIT10])]
     targeted = part[part["condition"] == "targeted"].groupby("step")["drop_percent"].mean()  # [S]
     per_seed = part[part["condition"] == "random"].groupby("seed")["drop_percent"].mean()  # [seeds]
+    if len(base) and part.empty:  # computed, but never at a checkpoint where a drop means something
+        low = Cell(note=f"base HIT@10 below {MIN_BASE_HIT10} at all {len(base)} checkpoints")
+        return low, low
     none = Cell(note=NOT_COMPUTED)
     t_cell = Cell(value=float(np.nanmean(targeted))) if targeted.notna().any() else none
     seeds = per_seed.dropna()
