@@ -46,6 +46,7 @@ def relation_key(checkpoint: Checkpoint, dtype: str, rows: pd.DataFrame, cfg: At
         "package": __version__,
         "model": checkpoint.source,
         "revision": checkpoint.revision,
+        **({"commit": checkpoint.commit} if checkpoint.commit else {}),  # local keys stay as they were
         "weights": weight_files(checkpoint),  # a local checkpoint overwritten in place gets a new key
         "dtype": dtype,
         "relation": rows["relation"].iloc[0],
