@@ -61,9 +61,12 @@ def load_samples(cfg: RunConfig) -> pd.DataFrame:
     samples = select_relations(
         samples, names=rel.names or None, categories=None if rel.names else rel.categories
     )
+    changes = samples.attrs.get("changes", [])
     if rel.max_per_relation is not None:
         samples = samples.groupby("relation", sort=False).head(rel.max_per_relation)
-    return RelationSamples.check(samples.reset_index(drop=True))
+    samples = RelationSamples.check(samples.reset_index(drop=True))
+    samples.attrs["changes"] = changes  # the cleaning report of the selected relations, logged with the run
+    return samples
 
 
 def run(

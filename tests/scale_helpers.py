@@ -37,7 +37,9 @@ def overrides(series: Path, work: Path, *extra: str) -> list[str]:
         "model.name=random",
         "model.dtype=float32",
         "model.device=cpu",
+        "checkpoints=all",  # not the paper's grid and data, which model=olmo brings in
         "relations=linguistic",
+        "relations.source=bundled",
         "relations.max_per_relation=2",
         f"tracking.uri=sqlite:///{work}/mlflow.db",
         f"tracking.artifact_location={work}/mlruns",

@@ -21,7 +21,7 @@ from gated_lpi_exp.plots import (
     to_png,
 )
 from gated_lpi_exp.plots.dynamics import pick_steps
-from gated_lpi_exp.schemas import AblationResult, DynamicsCurve, HitSummary, LayerProfile
+from gated_lpi_exp.schemas import AblationResult, DynamicsCurve, HitSummary, LaggedOverlap, LayerProfile
 
 STEPS = {"tiny_moe": [10, 100, 1000, 10000], "tiny_dense": [10, 100, 1000]}
 LAYERS = {"tiny_moe": 2, "tiny_dense": 3}
@@ -34,6 +34,17 @@ def _curves(model):
         for i, s in enumerate(steps[1:], 1)
     ]  # fmt: skip
     return DynamicsCurve.check(pd.DataFrame(rows))
+
+
+def _lagged(model):
+    """One lagged pair per unit, the first analysed step vs the last, at 40% (random sets: 1%)."""
+    first, last = STEPS[model][0], STEPS[model][-1]
+    rows = [
+        dict(metric="j_lag", unit=u, requested_a=first, requested_b=last, step_a=first, step_b=last,
+             value=0.4, set_size=10, population=1000, random_baseline=0.01)
+        for u in ("ffn", "attn")
+    ]  # fmt: skip
+    return LaggedOverlap.check(pd.DataFrame(rows))
 
 
 def _profiles(model):
@@ -186,6 +197,7 @@ TABLES = {
     "layer_profiles": _profiles,
     "hit_summary": _hits,
     "ablation": _ablation,
+    "dynamics_lagged": _lagged,
 }
 
 
@@ -195,7 +207,7 @@ def _one_ablation(model):
 
 
 def _text_artists(fig: Figure) -> list[tuple[str, object]]:
-    """Every piece of text a reader must see whole: titles, axis labels, tick labels, legends."""
+    """Every piece of text a reader must see whole: titles, axis labels, tick labels, legends, annotations."""
     found: list[tuple[str, object]] = [
         ("figure title", fig._suptitle),
         *(("legend", lg) for lg in fig.legends),
@@ -207,6 +219,7 @@ def _text_artists(fig: Figure) -> list[tuple[str, object]]:
             (f"axes {i} y axis", ax.yaxis),
         ]
         found.append((f"axes {i} legend", ax.get_legend()))
+        found += [(f"axes {i} text {t.get_text()!r}", t) for t in ax.texts]
     return [(name, a) for name, a in found if a is not None and (not isinstance(a, Text) or a.get_text())]
 
 
@@ -232,7 +245,8 @@ def test_every_figure_fits_its_canvas_with_one_colour_per_model(spec, models):
     names = ["tiny_moe"] if models == "one" else list(STEPS)
     data = {LONG_NAMES[m] if models != "one" else m: make(m) for m in names}
     colors = model_colors(data)
-    fig = spec.render(data, colors, FigureSettings(top_frac=0.05))
+    extras = {t: {name: TABLES[t](m) for name, m in zip(data, names, strict=True)} for t in spec.extras}
+    fig = spec.render(data, colors, FigureSettings(top_frac=0.05), extras)
     assert _outside(fig) == []
     legend_colors = {
         t.get_text(): h.get_color()
@@ -257,3 +271,17 @@ def test_figure_titles_state_the_runs_top_share():
     jaccard = next(s for s in FIGURES if s.stem == "fig1_jaccard")
     fig = jaccard.render({"m": _curves("tiny_moe")}, model_colors(["m"]), FigureSettings(top_frac=0.02))
     assert "Top-2%" in fig.get_suptitle() and "top-2%" in fig.axes[0].get_ylabel()
+
+
+def test_fig1_as_declared_draws_the_lagged_pairs_beside_the_curve():
+    jaccard = next(s for s in FIGURES if s.stem == "fig1_jaccard")
+    assert jaccard.extras == ("dynamics_lagged",)
+    curves, lagged = {"m": _curves("tiny_moe")}, {"m": _lagged("tiny_moe")}
+    fig = jaccard.render(curves, model_colors(["m"]), FigureSettings(), {"dynamics_lagged": lagged})
+    for ax in fig.axes[:2]:
+        span = [line for line in ax.lines if line.get_linestyle() == "--"]
+        assert len(span) == 1 and list(span[0].get_xdata()) == [10, 10000]
+        assert list(span[0].get_ydata()) == pytest.approx([40, 40])  # J_lag in %
+        assert [t.get_text() for t in ax.texts] == ["J(10, 10K) = 40.0% (random 1.00%)"]
+    plain = jaccard.render(curves, model_colors(["m"]), FigureSettings())  # a run without lagged pairs
+    assert not any(line.get_linestyle() == "--" for line in plain.axes[0].lines) and not plain.axes[0].texts

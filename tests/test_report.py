@@ -19,6 +19,7 @@ from gated_lpi_exp.report.select import select_runs
 from gated_lpi_exp.report.tables import Cell, Row, ablation_labels, mark_best, table4
 from gated_lpi_exp.schemas import AblationResult, HitSummary
 from gated_lpi_exp.stages.dynamics import compute_dynamics, layer_profiles
+from gated_lpi_exp.stages.lagged import lagged_overlaps
 from gated_lpi_exp.tracking.sweep import sweep_parent
 from gated_lpi_exp.tracking.tracker import Tracker
 
@@ -48,24 +49,31 @@ def _hits() -> pd.DataFrame:
 
 
 def _ablation() -> pd.DataFrame:
-    """Targeted drops 40 and 60 (mean 50.00); random seeds 10 and 20 (mean 15.00 ± 7.07 sd)."""
+    """Steps 10 and 20 know the facts (base 0.5): targeted drops 40 and 60, random seeds 10 and 20. Step 30 is
+    near chance (base 0.1): targeted 100, random 40 and 50. All checkpoints: targeted 66.67, random 25.00 ±
+    7.07; checkpoints with base >= 0.5: 50.00 and 15.00 ± 7.07."""
     rows = []
-    for step, targeted in ((10, 40.0), (20, 60.0)):
+    for step, base, targeted, randoms in ((10, 0.5, 40.0, (10.0, 20.0)), (20, 0.5, 60.0, (10.0, 20.0)),
+                                          (30, 0.1, 100.0, (40.0, 50.0))):  # fmt: skip
         common = dict(step=step, ablation="top10_heads", n_units=10, heldout=False)
-        rows.append(dict(common, condition="base", seed=-1, hit_at_10=0.5, drop_percent=0.0))
+        rows.append(dict(common, condition="base", seed=-1, hit_at_10=base, drop_percent=0.0))
         rows.append(
             dict(
                 common,
                 condition="targeted",
                 seed=-1,
-                hit_at_10=0.5 * (1 - targeted / 100),
+                hit_at_10=base * (1 - targeted / 100),
                 drop_percent=targeted,
             )
         )
-        for seed, drop in ((0, 10.0), (1, 20.0)):
+        for seed, drop in enumerate(randoms):
             rows.append(
                 dict(
-                    common, condition="random", seed=seed, hit_at_10=0.5 * (1 - drop / 100), drop_percent=drop
+                    common,
+                    condition="random",
+                    seed=seed,
+                    hit_at_10=base * (1 - drop / 100),
+                    drop_percent=drop,
                 )
             )
     return AblationResult.check(pd.DataFrame(rows))
@@ -81,12 +89,15 @@ def _log_run(
             "gated_lpi.sweep": "sweep1"}  # fmt: skip
     with tracker.run(f"{model}-all-top10_heads", tags=tags) as run_id:
         tracker.log_params({"model.name": model, "relations.categories": ["factual"], "relations.names": [],
+                            "relations.source": "bundled", "relations.duplicates": "keep",
+                            "model.dtype": "float32", "ablation.rank_by": "signed",
                             "dynamics.top_frac": 0.1, "dynamics.windows.early": [0, 20],
                             "dynamics.windows.late": [20, None], "ablation.name": "top10_heads"})  # fmt: skip
         tracker.log_table(_hits(), "hit_summary")
         tracker.log_table(layer_profiles(aggs), "layer_profiles")
         tracker.log_table(curves, "dynamics_curves")
         tracker.log_table(summary, "dynamics_summary")
+        tracker.log_table(lagged_overlaps(aggs, [[0, 30], [10, 28]], 0.1), "dynamics_lagged")
         if ablation:
             tracker.log_table(_ablation(), "ablation")
     return run_id, summary
@@ -142,6 +153,16 @@ def test_report_end_to_end(store, tmp_path):
     assert early[4:] == ["22.2 (10K–70K)", "6.3 (10K–70K)"]
     late = _row(md, "R_t ATTN (%), window late, steps [20, end)")
     assert late[2] != "" and late[4:] == ["—", "—"]
+    # Table 2 also has the lagged pairs: the value of each run's own table; 28 is matched to step 30.
+    lagged = lagged_overlaps(_aggregates(0, 2), [[0, 30]], 0.1)
+    ffn = _row(md, "J_lag FFN (%), steps 0 vs 30")
+    assert ffn[3].split()[0] == f"{100 * lagged[lagged.unit == 'ffn'].value.item():.1f}"
+    random_ffn = _row(md, "J_lag FFN (%), steps 0 vs 30: random sets")
+    assert random_ffn[3] == f"{100 * lagged[lagged.unit == 'ffn'].random_baseline.item():.1f}"
+    assert (
+        "Lagged pairs matched to the nearest analysed checkpoints: 10 vs 28 -> tiny_dense: steps 10 vs 30"
+        in md
+    )
     # Table 3: σ_rel is descriptive too; its rows are the registry's profile metrics.
     s = _row(md, "σ_rel FFN, all checkpoints")
     assert s[1] == "—" and s[2] == _expected(store["summaries"]["tiny_dense"], "sigma_rel", "ffn", 1, 2)
@@ -150,11 +171,18 @@ def test_report_end_to_end(store, tmp_path):
     t = _row(md, "top-10 heads: targeted")
     assert (
         t[2] == "not computed in this run"
-        and t[3] == "50.00"
+        and t[3] == "66.67"
         and t[4:] == ["9.44 (checkpoint mean)", "50.43 (checkpoint mean)"]
     )
-    assert _row(md, "top-10 heads: random control")[3] == "15.00 ± 7.07"
+    assert _row(md, "top-10 heads: random control")[3] == "25.00 ± 7.07"
     assert t[1] == "lower" and "▲" not in t[3]  # a drop has a direction, but one value is no comparison
+    filtered = _row(md, "top-10 heads: targeted, checkpoints with base HIT@10 ≥ 0.5")
+    assert filtered[3] == "50.00" and filtered[4:] == ["—", "—"]
+    assert _row(md, "top-10 heads: random control, checkpoints with base HIT@10 ≥ 0.5")[3] == "15.00 ± 7.07"
+    # Next to every paper comparison: which choices the runs used, unlike the paper's marked.
+    choices = [line for line in md.splitlines() if line.startswith("*Choices of these runs")]
+    assert len(choices) == 3 and "relations.source=bundled ≠" in choices[2]
+    assert "ablation.rank_by=signed" in choices[2] and "ablation.rank_by" not in choices[0]
     assert _row(md, "top-1 head: targeted")[2:4] == ["not computed in this run"] * 2
     # Figures: 7 inline PNGs in the HTML, the same files next to the Markdown.
     assert html.count("data:image/png;base64,") == 7 and "src='http" not in html
@@ -259,13 +287,16 @@ def test_best_mark_follows_the_registry_direction():
 
 
 def test_drops_computed_only_near_chance_are_said_to_be_so_not_missing():
-    near_chance = _ablation().assign(hit_at_10=lambda t: t["hit_at_10"] * 0.1)  # base HIT@10 0.05
+    near_chance = _ablation().assign(hit_at_10=lambda t: t["hit_at_10"] * 0.1)  # base HIT@10 0.05 and 0.01
     run = _fake_run("a" * 32, "olmoe", "top10_heads", 1)
     run.tables["ablation"] = near_chance
-    rows = table4([Column("olmoe", [run])]).rows
-    targeted = next(r for r in rows if r.label == "top-10 heads: targeted")
-    assert targeted.text(targeted.cells[0]) == "base HIT@10 below 0.5 at all 2 checkpoints"
-    untouched = next(r for r in rows if r.label == "top-1 head: targeted")
+    rows = {r.label: r for r in table4([Column("olmoe", [run])], min_base_hit10=0.3).rows}
+    everything = rows["top-10 heads: targeted"]  # the paper's mean still counts every checkpoint
+    assert everything.text(everything.cells[0]) == "66.67"
+    for kind in ("targeted", "random control"):
+        filtered = rows[f"top-10 heads: {kind}, checkpoints with base HIT@10 ≥ 0.3"]
+        assert filtered.text(filtered.cells[0]) == "base HIT@10 below 0.3 at all 3 checkpoints"
+    untouched = rows["top-1 head: targeted, checkpoints with base HIT@10 ≥ 0.3"]
     assert untouched.text(untouched.cells[0]) == "not computed in this run"
 
 

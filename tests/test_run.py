@@ -39,6 +39,8 @@ def _cfg(series, tmp_path, *overrides):
             "model.name=random_moe",
             "model.dtype=float32",
             "model.device=cpu",
+            "checkpoints=all",  # not the paper's grid and data, which model=olmoe brings in
+            "relations.source=bundled",
             "relations.max_per_relation=4",
             f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
             f"tracking.artifact_location={tmp_path}/mlruns",
@@ -50,7 +52,9 @@ def _cfg(series, tmp_path, *overrides):
 
 
 def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(series, tmp_path, caplog):
-    cfg = _cfg(series, tmp_path, "ablation=top1_head", "ablation.random_seeds=2")
+    cfg = _cfg(
+        series, tmp_path, "ablation=top1_head", "ablation.random_seeds=2", "dynamics.lagged_pairs=[[0,25]]"
+    )
     result = run(cfg)
     client = MlflowClient(cfg.tracking.uri)
     logged = client.get_run(result.run_id)
@@ -60,8 +64,13 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
     assert params["run.revisions"] == "step0,step10,step30"
     assert len(params["data.hash"]) >= 16 and params["package.version"]
     assert "package.git_commit" in params and params["attribution.norm"] == "frozen"
+    assert params["run.step_mapping"] == "none"
+    assert (params["data.n_duplicates"], params["data.n_conflicts"]) == ("0", "0")  # the bundled set is clean
     assert not any(k.startswith("model.suite.") for k in params)  # a local series has no suite recipe
     assert params["metrics.j_stab.version"] == "1" and params["ablation.label"] == "top-1 head"
+    assert params["metrics.j_lag.version"] == "1"
+    lagged = result.tables["dynamics_lagged"]  # 25 is matched to the analysed step 30
+    assert lagged[["step_a", "step_b"]].drop_duplicates().values.tolist() == [[0, 30]]
     history = client.get_metric_history(result.run_id, "hit_at_10")
     assert sorted(m.step for m in history) == STEPS
     for name in (
@@ -70,6 +79,8 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
         "j_stab.ffn",
         "r_t_layer.attn.layer1",
         "ablation.hit_at_10.targeted",
+        "j_lag.attn.0_25",
+        "j_lag.attn.0_25.random",
     ):
         assert client.get_metric_history(result.run_id, name), name
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "tables")}
@@ -86,6 +97,8 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
         "dynamics_layer_summary",
         "ablation",
         "head_scores",
+        "dynamics_lagged",
+        "cleaning",
     ):
         assert {f"tables/{table}.parquet", f"tables/{table}.csv"} <= artifacts, table
     figures = {a.path for a in client.list_artifacts(result.run_id, "figures")}

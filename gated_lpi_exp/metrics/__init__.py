@@ -18,6 +18,7 @@ from gated_lpi_exp.metrics.neurons import (
     gain_concentration,
     jaccard_stability,
     positive_gain_concentration,
+    random_top_set_overlap,
     top_set,
     top_set_overlap,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "metric_versions",
     "metrics_for",
     "positive_gain_concentration",
+    "random_top_set_overlap",
     "register_metric",
     "top_count",
     "top_set",

@@ -83,8 +83,10 @@ def hit_at_k(logits: Any, targets: Any, k: int) -> float:
 
 
 MIN_BASE_HIT10 = 0.5
-"""A drop is shown (MLflow metrics, the report's Table 4) only at checkpoints whose unablated HIT@10 is at
-least this: near chance a drop divides by almost nothing (0.01 -> 0.03 is -200%)."""
+"""Near chance a drop divides by almost nothing (0.01 -> 0.03 is -200%), so drops count only at checkpoints
+whose unablated HIT@10 is at least this: the logged ``ablation.drop.*`` metrics (NaN below it), the console's
+drops, and the report's filtered Table 4 rows (the default of ``--min-base-hit10``; its first rows, as in the
+paper, average every checkpoint)."""
 
 
 def drop_percent(base: float, ablated: float) -> float:

@@ -18,6 +18,7 @@ from gated_lpi_exp.plots._style import (
     UNIT_LABELS,
     figure_legend,
     figure_title,
+    format_step,
     layer_axis,
     mark_empty,
     model_handles,
@@ -27,7 +28,7 @@ from gated_lpi_exp.plots._style import (
     resolve_colors,
     step_axis,
 )
-from gated_lpi_exp.schemas import DataFrame, DynamicsCurve, LayerProfile
+from gated_lpi_exp.schemas import DataFrame, DynamicsCurve, LaggedOverlap, LayerProfile
 
 UNITS = ("ffn", "attn")
 
@@ -76,6 +77,7 @@ def plot_jaccard(
     curves_by_model: Mapping[str, DataFrame[DynamicsCurve]],
     top_frac: float = 0.01,
     colors: Mapping[str, str] | None = None,
+    lagged: Mapping[str, DataFrame[LaggedOverlap]] | None = None,
 ) -> Figure:
     """Fig. 1: Jaccard overlap of the top neuron sets of consecutive checkpoints (J_t, eq. 7), FFN and ATTN.
 
@@ -83,14 +85,43 @@ def plot_jaccard(
         curves_by_model: Model name -> dynamics curves table (rows ``metric == "j_stab"`` are drawn).
         top_frac: Share of neurons in a top set, for the labels.
         colors: Model name -> colour; None = one per model in the dict's order.
+        lagged: Model name -> lagged-overlap table: each pair is drawn beside the curve as a dashed span from
+            its first to its second step at its overlap, labelled, with its random baseline when known.
     """
     pct = percent_label(top_frac)
-    return plot_curves(
+    fig = plot_curves(
         curves_by_model,
         "j_stab",
         title=f"Top-{pct} neuron set stability: Jaccard overlap between consecutive checkpoints",
         ylabel=f"Jaccard overlap of top-{pct} sets, $J_t$ (%)",
         colors=colors,
+    )
+    colors = resolve_colors(curves_by_model, colors)
+    for model, table in (lagged or {}).items():
+        for ax, unit in zip(fig.axes[:2], UNITS, strict=True):
+            # Only J_lag: another lagged_pair metric need not be a Jaccard overlap on this axis.
+            rows = table[(table["unit"] == unit) & (table["metric"] == "j_lag")]
+            for row in rows.itertuples(index=False):
+                _draw_lagged(ax, row, colors.get(model, "black"))
+    return fig
+
+
+def _draw_lagged(ax, row, color: str) -> None:
+    """One lagged pair: a dashed span ``step_a -> step_b`` at its overlap (%), labelled above its middle."""
+    value = 100 * row.value
+    ax.plot([row.step_a, row.step_b], [value, value], ls="--", lw=1.2, color=color, marker="|", ms=8)
+    label = f"J({format_step(row.step_a)}, {format_step(row.step_b)}) = {value:.1f}%"
+    if not np.isnan(row.random_baseline):
+        label += f" (random {100 * row.random_baseline:.2f}%)"
+    middle = (row.step_a + row.step_b) / 2
+    ax.annotate(
+        label,
+        (middle, value),
+        textcoords="offset points",
+        xytext=(0, 4),
+        ha="center",
+        fontsize=7,
+        color=color,
     )
 
 

@@ -31,8 +31,10 @@ class FigureSettings:
     """Ablation name -> display name (the preset's ``label``), in panel order."""
 
 
-Draw = Callable[[Mapping[str, pd.DataFrame], Mapping[str, str], FigureSettings], Figure]
-"""``(table by model, colour by model, settings) -> figure``."""
+Tables = Mapping[str, pd.DataFrame]
+"""Model name -> one run table."""
+Draw = Callable[[Tables, Mapping[str, str], FigureSettings, Mapping[str, Tables]], Figure]
+"""``(table by model, colour by model, settings, further tables by name) -> figure``."""
 
 
 @dataclass(frozen=True)
@@ -45,60 +47,74 @@ class FigureSpec:
     table: str
     """The run table (``tables/<table>.parquet``) it is drawn from."""
     draw: Draw
+    extras: tuple[str, ...] = ()
+    """Further run tables it also draws when a run has them (e.g. Fig. 1's lagged pairs)."""
 
     def render(
         self,
-        tables_by_model: Mapping[str, pd.DataFrame],
+        tables_by_model: Tables,
         colors: Mapping[str, str],
         settings: FigureSettings | None = None,
+        extras: Mapping[str, Tables] | None = None,
     ) -> Figure:
-        """The figure for these models' tables."""
-        return self.draw(tables_by_model, colors, settings or FigureSettings())
+        """The figure for these models' tables.
+
+        Args:
+            tables_by_model: Model name -> the run's :attr:`table`.
+            colors: Model name -> colour.
+            settings: What titles and labels state; None = the defaults.
+            extras: Table name (one of :attr:`extras`) -> {model name: table}; a missing name is not drawn.
+        """
+        return self.draw(tables_by_model, colors, settings or FigureSettings(), extras or {})
 
 
 _DIST = "layer importance across depth at each model's first, middle and last step."
 FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec(
         "fig1_jaccard",
-        "Fig. 1: Jaccard overlap of the top FFN and ATTN neuron sets between consecutive checkpoints.",
+        "Fig. 1: Jaccard overlap of the top FFN and ATTN neuron sets between consecutive checkpoints; dashed: "
+        "the overlap of the configured lagged pairs (dynamics.lagged_pairs, e.g. 100K vs 300K).",
         "dynamics_curves",
-        lambda data, colors, s: plot_jaccard(data, top_frac=s.top_frac, colors=colors),
+        lambda data, colors, s, more: plot_jaccard(
+            data, top_frac=s.top_frac, colors=colors, lagged=more.get("dynamics_lagged")
+        ),
+        extras=("dynamics_lagged",),
     ),
     FigureSpec(
         "fig1b_concentration",
         "Positive-gain concentration R_t over training (Table 2's R_t, per step).",
         "dynamics_curves",
-        lambda data, colors, s: plot_concentration(data, top_frac=s.top_frac, colors=colors),
+        lambda data, colors, s, _: plot_concentration(data, top_frac=s.top_frac, colors=colors),
     ),
     FigureSpec(
         "fig2_layer_importance",
         "Fig. 2: mean FFN and ATTN layer importance over training steps.",
         "layer_profiles",
-        lambda data, colors, s: plot_layer_importance_over_steps(data, colors=colors),
+        lambda data, colors, s, _: plot_layer_importance_over_steps(data, colors=colors),
     ),
     FigureSpec(
         "fig3_ffn_distribution",
         f"Fig. 3: FFN {_DIST}",
         "layer_profiles",
-        lambda data, colors, s: plot_layer_distributions(data, units=("ffn",), colors=colors),
+        lambda data, colors, s, _: plot_layer_distributions(data, units=("ffn",), colors=colors),
     ),
     FigureSpec(
         "fig4_attn_distribution",
         f"Fig. 4: ATTN {_DIST}",
         "layer_profiles",
-        lambda data, colors, s: plot_layer_distributions(data, units=("attn",), colors=colors),
+        lambda data, colors, s, _: plot_layer_distributions(data, units=("attn",), colors=colors),
     ),
     FigureSpec(
         "fig5_ablation",
         "Fig. 5: HIT@10 under each ablation of these runs: targeted (top units) vs a matched random control.",
         "ablation",
-        lambda data, colors, s: plot_ablation(data, colors=colors, labels=s.ablation_labels),
+        lambda data, colors, s, _: plot_ablation(data, colors=colors, labels=s.ablation_labels),
     ),
     FigureSpec(
         "hit_curves",
         "HIT@1 and HIT@10 over training: all relations (thick) and per category (thin).",
         "hit_summary",
-        lambda data, colors, s: plot_hit_curves(data, colors=colors),
+        lambda data, colors, s, _: plot_hit_curves(data, colors=colors),
     ),
 )
 """In report order."""

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from gated_lpi_exp import __version__
 from gated_lpi_exp.errors import ConfigurationError
+from gated_lpi_exp.metrics import MIN_BASE_HIT10
 from gated_lpi_exp.report.figures import render_figures
 from gated_lpi_exp.report.render import Header, ReportPart, render_html, render_markdown
 from gated_lpi_exp.report.runs import load_run
@@ -47,6 +48,7 @@ def build_report(
     out_dir: str | Path = "report",
     log_artifact: bool = False,
     latest_per_model: bool = False,
+    min_base_hit10: float = MIN_BASE_HIT10,
 ) -> ReportFiles:
     """Write ``report.html`` (self-contained) and ``report.md`` (+ figure PNGs) for the selected runs.
 
@@ -59,6 +61,7 @@ def build_report(
         out_dir: Output folder (created).
         log_artifact: Also log the folder to a new run of ``experiment`` tagged ``gated_lpi.report=1``.
         latest_per_model: Instead of the latest sweep, the newest FINISHED run per (model, ablation).
+        min_base_hit10: Table 4's second rows average the checkpoints whose unablated HIT@10 is at least this.
 
     Runs measured under different conditions (examples, relations, checkpoint selection, protocol) are
     shown in separate sections, never in one table (:mod:`.sections`).
@@ -75,7 +78,8 @@ def build_report(
     if len(sections) > 1:
         log.warning("report: %s", explain(sections))
     parts = [
-        ReportPart(s.columns, build_tables(s.columns), render_figures(s.columns), s.differs) for s in sections
+        ReportPart(s.columns, build_tables(s.columns, min_base_hit10), render_figures(s.columns), s.differs)
+        for s in sections
     ]
     header = Header(
         datetime.now(timezone.utc), __version__, tracking_uri, experiment, selection.how, explain(sections)

@@ -8,6 +8,7 @@ import sys
 
 from gated_lpi_exp.console import configure_cli_logging
 from gated_lpi_exp.errors import GatedLPIError
+from gated_lpi_exp.metrics import MIN_BASE_HIT10
 from gated_lpi_exp.report.build import build_report
 
 
@@ -40,6 +41,13 @@ def parser() -> argparse.ArgumentParser:
         "--out", default="report", help="output folder for report.html, report.md, PNGs (default: ./report)"
     )
     p.add_argument(
+        "--min-base-hit10",
+        type=float,
+        default=MIN_BASE_HIT10,
+        help="Table 4's second rows: mean over checkpoints whose unablated HIT@10 is at least this "
+        "(default: %(default)s); the first rows, as in the paper, average every checkpoint",
+    )
+    p.add_argument(
         "--log-artifact",
         action="store_true",
         help="also log the report to a new run tagged gated_lpi.report=1",
@@ -61,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             out_dir=args.out,
             log_artifact=args.log_artifact,
             latest_per_model=args.latest_per_model,
+            min_base_hit10=args.min_base_hit10,
         )
     except GatedLPIError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -33,7 +33,10 @@ def render_figures(columns: list[Column]) -> list[RenderedFigure]:
                 RenderedFigure(spec, None, f"Not computed in these runs (no tables/{spec.table}.parquet).")
             )
             continue
-        fig = spec.render(data, colors, settings)
+        more = {
+            name: {c.label: t for c in columns if (t := c.table(name)) is not None} for name in spec.extras
+        }
+        fig = spec.render(data, colors, settings, more)
         note = f"Not computed in this run: {', '.join(lacking)}." if lacking else ""
         out.append(RenderedFigure(spec, to_png(fig), note))
     return out

@@ -18,7 +18,14 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from pandera.errors import SchemaError, SchemaErrors
 
-from gated_lpi_exp.schemas import AblationResult, DynamicsCurve, DynamicsSummary, HitSummary, LayerProfile
+from gated_lpi_exp.schemas import (
+    AblationResult,
+    DynamicsCurve,
+    DynamicsSummary,
+    HitSummary,
+    LaggedOverlap,
+    LayerProfile,
+)
 from gated_lpi_exp.tracking.names import ABLATION_TAG, DATA_HASH_PARAM, MODEL_TAG
 
 log = logging.getLogger(__name__)
@@ -28,6 +35,7 @@ TABLES = {
     "layer_profiles": LayerProfile,
     "dynamics_curves": DynamicsCurve,
     "dynamics_summary": DynamicsSummary,
+    "dynamics_lagged": LaggedOverlap,
     "ablation": AblationResult,
 }
 """Run artifacts ``tables/<name>.parquet`` the report reads, with their schemas."""

@@ -71,7 +71,9 @@ def weight_files(checkpoint: Checkpoint) -> list[list[Any]] | None:
     folder = Path(checkpoint.source)
     if not folder.is_dir():
         return None
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".json") and p.is_file()
+    )
     return [[p.name, (st := p.stat()).st_size, st.st_mtime_ns] for p in files]
 
 

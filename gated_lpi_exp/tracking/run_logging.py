@@ -14,7 +14,7 @@ from gated_lpi_exp.checkpoints.prefetch import FeedStats
 from gated_lpi_exp.checkpoints.resolve import Resolution
 from gated_lpi_exp.compat import DESCRIPTIONS as SCORING_DESCRIPTIONS
 from gated_lpi_exp.config import RunConfig
-from gated_lpi_exp.data import dataset_hash
+from gated_lpi_exp.data import cleaning_report, dataset_hash
 from gated_lpi_exp.metrics import metric_versions
 from gated_lpi_exp.plots import FIGURES, FigureSettings, model_colors
 from gated_lpi_exp.schemas import CheckpointTable
@@ -95,12 +95,14 @@ def log_run_params(
             or "none",
             N_CHECKPOINTS_PARAM: len(series.checkpoints),
             "run.missing_steps": ",".join(map(str, series.missing_steps)) or "none",
+            "run.step_mapping": ", ".join(f"{a}->{b}" for a, b in series.substitutions.items() if a != b)
+            or "none",
             "run.processes": len(assignment),
             "run.assignment": "; ".join(
                 f"{rank}: {','.join(map(str, steps)) or '-'}" for rank, steps in enumerate(assignment)
             ),
             DATA_HASH_PARAM: dataset_hash(samples),
-            "data.n_examples": len(samples),
+            **data_params(samples),
             "package.version": __version__,
             "package.git_commit": git_commit(),
             SCORING_PARAM: SCORING_DESCRIPTIONS[cfg.attribution.compat],
@@ -119,6 +121,20 @@ def log_run_params(
     )
     tracker.log_table(CheckpointTable.check(table), "checkpoints")
     tracker.log_table(samples, "samples")
+    if "changes" in samples.attrs:
+        tracker.log_table(cleaning_report(samples), "cleaning")
+
+
+def data_params(samples: pd.DataFrame) -> dict[str, int]:
+    """``data.n_examples`` and, from the cleaning report, ``data.n_duplicates`` / ``data.n_conflicts``: the
+    samples that repeat an earlier subject with the same / another object (kept or dropped, as
+    ``relations.duplicates`` says)."""
+    kinds = [c["kind"] for c in samples.attrs.get("changes", [])]
+    return {
+        "data.n_examples": len(samples),
+        "data.n_duplicates": kinds.count("duplicate"),
+        "data.n_conflicts": kinds.count("conflict"),
+    }
 
 
 def log_walk(tracker: Tracker, stats: list[FeedStats]) -> None:
@@ -151,9 +167,9 @@ def log_figures(cfg: RunConfig, tables: dict[str, pd.DataFrame], tracker: Tracke
     )
     for spec in FIGURES:
         if spec.table in tables:
-            tracker.log_figure(
-                spec.render({name: tables[spec.table]}, colors, settings), f"figures/{spec.stem}.png"
-            )
+            more = {t: {name: tables[t]} for t in spec.extras if t in tables}
+            fig = spec.render({name: tables[spec.table]}, colors, settings, more)
+            tracker.log_figure(fig, f"figures/{spec.stem}.png")
 
 
 def log_checkpoint(tracker: Tracker, cfg: RunConfig, result: CheckpointResult) -> None:
