@@ -410,6 +410,9 @@ class TrackingConfig:
     on_unreachable: str = "fail"
     """A tracking server that does not answer: ``fail`` before any compute, or ``local`` (log to
     ``sqlite:///mlflow.db`` here instead, and say so)."""
+    system_metrics: bool = False
+    """Also log the machine's CPU, memory, disk and network use (and GPU use, where ``pynvml`` is
+    installed) every 10 s as ``system/*`` metrics, shown in the run's System metrics tab."""
 
     def __post_init__(self) -> None:
         _choice("tracking", "on_unreachable", self.on_unreachable, ("fail", "local"))

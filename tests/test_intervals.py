@@ -146,3 +146,14 @@ def test_dynamics_intervals_recompute_the_metric_on_every_replicate():
     one = layer[(layer.metric == "r_t_layer") & (layer.unit == "ffn") & (layer.window == "all")].iloc[0]
     assert (one.value, one.ci_low, one.ci_high) == pytest.approx((rt.value, rt.ci_low, rt.ci_high))
     assert one.baseline == pytest.approx(0.2) and one.baseline_empirical == pytest.approx(0.2, abs=0.02)
+
+
+def test_the_logged_statistics_params_leave_out_the_level_when_intervals_are_off():
+    from gated_lpi_exp.compose import compose_run_config
+    from gated_lpi_exp.tracking.describe import resolved_params
+
+    on = resolved_params(compose_run_config([]))
+    assert on["statistics.level"] == 0.95 and on["statistics.resamples"] == 200
+    off = resolved_params(compose_run_config(["statistics.resamples=0"]))
+    assert "statistics.level" not in off  # no interval is computed, so no coverage to state
+    assert off["statistics.seed"] == 0 and off["statistics.baseline_draws"] == 200  # baselines still drawn

@@ -80,20 +80,28 @@ def test_drops_targeted_random_and_their_difference_with_paired_intervals():
     assert drop_values(column, "top1_head", min_base=0.9)["targeted"] is None  # base 0.8 < 0.9: no checkpoint
 
 
-def test_the_default_selection_keeps_the_newest_run_of_every_suite_seed(tmp_path):
+def test_every_selection_keeps_the_newest_run_of_each_suite_seed_and_the_seeds_form_one_column(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from gated_lpi_exp.config import TrackingConfig
-    from gated_lpi_exp.report.runs import select_runs
+    from gated_lpi_exp.report.runs import load_run
+    from gated_lpi_exp.report.sections import split_sections
+    from gated_lpi_exp.report.select import select_runs
     from gated_lpi_exp.tracking.tracker import Tracker
 
     uri = f"sqlite:///{tmp_path / 'runs.db'}"
     tracker = Tracker(TrackingConfig(uri=uri, artifact_location=str(tmp_path / "artifacts")))
     ids = {}
-    for name, seed in (("old0", 0), ("seed1", 1), ("new0", 0)):
-        tags = {"gated_lpi.model": "small_moe", "gated_lpi.ablation": "top1_head"}
+    for name, seed, sweep in (("old0", 0, "a"), ("seed1", 1, "a"), ("new0", 0, "b"), ("new1", 1, "b")):
+        tags = {"gated_lpi.model": "small_moe", "gated_lpi.ablation": "top1_head", "gated_lpi.sweep": sweep}
         with tracker.run(name, tags=tags) as run_id:
             tracker.log_params({"model.kind": "suite", "model.suite.seed": seed})
         ids[name] = run_id
-    chosen = {r.info.run_id for r in select_runs(MlflowClient(uri), "gated_lpi_exp")}
-    assert chosen == {ids["new0"], ids["seed1"]}
+    client = MlflowClient(uri)
+    newest = select_runs(client, "gated_lpi_exp", latest_per_model=True).runs
+    assert {r.info.run_id for r in newest} == {ids["new0"], ids["new1"]}  # not one run per model and ablation
+    latest_sweep = select_runs(client, "gated_lpi_exp").runs  # the default: the latest sweep, every seed
+    assert {r.info.run_id for r in latest_sweep} == {ids["new0"], ids["new1"]}
+    (section,) = split_sections([load_run(client, uri, r) for r in latest_sweep])
+    (column,) = section.columns
+    assert column.label == "small_moe" and column.seeds == ["0", "1"]

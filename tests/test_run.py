@@ -10,7 +10,8 @@ from mlflow.tracking import MlflowClient
 from gated_lpi_exp.compose import compose_run_config
 from gated_lpi_exp.data import load_relations
 from gated_lpi_exp.errors import CheckpointError
-from gated_lpi_exp.metrics import metric_versions
+from gated_lpi_exp.metrics import MIN_BASE_HIT10, metric_versions
+from gated_lpi_exp.plots import FIGURES
 from gated_lpi_exp.run import run
 from gated_lpi_exp.suites.spec import PRESETS
 from gated_lpi_exp.testing import save_random_series, word_tokenizer
@@ -77,14 +78,20 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
         "hit_at_10.factual",
         "j_stab.ffn",
         "r_t_layer.attn.layer1",
-        "ablation.drop_percent.targeted",
+        "ablation.hit_at_10.targeted",
         "j_lag.attn.0_25",
         "j_lag.attn.0_25.random",
     ):
         assert client.get_metric_history(result.run_id, name), name
     metrics = logged.data.metrics
-    for name in ("hit_at_10", "j_stab.ffn.mean", "rho_avg.attn", "ablation.drop_percent.targeted"):
+    for name in ("hit_at_10", "j_stab.ffn.mean", "rho_avg.attn"):
         assert metrics[f"{name}.ci_low"] <= metrics[name] <= metrics[f"{name}.ci_high"], name
+    # Random models never know the facts, so no drop (nor its interval) reaches MLflow; the ablation table
+    # keeps every checkpoint's drop with its interval.
+    ablation = result.tables["ablation"]
+    assert (ablation.query("condition == 'base'")["hit_at_10"] < MIN_BASE_HIT10).all()
+    assert not any(k.startswith("ablation.drop.") for k in metrics)
+    assert ablation.query("condition != 'base'")[["drop_ci_low", "drop_ci_high"]].notna().any().all()
     assert metrics["j_stab.ffn.mean.baseline"] < 0.1 and params["statistics.method"] == "poisson_bootstrap"
     assert params["statistics.resamples"] == "200"
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "tables")}
@@ -106,13 +113,13 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
         "dynamics_lagged",
         "cleaning",
     ):
-        assert f"tables/{table}.parquet" in artifacts, table
+        assert {f"tables/{table}.parquet", f"tables/{table}.csv"} <= artifacts, table
     figures = {a.path for a in client.list_artifacts(result.run_id, "figures")}
-    assert "figures/fig1_jaccard.png" in figures and "figures/fig5_ablation.png" in figures
+    assert figures == {f"figures/{spec.stem}.png" for spec in FIGURES}
     assert client.list_artifacts(result.run_id, "config")[0].path == "config/resolved.yaml"
     assert {a.path for a in client.list_artifacts(result.run_id, "attribution")} == {
         f"attribution/step{s}.npz" for s in STEPS
-    }
+    } | {"attribution/README.md"}  # what the arrays are, readable in the UI
 
     # The logged HIT@10 equals a recomputation from the logged per-example ranks.
     path = mlflow.artifacts.download_artifacts(
@@ -166,6 +173,21 @@ def test_the_default_run_on_a_micro_suite_exercises_every_stage(micro_suites, tm
     )
     assert cfg.ablation.name != "none" and cfg.attribution.enabled
     result = run(cfg)
+    logged = MlflowClient(cfg.tracking.uri).get_run(result.run_id)
+    params = logged.data.params
+    # Resolved values, not the config's "0 = the size preset" placeholders.
+    preset = PRESETS["micro"]
+    for key in ("hidden_size", "num_layers", "steps", "num_checkpoints", "lr"):
+        assert float(params[f"model.suite.{key}"]) == preset[key] != 0, key
+    moe = suite == "micro_moe"
+    assert ("model.suite.num_experts" in params) == moe  # a dense suite logs no expert fields
+    assert params["attribution.cache_dir"] != "None" and "ablation.fraction" not in params  # a head ablation
+    (dataset,) = logged.inputs.dataset_inputs
+    assert dataset.dataset.digest == params["data.hash"] and dataset.dataset.name == "bundled:all"
+    note = logged.data.tags["mlflow.note.content"]
+    kind = "MoE" if moe else "dense"
+    assert note.startswith(f"{suite} ({kind}, suite {suite}), 7 checkpoints (steps 0–240), on 36 examples")
+    assert "top-10 heads" in note and logged.data.tags["mlflow.source.name"] == "gated_lpi_exp"
     for table in ("hit_summary", "top_units", "layer_profiles", "dynamics_summary", "ablation"):
         assert len(result.tables[table]) > 0, table
     hits = result.tables["hit_summary"]
@@ -189,7 +211,7 @@ def test_the_default_run_on_a_micro_suite_exercises_every_stage(micro_suites, tm
     micro = PRESETS["micro"]
     assert params["model.suite.steps"] == str(micro["steps"]) and params["model.suite.size"] == "micro"
     assert params["model.suite.hidden_size"] == str(micro["hidden_size"])
-    assert params["model.suite.num_experts"] == str(micro["num_experts"])
+    assert params.get("model.suite.num_experts") == (str(micro["num_experts"]) if moe else None)
     assert params["model.suite.checkpoint_steps"] == str([c.step for c in result.checkpoints])
     assert {k: v for k, v in params.items() if k.startswith("metrics.")} == {
         f"metrics.{name}.version": str(version) for name, version in metric_versions().items()

@@ -35,7 +35,8 @@ from mlflow.tracking import MlflowClient
 from gated_lpi_exp.compose import compose_run_config
 from gated_lpi_exp.data import BUNDLED_DIR, cleaning_report, load_relations
 from gated_lpi_exp.errors import GatedLPIError
-from gated_lpi_exp.report.tables import MIN_BASE_HIT10, checkpoint_mean_drops
+from gated_lpi_exp.metrics import MIN_BASE_HIT10
+from gated_lpi_exp.report.tables import checkpoint_mean_drops
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"

@@ -23,7 +23,7 @@ from gated_lpi_exp.metrics.neurons import (
     top_set,
     top_set_overlap,
 )
-from gated_lpi_exp.metrics.prediction import drop_percent, gold_ranks, hit_at_k, hit_rate
+from gated_lpi_exp.metrics.prediction import MIN_BASE_HIT10, drop_percent, gold_ranks, hit_at_k, hit_rate
 from gated_lpi_exp.metrics.registry import (
     AGGREGATIONS,
     DISPLAY,
@@ -44,6 +44,7 @@ __all__ = [
     "INPUTS",
     "METRICS",
     "Display",
+    "MIN_BASE_HIT10",
     "MetricSpec",
     "cross_step_cv",
     "drop_percent",

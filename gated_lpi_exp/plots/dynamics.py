@@ -20,10 +20,13 @@ from gated_lpi_exp.plots._style import (
     IMPORTANCE_UNITS,
     UNIT_LABELS,
     figure_legend,
+    figure_title,
     format_step,
+    layer_axis,
     mark_empty,
     model_handles,
     new_figure,
+    panel_title,
     percent_label,
     resolve_colors,
     step_axis,
@@ -70,7 +73,7 @@ def plot_curves(
             mark_empty(ax)
     axes[0, 0].set_ylabel(ylabel)
     figure_legend(fig, model_handles(colors) + _extra_handles(curves_by_model), title="model")
-    fig.suptitle(title)
+    figure_title(fig, title)
     return fig
 
 
@@ -206,7 +209,7 @@ def plot_layer_importance_over_steps(
             mark_empty(ax)
     figure_legend(fig, model_handles(colors), title="model")
     scope = "all examples" if relation == "all" else f"relation {relation}"
-    fig.suptitle(f"Mean FFN and ATTN layer importance over training ({scope})")
+    figure_title(fig, f"Mean FFN and ATTN layer importance over training ({scope})")
     return fig
 
 
@@ -256,15 +259,15 @@ def plot_layer_distributions(
             table = _overall(
                 profiles_by_model.get(model, pd.DataFrame(columns=["unit", "relation"])), unit, relation
             )
-            ax.set_title(f"{model}: {UNIT_LABELS[unit]} layers", color=colors[model])
+            panel_title(ax, f"{model}: {UNIT_LABELS[unit]} layers", color=colors[model])
             if not _distribution_panel(ax, table, steps):
                 mark_empty(ax)
                 continue
-            ax.set_xlabel("layer")
+            layer_axis(ax)
             ax.set_ylabel(f"layer importance\n({IMPORTANCE_UNITS})")
             ax.grid(True, alpha=0.3)
             # Below the panel: the profile spans every layer, so any inside corner would hide points.
             ax.legend(fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     names = " and ".join(UNIT_LABELS[u] for u in units)
-    fig.suptitle(f"{names} layer importance distribution at selected training steps")
+    figure_title(fig, f"{names} layer importance distribution at selected training steps")
     return fig

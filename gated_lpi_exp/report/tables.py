@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from gated_lpi_exp.compose import ablation_presets
-from gated_lpi_exp.metrics import MetricSpec, get_metric, metrics_for
+from gated_lpi_exp.metrics import MIN_BASE_HIT10, MetricSpec, get_metric, metrics_for
 from gated_lpi_exp.report.choices import choices_note
 from gated_lpi_exp.report.paper import PAPER_CHOICES, PAPER_VALUES, TABLE_NOTES, paper_cells
 from gated_lpi_exp.report.runs import NOT_COMPUTED, Column
@@ -275,11 +275,6 @@ def table3(columns: list[Column]) -> ReportTable:
     return ReportTable("table3", "Table 3: layer-level stability", [c.label for c in columns], rows, notes)
 
 
-MIN_BASE_HIT10 = 0.5
-"""Default threshold of Table 4's second row: the mean over checkpoints whose unablated HIT@10 is at least
-this (``python -m gated_lpi_exp.report --min-base-hit10``)."""
-
-
 def checkpoint_mean_drops(
     table: pd.DataFrame, ablation: str, min_base_hit10: float | None = None
 ) -> tuple[pd.Series, pd.Series]:
@@ -289,7 +284,8 @@ def checkpoint_mean_drops(
         table: A run's ``ablation`` table.
         ablation: The ablation's name.
         min_base_hit10: None: every checkpoint (the paper's Table 4); else only checkpoints whose unablated
-            HIT@10 is at least this (near chance a drop % divides by almost nothing).
+            HIT@10 is at least this (near chance a drop % divides by almost nothing; the default threshold
+            is :data:`~gated_lpi_exp.metrics.MIN_BASE_HIT10`).
 
     Returns:
         ``(targeted [S], random [seeds])``: the targeted drop of each kept checkpoint, and the mean over the
@@ -306,10 +302,18 @@ def checkpoint_mean_drops(
 
 def _drop_cells(column: Column, ablation: str, min_base_hit10: float | None) -> list[Cell]:
     """Targeted drop, random control and targeted minus random (checkpoint means, combined over seeds)."""
-    if all(column.table("ablation", seed) is None for seed in column.seeds):
+    tables = [t for seed in column.seeds if (t := column.table("ablation", seed)) is not None]
+    if not tables:
         return [_missing(column, "ablation")] * 3
     values = drop_values(column, ablation, -math.inf if min_base_hit10 is None else min_base_hit10)
-    none = Cell(note=NOT_COMPUTED if min_base_hit10 is None else "no checkpoint reaches the threshold")
+    none = Cell(note=NOT_COMPUTED)
+    steps = {
+        s for t in tables for s in t.loc[(t["ablation"] == ablation) & (t["condition"] == "base"), "step"]
+    }
+    if min_base_hit10 is not None and steps and all(values[c] is None for c in DROP_CONDITIONS):
+        # Computed, but never at a checkpoint where a drop means something.
+        seeds = f" of all {len(tables)} seeds" if len(tables) > 1 else ""
+        none = Cell(note=f"base HIT@10 below {min_base_hit10:g} at all {len(steps)} checkpoints{seeds}")
     return [none if values[c] is None else Cell.of(values[c]) for c in DROP_CONDITIONS]
 
 

@@ -11,7 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from gated_lpi_exp.attribution.aggregate import CheckpointAggregate, ScoreSums
 from gated_lpi_exp.config import AblationConfig, StatisticsConfig
 from gated_lpi_exp.interventions import ablate
-from gated_lpi_exp.metrics import drop_percent
+from gated_lpi_exp.metrics import MIN_BASE_HIT10, drop_percent
 from gated_lpi_exp.metrics.bootstrap import drop_percent_replicates, percentile_interval
 from gated_lpi_exp.schemas import AblationExamples, AblationResult, DataFrame
 from gated_lpi_exp.stages.evaluation import evaluate_checkpoint, example_weights_of
@@ -126,19 +126,27 @@ def _condition_rows(
 
 
 def ablation_metrics(table: DataFrame[AblationResult]) -> dict[str, float]:
-    """MLflow metrics for one step: ``ablation.hit_at_10.targeted``, ``ablation.drop_percent.random_mean`` ..."""
+    """MLflow metrics for one step, as fractions: ``ablation.hit_at_10.targeted``, ``ablation.drop.targeted``
+    (0.45 = HIT@10 fell by 45% of its base) ...
+
+    The targeted drop's bootstrap interval is ``ablation.drop.targeted.ci_low`` / ``.ci_high`` (NaN without
+    ``statistics``). The drops and their intervals are NaN (so not logged) when the base HIT@10 is below
+    :data:`MIN_BASE_HIT10`: near chance the ratio divides by almost nothing and one chart point of -1000%
+    flattens every other.
+    """
     out = {}
     for condition in ("base", "targeted"):
         part = table[table["condition"] == condition]
         out[f"ablation.hit_at_10.{condition}"] = float(part["hit_at_10"].iloc[0])
+    meaningful = out["ablation.hit_at_10.base"] >= MIN_BASE_HIT10
     targeted = table[table["condition"] == "targeted"].iloc[0]
-    out["ablation.drop_percent.targeted"] = float(targeted["drop_percent"])
-    if not math.isnan(targeted["drop_ci_low"]):
-        out["ablation.drop_percent.targeted.ci_low"] = float(targeted["drop_ci_low"])
-        out["ablation.drop_percent.targeted.ci_high"] = float(targeted["drop_ci_high"])
+    for name, column in (("", "drop_percent"), (".ci_low", "drop_ci_low"), (".ci_high", "drop_ci_high")):
+        value = float(targeted.get(column, math.nan))  # the interval columns are optional in the schema
+        out[f"ablation.drop.targeted{name}"] = value / 100 if meaningful else math.nan
     rand = table[table["condition"] == "random"]
     if len(rand):
         out["ablation.hit_at_10.random_mean"] = float(rand["hit_at_10"].mean())
-        out["ablation.drop_percent.random_mean"] = float(rand["drop_percent"].mean())
-        out["ablation.drop_percent.random_sd"] = float(rand["drop_percent"].std(ddof=0))
+        drops = rand["drop_percent"] / 100 if meaningful else rand["drop_percent"] * float("nan")
+        out["ablation.drop.random_mean"] = float(drops.mean())
+        out["ablation.drop.random_sd"] = float(drops.std(ddof=0))
     return out

@@ -1,4 +1,5 @@
-"""MLflow behind one small service: a run context, flattened params, step metrics, tables and figures."""
+"""MLflow behind one small service: a run context, flattened params, step metrics, tables, figures and the
+run's dataset input."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +21,14 @@ from mlflow.tracking import MlflowClient
 
 from gated_lpi_exp.config import TrackingConfig
 from gated_lpi_exp.errors import TrackingError
-from gated_lpi_exp.tracking.names import RESUMED_BY_TAG
+from gated_lpi_exp.tracking.names import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    NOTE_TAG,
+    RESUMED_BY_TAG,
+    SAVED_VIEW_TAG,
+)
+from gated_lpi_exp.tracking.ui import EXPERIMENT_NOTE, browse_hint, saved_view, ui_path
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +87,7 @@ class Tracker:
         try:
             found = self.client.get_experiment_by_name(name)
             if found is not None:
+                self._describe_experiment(found.experiment_id, found.tags)
                 return found.experiment_id
             location = None
             if not self.uri.startswith(("http://", "https://")):
@@ -86,17 +96,54 @@ class Tracker:
                     if "://" in artifact_location
                     else Path(artifact_location).resolve().as_uri()
                 )
-            return self.client.create_experiment(name, artifact_location=location)
+            created = self.client.create_experiment(name, artifact_location=location)
+            self._describe_experiment(created, {})
+            return created
         except Exception as exc:
             raise TrackingError(f"Could not open MLflow experiment {name!r} at {self.uri}: {exc}") from exc
 
+    def _describe_experiment(self, experiment_id: str, tags: Mapping[str, str]) -> None:
+        """Mark the experiment as model development (not GenAI) and describe it, unless a user already did."""
+        if EXPERIMENT_KIND_TAG not in tags:
+            self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        if NOTE_TAG not in tags:
+            self.client.set_experiment_tag(experiment_id, NOTE_TAG, EXPERIMENT_NOTE)
+        if SAVED_VIEW_TAG not in tags:
+            self.client.set_experiment_tag(experiment_id, SAVED_VIEW_TAG, saved_view())
+
     @contextmanager
-    def run(self, run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
-        """Open a run; it ends FINISHED, or FAILED (keeping everything logged) when the body raises."""
+    def run(
+        self,
+        run_name: str,
+        tags: Mapping[str, str] | None = None,
+        *,
+        parent_run_id: str | None = None,
+        description: str | None = None,
+        system_metrics: bool = False,
+    ) -> Iterator[str]:
+        """Open a run; it ends FINISHED, or FAILED (keeping everything logged) when the body raises.
+
+        Args:
+            run_name: The run's name in the UI.
+            tags: Tags set when the run starts.
+            parent_run_id: Nest the run under this one (the parent run of a ``-m`` sweep).
+            description: The run's description (``mlflow.note.content``, shown at the top of its page).
+            system_metrics: Also log CPU, memory (and GPU, where ``pynvml`` is installed) use every few
+                seconds, as ``system/*`` metrics.
+        """
         with mlflow.start_run(
-            experiment_id=self.experiment_id, run_name=run_name, tags=dict(tags or {})
+            experiment_id=self.experiment_id,
+            run_name=run_name,
+            tags=dict(tags or {}),
+            parent_run_id=parent_run_id,
+            description=description,
+            log_system_metrics=system_metrics,
         ) as run:
             yield run.info.run_id
+
+    def run_url(self, run_id: str) -> str:
+        """Where a person opens the run (see :func:`browse_hint`)."""
+        return browse_hint(self.uri, ui_path(self.experiment_id, run_id))
 
     def mark_killed(self, run_id: str, resumed_by: str) -> bool:
         """End a run left RUNNING by a killed process as KILLED, tagged with the run that resumed it.
@@ -131,11 +178,32 @@ class Tracker:
         mlflow.set_tags(dict(tags))
 
     def log_table(self, table: pd.DataFrame, name: str, folder: str = "tables") -> None:
-        """Write ``table`` as ``<folder>/<name>.parquet`` in the run's artifacts."""
+        """Write ``table`` as ``<folder>/<name>.parquet`` (typed, full precision, for programs) and
+        ``<folder>/<name>.csv`` (the same rows with 6 significant digits, which the MLflow UI shows as a
+        table) in the run's artifacts."""
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, f"{name}.parquet")
             table.to_parquet(path, index=False)
-            mlflow.log_artifact(path, artifact_path=folder)
+            table.to_csv(os.path.join(tmp, f"{name}.csv"), index=False, float_format="%.6g")
+            mlflow.log_artifacts(tmp, artifact_path=folder)
+
+    def log_dataset(self, samples: pd.DataFrame, name: str, digest: str, source: str) -> None:
+        """Record the run's examples as its input dataset (the UI's Dataset column and run page).
+
+        Args:
+            samples: The examples.
+            name: Dataset name shown in the UI.
+            digest: Their fingerprint (equal digests = the same examples).
+            source: Where they were read from: a folder or a URL.
+        """
+        from mlflow.data.pandas_dataset import from_pandas
+
+        # MLflow resolves the source: a URL, or a local folder. Its warnings (a folder is both a "local" and
+        # a "file" source; integer columns in the schema of a model input) do not apply to examples.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = from_pandas(samples, source=source, name=name, digest=digest)
+            mlflow.log_input(dataset, context="evaluation")
 
     def log_arrays(self, arrays: dict, path: str) -> None:
         """Write named numpy arrays as one compressed ``.npz`` artifact at ``path``."""
@@ -166,7 +234,15 @@ class NullTracker(Tracker):
         self.experiment_id = ""
 
     @contextmanager
-    def run(self, run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
+    def run(
+        self,
+        run_name: str,
+        tags: Mapping[str, str] | None = None,
+        *,
+        parent_run_id: str | None = None,
+        description: str | None = None,
+        system_metrics: bool = False,
+    ) -> Iterator[str]:
         yield ""
 
     def mark_killed(self, run_id: str, resumed_by: str) -> bool:
@@ -183,6 +259,12 @@ class NullTracker(Tracker):
 
     def log_table(self, table: pd.DataFrame, name: str, folder: str = "tables") -> None:
         pass
+
+    def log_dataset(self, samples: pd.DataFrame, name: str, digest: str, source: str) -> None:
+        pass
+
+    def run_url(self, run_id: str) -> str:
+        return ""
 
     def log_arrays(self, arrays: dict, path: str) -> None:
         pass
