@@ -16,6 +16,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from gated_lpi_exp.adapters import FAMILIES
+from gated_lpi_exp.checkpoints.checksums import mismatched_files
 from gated_lpi_exp.checkpoints.resolve import (
     Checkpoint,
     Resolution,
@@ -86,6 +87,8 @@ def load_checkpoint(
     """
     require_safetensors(checkpoint)
     check_family(model, checkpoint)
+    if model.verify_checksums:
+        verify_checksums(checkpoint)
     try:
         net = AutoModelForCausalLM.from_pretrained(
             checkpoint.source,
@@ -100,8 +103,8 @@ def load_checkpoint(
         if Path(checkpoint.source).exists():
             fix = (
                 f"replace the damaged files in {checkpoint.source} (copy or download that checkpoint again; "
-                "for a project suite, delete the suite folder and it is rebuilt), then run again: the "
-                "checkpoints already analysed are kept in the result store and are not recomputed"
+                "a project suite is checked and rebuilt by the next run), then run again: the checkpoints "
+                "already analysed are kept in the result store and are not recomputed"
             )
         else:
             fix = "check the revision exists upstream, has safetensors weights, and the network is up"
@@ -136,6 +139,24 @@ def check_family(model: ModelConfig, checkpoint: Checkpoint) -> None:
         f"Checkpoint step {checkpoint.step} at {where} is a {found!r} model (config.json model_type) but "
         f"model.family={model.family!r}. Fix: {fix}."
     )
+
+
+def verify_checksums(checkpoint: Checkpoint) -> None:
+    """Check a local checkpoint's files against the sha256 its series manifest recorded.
+
+    Raises:
+        CheckpointError: a recorded file is missing or its content changed (names the files and the fix).
+    """
+    if not checkpoint.files:
+        return
+    bad = mismatched_files(checkpoint.source, dict(checkpoint.files))
+    if bad:
+        raise CheckpointError(
+            f"Checkpoint step {checkpoint.step} at {checkpoint.source}: {', '.join(bad)} differ from the "
+            "sha256 recorded in the series manifest (damaged or changed since the series was written). Fix: "
+            "copy or download that checkpoint again, or set model.verify_checksums=false to load the files "
+            "as they are; checkpoints already analysed stay in the result store."
+        )
 
 
 def require_safetensors(checkpoint: Checkpoint) -> None:

@@ -17,14 +17,14 @@ from gated_lpi_exp.attribution.aggregate import UNIT_KINDS, CheckpointAggregate,
 from gated_lpi_exp.attribution.positions import reduce_positions
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.config import AttributionConfig
-from gated_lpi_exp.data.batches import prompt_batches
+from gated_lpi_exp.data.batches import prompt_batches, token_fingerprint
 from gated_lpi_exp.schemas import DataFrame, HeadScores, TopUnits
-from gated_lpi_exp.storage.arrays import ArrayStore, content_key
-from gated_lpi_exp.storage.results import weight_files
+from gated_lpi_exp.storage.arrays import ArrayStore, content_key, report_damaged
+from gated_lpi_exp.storage.results import checked_sums, weight_files
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Bumped when what a cache entry holds changes meaning."""
 
 
@@ -38,18 +38,23 @@ class AttributionOutcome:
     computed_relations: int
 
 
-def relation_key(checkpoint: Checkpoint, dtype: str, rows: pd.DataFrame, cfg: AttributionConfig) -> dict:
-    """Everything that determines one relation's sums at one checkpoint."""
-    content = rows[["sample_id", "subject", "object", "prompt"]].astype(str).to_numpy().tolist()
+def relation_key(
+    checkpoint: Checkpoint, dtype: str, rows: pd.DataFrame, cfg: AttributionConfig, tokens: str
+) -> dict:
+    """Everything that determines one relation's sums at one checkpoint (``tokens``: the
+    :func:`~gated_lpi_exp.data.batches.token_fingerprint` of its rows)."""
+    columns = ["sample_id", "subject", "object", "template", "prompt"]
+    content = rows[columns].astype(str).to_numpy().tolist()
     return {
         "format": CACHE_FORMAT,
         "package": __version__,
         "model": checkpoint.source,
         "revision": checkpoint.revision,
-        "weights": weight_files(checkpoint),  # a local checkpoint overwritten in place gets a new key
+        "weights": weight_files(checkpoint),  # the files' sha256: a file changed in place gets a new key
         "dtype": dtype,
         "relation": rows["relation"].iloc[0],
         "rows": content_key({"rows": content}),
+        "tokens": tokens,
         "norm": cfg.norm,
         "target": cfg.target,
         **cfg.scoring_settings(),
@@ -75,13 +80,13 @@ def attribute_checkpoint(
     sums: dict[str, ScoreSums] = {}
     missing: dict[str, tuple[str, dict]] = {}
     for relation, rows in samples.groupby("relation", sort=False):
-        description = relation_key(checkpoint, dtype, rows, cfg)
+        description = relation_key(checkpoint, dtype, rows, cfg, token_fingerprint(tokenizer, rows))
         key = content_key(description)
-        hit = store.get(key) if store else None
+        hit = _cached(store, key) if store else None
         if hit is None:
             missing[relation] = (key, description)
             continue
-        sums[relation] = _from_arrays(hit)
+        sums[relation] = hit
         if progress is not None:
             progress.update(len(rows))
     if missing:
@@ -150,8 +155,16 @@ def _to_arrays(sums: ScoreSums) -> dict[str, np.ndarray]:
     return {**sums.sums, "counts": sums.counts}
 
 
-def _from_arrays(arrays: dict[str, np.ndarray]) -> ScoreSums:
-    return ScoreSums({k: arrays[k] for k in UNIT_KINDS}, arrays["counts"])
+def _cached(store: ArrayStore, key: str) -> ScoreSums | None:
+    """A relation's cached sums, or None when absent or damaged (reported; then recomputed)."""
+    arrays = store.get(key)
+    if arrays is None:
+        return None
+    try:
+        return checked_sums({k: arrays[k] for k in UNIT_KINDS}, arrays["counts"])
+    except Exception as exc:  # noqa: BLE001 - a foreign or damaged entry is recomputed, never trusted
+        report_damaged(store.path(key), exc)
+        return None
 
 
 def top_units(aggregate: CheckpointAggregate, model: PreTrainedModel, n: int) -> DataFrame[TopUnits]:
