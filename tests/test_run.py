@@ -92,7 +92,8 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
 
     caplog.clear()
     with caplog.at_level("INFO", logger="gated_lpi_exp"):
-        second = run(_cfg(series, tmp_path, "tracking.run_name=again"))
+        # Another ablation setting (a new result entry), the same attribution inputs (cached per relation).
+        second = run(_cfg(series, tmp_path, "tracking.run_name=again", "ablation=top1_head"))
     assert "attribution of 0 relations computed, 12 from cache" in caplog.text
     pd.testing.assert_frame_equal(second.tables["layer_profiles"], result.tables["layer_profiles"])
 
@@ -114,14 +115,17 @@ def test_failure_inside_the_run_ends_it_failed_with_what_was_logged(series, tmp_
 
 
 @pytest.mark.parametrize("suite", ["micro_moe", "micro_neox"])
-def test_the_default_run_on_a_micro_suite_exercises_every_stage(tmp_path, monkeypatch, suite):
-    """The default stages, end to end, on a MoE suite and on a second dense family (GPT-NeoX)."""
+def test_the_default_stages_on_a_micro_suite_exercise_every_stage(tmp_path, monkeypatch, suite):
+    """The default stages, end to end, on a MoE suite and on a second dense family (GPT-NeoX), with one
+    head masked: the micro suites have 8 heads, all of which the default ``top10_heads`` would mask
+    (refused before compute, see test_bad_input)."""
     monkeypatch.setenv("GATED_LPI_CACHE", str(tmp_path / "cache"))
     cfg = compose_run_config(
         [
             f"model={suite}",
             f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
             "relations.max_per_relation=3",
+            "ablation=top1_head",
             "progress=false",
         ]
     )

@@ -37,11 +37,13 @@ def walk_all(
     state: RunState,
     tracker: Tracker,
     group: ProcessGroup,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> list[CheckpointResult] | None:
     """Every process walks its share of the step-sorted ``checkpoints`` (``execution.shard``); return all
-    their results in step order on process 0, None on the others."""
+    their results in step order on process 0, None on the others. ``tokenizer``: the series' tokenizer
+    (None: loaded from the first checkpoint a process computes)."""
     mine = group.shard(checkpoints, cfg.execution.shard)
-    own = group.agree(lambda: walk_checkpoints(cfg, mine, analyse, store, state, tracker, group))
+    own = group.agree(lambda: walk_checkpoints(cfg, mine, analyse, store, state, tracker, group, tokenizer))
     reused = group.gather({r.checkpoint.step: r.reused for r in own})
     if not group.is_main:
         return None
@@ -56,10 +58,10 @@ def walk_checkpoints(
     state: RunState,
     tracker: Tracker,
     group: ProcessGroup,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> list[CheckpointResult]:
     """This process's checkpoints in step order: each taken from the result store when an earlier run
     finished it, else computed and stored; logged as it completes."""
-    tokenizer = None
     results = []
     bar = tqdm(checkpoints, desc="checkpoints", unit="ckpt", disable=not cfg.progress)
     for ckpt in bar:

@@ -3,28 +3,37 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 import pandas as pd
 from filelock import FileLock
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from gated_lpi_exp.config import TrackingConfig
 from gated_lpi_exp.errors import TrackingError
 from gated_lpi_exp.tracking.names import RESUMED_BY_TAG
+from gated_lpi_exp.tracking.spool import Spool, replay
 
 log = logging.getLogger(__name__)
 
 LOCAL_FALLBACK_URI = "sqlite:///mlflow.db"
 _MAX_PARAM_LEN = 6000
+T = TypeVar("T")
+_TRANSIENT_CODES = ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
+"""MLflow error codes of a server that did not answer (MLflow reports a refused connection as the first)."""
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -48,26 +57,45 @@ def server_reachable(uri: str, timeout: float = 5.0) -> bool:
         return False
 
 
+class Degraded(Exception):
+    """The tracking server did not answer within ``tracking.timeout_s``: log to the spool from now on."""
+
+
 class Tracker:
     """The project's one door to MLflow.
 
     Args:
         cfg: where to track. A server that does not answer fails now (``on_unreachable=fail``), before any
             compute, or is replaced by a local database (``on_unreachable=local``), with a warning.
+        spool_root: where calls that a server stopped answering are kept (``<spool_root>/<run id>/``).
+
+    A server that stops answering during a run is retried for ``tracking.timeout_s`` seconds; then the run
+    goes on without it, keeping every later call in a local spool (:mod:`gated_lpi_exp.tracking.spool`),
+    which is replayed into the run when it ends if the server answers again by then. If it does not, the run
+    ends with one :class:`TrackingError` saying where everything is and how to finish; the next run with the
+    same settings replays the spool, ends the orphaned MLflow run FAILED and logs a complete run of its own.
     """
 
-    def __init__(self, cfg: TrackingConfig):
+    def __init__(self, cfg: TrackingConfig, spool_root: Path | None = None):
         self.uri = cfg.uri
-        if cfg.uri.startswith(("http://", "https://")) and not server_reachable(cfg.uri):
-            if cfg.on_unreachable == "fail":
-                raise TrackingError(
-                    f"The MLflow tracking server {cfg.uri} does not answer. Start it (see README: mlflow server "
-                    "--host 127.0.0.1 ...), or set tracking.on_unreachable=local to log to ./mlflow.db instead."
+        self.timeout_s = cfg.timeout_s
+        self.spool_root = spool_root or Path("mlflow-spool").resolve()
+        self.spool: Spool | None = None
+        self.run_id = ""
+        if cfg.uri.startswith(("http://", "https://")):
+            _bound_http_retries(cfg.timeout_s)
+            if not server_reachable(cfg.uri):
+                if cfg.on_unreachable == "fail":
+                    raise TrackingError(
+                        f"The MLflow tracking server {cfg.uri} does not answer. Start it (see README: mlflow "
+                        "server --host 127.0.0.1 ...), or set tracking.on_unreachable=local to log to "
+                        "./mlflow.db instead."
+                    )
+                log.warning(
+                    "Tracking server %s does not answer; logging locally to %s", cfg.uri, LOCAL_FALLBACK_URI
                 )
-            log.warning(
-                "Tracking server %s does not answer; logging locally to %s", cfg.uri, LOCAL_FALLBACK_URI
-            )
-            self.uri = LOCAL_FALLBACK_URI
+                self.uri = LOCAL_FALLBACK_URI
+        self.remote = self.uri.startswith(("http://", "https://"))
         # Jobs of a sweep start together: one at a time creates the sqlite schema and the experiment.
         with _sqlite_lock(self.uri):
             mlflow.set_tracking_uri(self.uri)
@@ -76,43 +104,147 @@ class Tracker:
 
     def _experiment(self, name: str, artifact_location: str) -> str:
         try:
-            found = self.client.get_experiment_by_name(name)
+            found = self._call(lambda: self.client.get_experiment_by_name(name))
             if found is not None:
                 return found.experiment_id
             location = None
-            if not self.uri.startswith(("http://", "https://")):
+            if not self.remote:
                 location = (
                     artifact_location
                     if "://" in artifact_location
                     else Path(artifact_location).resolve().as_uri()
                 )
-            return self.client.create_experiment(name, artifact_location=location)
+            return self._call(lambda: self.client.create_experiment(name, artifact_location=location))
         except Exception as exc:
             raise TrackingError(f"Could not open MLflow experiment {name!r} at {self.uri}: {exc}") from exc
+
+    @property
+    def degraded(self) -> bool:
+        """Whether the server stopped answering during this run (calls go to the spool)."""
+        return self.spool is not None
 
     @contextmanager
     def run(self, run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
         """Open a run; it ends FINISHED, or FAILED (keeping everything logged) when the body raises."""
-        with mlflow.start_run(
-            experiment_id=self.experiment_id, run_name=run_name, tags=dict(tags or {})
-        ) as run:
-            yield run.info.run_id
+        from mlflow.tracking.context.registry import resolve_tags
 
-    def mark_killed(self, run_id: str, resumed_by: str) -> bool:
-        """End a run left RUNNING by a killed process as KILLED, tagged with the run that resumed it.
+        try:
+            run = self._call(
+                lambda: self.client.create_run(
+                    self.experiment_id, run_name=run_name, tags=resolve_tags(dict(tags or {}))
+                )
+            )
+        except Exception as exc:
+            raise TrackingError(f"Could not start an MLflow run at {self.uri}: {exc}") from exc
+        self.run_id = run.info.run_id
+        status = "FAILED"
+        try:
+            yield self.run_id
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            self._end(status)
+
+    def _end(self, status: str) -> None:
+        if self.spool is not None:
+            self.replay_spool()
+        if self.spool is None:
+            try:
+                self._call(lambda: self.client.set_terminated(self.run_id, status))
+                return
+            except Degraded:
+                pass
+        message = (
+            f"The MLflow tracking server {self.uri} stopped answering during run {self.run_id}. Everything "
+            f"computed is in the result store ({self.spool_root.parent}); what could not be logged is kept in "
+            f"{self.spool_root / self.run_id}. Fix: start the server and run the same command again: it takes "
+            "every finished checkpoint from the result store (nothing is recomputed), logs a complete run, "
+            f"replays the kept calls into run {self.run_id} and ends that run FAILED."
+        )
+        if status == "FINISHED":
+            raise TrackingError(message)
+        log.error(message)  # the body's own error is already on its way up
+
+    def replay_spool(self) -> bool:
+        """Replay the spool into this run if the server answers again; return whether nothing is pending."""
+        if self.spool is None:
+            return True
+        if server_reachable(self.uri, timeout=2.0) and self._replay(self.spool.folder, self.run_id):
+            log.warning(
+                "tracking server %s answers again: replayed the calls kept while it was down", self.uri
+            )
+            self.spool = None
+        return self.spool is None
+
+    def _replay(self, folder: Path, run_id: str) -> bool:
+        try:
+            self._call(lambda: replay(folder, self.client, run_id))
+            return True
+        except Exception as exc:  # noqa: BLE001 - still down, or the run is gone: keep the spool
+            log.warning("could not replay %s into run %s: %s", folder, run_id, exc)
+            return False
+
+    def end_orphan(self, run_id: str, status: str, resumed_by: str) -> bool:
+        """End a run that an earlier process left RUNNING (killed, or cut off from its server) as ``status``
+        (``KILLED`` or ``FAILED``), after replaying what that process kept in its spool, and tag it with the
+        run that resumed it.
 
         Returns:
-            Whether the run was found RUNNING and marked.
+            Whether the run was found RUNNING and ended.
         """
+        folder = self.spool_root / run_id
+        if folder.is_dir() and self._replay(folder, run_id):
+            log.info("replayed the calls run %s kept while its tracking server was down", run_id)
         try:
-            if self.client.get_run(run_id).info.status != "RUNNING":
+            if self._call(lambda: self.client.get_run(run_id)).info.status != "RUNNING":
                 return False
-            self.client.set_tag(run_id, RESUMED_BY_TAG, resumed_by)
-            self.client.set_terminated(run_id, status="KILLED")
+            self._call(lambda: self.client.set_tag(run_id, RESUMED_BY_TAG, resumed_by))
+            self._call(lambda: self.client.set_terminated(run_id, status=status))
             return True
-        except Exception as exc:  # the run lives in another store, or was deleted
-            log.warning("could not mark MLflow run %s as KILLED: %s", run_id, exc)
+        except Exception as exc:  # noqa: BLE001 - the run lives in another store, or was deleted
+            log.warning("could not end MLflow run %s as %s: %s", run_id, status, exc)
             return False
+
+    def _call(self, request: Callable[[], T]) -> T:
+        """``request()``, retried while a remote server fails to answer, for at most ``tracking.timeout_s``.
+
+        Raises:
+            Degraded: the server did not answer in time (the caller spools what it was logging).
+        """
+        deadline = time.monotonic() + self.timeout_s
+        delay = 0.5
+        while True:
+            try:
+                return request()
+            except Exception as exc:
+                if not (self.remote and _unanswered(exc)):
+                    raise
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Degraded(str(exc)) from exc
+                log.debug("tracking server %s did not answer (%s); retrying", self.uri, exc)
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, 4.0)
+
+    def _send(self, request: Callable[[], object], keep: Callable[[Spool], None]) -> None:
+        """Perform a logging call, or keep it in the spool when the server is (or goes) down."""
+        if self.spool is None:
+            try:
+                self._call(request)
+                return
+            except Degraded as exc:
+                self.spool = Spool(self.spool_root / self.run_id)
+                log.error(
+                    "The MLflow tracking server %s stopped answering for %.0f s (%s). The run goes on; what "
+                    "it logs is kept in %s and replayed when the server answers again.",
+                    self.uri,
+                    self.timeout_s,
+                    str(exc)[:200],
+                    self.spool.folder,
+                )
+        keep(self.spool)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params; values longer than MLflow allows are cut and marked."""
@@ -120,41 +252,54 @@ class Tracker:
         for key, value in params.items():
             text = str(value)
             clean[key] = text if len(text) <= _MAX_PARAM_LEN else text[: _MAX_PARAM_LEN - 12] + "...[cut]"
-        mlflow.log_params(clean)
+        batch = [Param(k, v) for k, v in clean.items()]
+        self._send(lambda: self.client.log_batch(self.run_id, params=batch), lambda s: s.params(clean))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         finite = {k: float(v) for k, v in metrics.items() if v is not None and pd.notna(v)}
-        if finite:
-            mlflow.log_metrics(finite, step=step)
+        if not finite:
+            return
+        now = int(time.time() * 1000)
+        batch = [Metric(k, v, now, step or 0) for k, v in finite.items()]
+        self._send(
+            lambda: self.client.log_batch(self.run_id, metrics=batch), lambda s: s.metrics(finite, step)
+        )
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        mlflow.set_tags(dict(tags))
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        self._send(lambda: self.client.log_batch(self.run_id, tags=batch), lambda s: s.tags(tags))
+
+    def _artifact(self, write: Callable[[Path], object], name: str, folder: str | None) -> None:
+        """Log a file that ``write(path)`` makes, as ``<folder>/<name>`` in the run's artifacts."""
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / name
+            write(local)
+            self._send(
+                lambda: self.client.log_artifact(self.run_id, str(local), folder),
+                lambda s: s.file(lambda dst: shutil.copyfile(local, dst), name, folder),
+            )
 
     def log_table(self, table: pd.DataFrame, name: str, folder: str = "tables") -> None:
         """Write ``table`` as ``<folder>/<name>.parquet`` in the run's artifacts."""
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, f"{name}.parquet")
-            table.to_parquet(path, index=False)
-            mlflow.log_artifact(path, artifact_path=folder)
+        self._artifact(lambda path: table.to_parquet(path, index=False), f"{name}.parquet", folder)
 
     def log_arrays(self, arrays: dict, path: str) -> None:
         """Write named numpy arrays as one compressed ``.npz`` artifact at ``path``."""
         import numpy as np
 
         folder, _, name = path.rpartition("/")
-        with tempfile.TemporaryDirectory() as tmp:
-            local = os.path.join(tmp, name)
-            np.savez_compressed(local, **arrays)
-            mlflow.log_artifact(local, artifact_path=folder or None)
+        self._artifact(lambda local: np.savez_compressed(local, **arrays), name, folder or None)
 
     def log_figure(self, figure, path: str) -> None:
-        mlflow.log_figure(figure, path)
+        folder, _, name = path.rpartition("/")
+        self._artifact(lambda local: figure.savefig(local), name, folder or None)
 
     def log_text(self, text: str, path: str) -> None:
-        mlflow.log_text(text, path)
+        folder, _, name = path.rpartition("/")
+        self._artifact(lambda local: local.write_text(text, encoding="utf-8"), name, folder or None)
 
     def log_file(self, path: str | Path, folder: str | None = None) -> None:
-        mlflow.log_artifact(str(path), artifact_path=folder)
+        self._artifact(lambda local: shutil.copyfile(path, local), Path(path).name, folder)
 
 
 class NullTracker(Tracker):
@@ -164,36 +309,20 @@ class NullTracker(Tracker):
         self.uri = ""
         self.client = None  # type: ignore[assignment]
         self.experiment_id = ""
+        self.spool = None
+        self.run_id = ""
 
     @contextmanager
     def run(self, run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
         yield ""
 
-    def mark_killed(self, run_id: str, resumed_by: str) -> bool:
+    def end_orphan(self, run_id: str, status: str, resumed_by: str) -> bool:
         return False
 
-    def log_params(self, params: Mapping[str, Any]) -> None:
+    def _send(self, request: Callable[[], object], keep: Callable[[Spool], None]) -> None:
         pass
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        pass
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        pass
-
-    def log_table(self, table: pd.DataFrame, name: str, folder: str = "tables") -> None:
-        pass
-
-    def log_arrays(self, arrays: dict, path: str) -> None:
-        pass
-
-    def log_figure(self, figure, path: str) -> None:
-        pass
-
-    def log_text(self, text: str, path: str) -> None:
-        pass
-
-    def log_file(self, path: str | Path, folder: str | None = None) -> None:
+    def _artifact(self, write: Callable[[Path], object], name: str, folder: str | None) -> None:
         pass
 
 
@@ -206,3 +335,20 @@ def _sqlite_lock(uri: str):
     path = Path(uri[len("sqlite:///") :]).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(path) + ".lock")
+
+
+def _bound_http_retries(timeout_s: float) -> None:
+    """MLflow's own HTTP retries (7, with exponential back-off, 120 s per request: minutes against a dead
+    server) give way to :meth:`Tracker._call`'s, bounded by ``tracking.timeout_s``: one try per call here,
+    each request given at most a third of the budget."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(timeout_s / 3)))
+
+
+def _unanswered(exc: Exception) -> bool:
+    """Whether ``exc`` means the server did not answer (as opposed to refusing a bad request)."""
+    if isinstance(exc, MlflowException):
+        return exc.error_code in _TRANSIENT_CODES
+    return isinstance(exc, OSError | ConnectionError) or type(exc).__module__.startswith(
+        ("requests", "urllib3")
+    )

@@ -1,0 +1,64 @@
+"""Checks of the run's settings against the model and its tokenizer, before any checkpoint is computed.
+
+The config's own checks (:mod:`gated_lpi_exp.config`) cannot know the model: how many heads an ablation may
+zero, how large a k HIT@k may use, how the tokenizer splits the objects. These are checked here, after the
+series is resolved and its tokenizer loaded, from the first checkpoint's ``config.json`` (no weights load).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+from transformers import AutoConfig, PreTrainedTokenizerBase
+
+from gated_lpi_exp.checkpoints.resolve import Checkpoint
+from gated_lpi_exp.config import RunConfig
+from gated_lpi_exp.data.objects import multi_token_objects, note_multi_token_objects
+from gated_lpi_exp.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+
+def check_before_compute(
+    cfg: RunConfig, checkpoint: Checkpoint, tokenizer: PreTrainedTokenizerBase, samples: pd.DataFrame
+) -> dict[str, Any]:
+    """Check the settings against the model and the objects against the tokenizer; return params to log.
+
+    Raises:
+        ConfigurationError: ``ablation.count`` would zero every head (the targeted and random sets would be
+            the same), or a k of ``evaluation.ks`` exceeds the vocabulary.
+    """
+    counts = multi_token_objects(tokenizer, samples)
+    params: dict[str, Any] = note_multi_token_objects(samples, counts, cfg.relations.multi_token_warn)
+    model = _model_config(cfg, checkpoint)
+    if model is None:
+        return params
+    vocab = int(getattr(model, "vocab_size", 0) or len(tokenizer))
+    if max(cfg.evaluation.ks) > vocab:
+        raise ConfigurationError(
+            f"evaluation.ks={cfg.evaluation.ks} asks for HIT@{max(cfg.evaluation.ks)} but {cfg.model.name} has "
+            f"{vocab} tokens; use k between 1 and {vocab}."
+        )
+    heads = int(model.num_hidden_layers) * int(model.num_attention_heads)
+    params["model.n_heads_total"] = heads
+    if cfg.attribution.enabled and cfg.ablation.unit == "head" and cfg.ablation.count >= heads:
+        raise ConfigurationError(
+            f"ablation.count={cfg.ablation.count} would zero every one of the {heads} heads of "
+            f"{cfg.model.name} ({model.num_hidden_layers} layers x {model.num_attention_heads} heads): the "
+            "targeted and the random sets would be the same, so the drop would say nothing. Fix: "
+            f"ablation=top1_head, or ablation.count=N with N < {heads}."
+        )
+    return params
+
+
+def _model_config(cfg: RunConfig, checkpoint: Checkpoint):
+    """The checkpoint's ``transformers`` config (only ``config.json`` is read), or None when it has none."""
+    try:
+        return AutoConfig.from_pretrained(
+            checkpoint.source, revision=checkpoint.revision, trust_remote_code=cfg.model.trust_remote_code
+        )
+    except Exception as exc:  # noqa: BLE001 - a layout without config.json: the stages check as they go
+        log.info("no model config to check the settings against before compute (%s)", exc)
+        return None
