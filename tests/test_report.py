@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from gated_lpi_exp.attribution.aggregate import CheckpointAggregate
 from gated_lpi_exp.config import DynamicsConfig, TrackingConfig
 from gated_lpi_exp.report import main
+from gated_lpi_exp.report.render import md_escape
 from gated_lpi_exp.report.runs import RunData, make_columns, select_runs
 from gated_lpi_exp.report.tables import Cell, Row, mark_best
 from gated_lpi_exp.schemas import AblationResult, HitSummary
@@ -104,8 +105,10 @@ def store(tmp_path_factory):
 
 
 def _row(markdown: str, label: str) -> list[str]:
-    line = next(x for x in markdown.splitlines() if x.startswith(f"| {label} |"))
-    return [c.strip() for c in line.strip().strip("|").split("|")]
+    """The cells of the row labelled ``label``, with report.md's Markdown escapes undone."""
+    line = next(x for x in markdown.splitlines() if x.startswith(f"| {md_escape(label)} |"))
+    cells = re.split(r"(?<!\\)\|", line.strip().strip("|"))
+    return [re.sub(r"\\(.)", r"\1", c).strip() for c in cells]
 
 
 def _expected(summary: pd.DataFrame, metric: str, unit: str, scale: float, digits: int) -> str:
@@ -158,7 +161,7 @@ def test_report_end_to_end(store, tmp_path):
     assert html.count("data:image/png;base64,") == 7 and "src='http" not in html
     images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", md)
     assert len(images) == 7 and all((out / name).stat().st_size > 5_000 for name in images)
-    assert "Not computed in this run: tiny_dense." in md  # Fig. 5 has only tiny_moe
+    assert md_escape("Not computed in this run: tiny_dense.") in md  # Fig. 5 has only tiny_moe
 
 
 @pytest.mark.slow
@@ -230,3 +233,34 @@ def test_best_mark_follows_the_registry_direction():
     assert (
         not any(c.best for c in single.cells) and single.text(single.cells[1]) == "not computed in this run"
     )
+
+
+def test_markdown_report_escapes_markup_in_names_and_data(tmp_path):
+    """A relation, model or run name carrying HTML or Markdown shows as text in report.md, never as
+    markup, links, images or a script."""
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    tracker = Tracker(TrackingConfig(uri=uri, artifact_location=str(tmp_path / "artifacts")))
+    evil = "<script>alert(1)</script>[x](http://evil.example) *b* |c|"
+    aggs = _aggregates(3, 2)
+    curves, summary = compute_dynamics(aggs, DynamicsConfig(top_frac=0.1, windows=WINDOWS))
+    tags = {"gated_lpi.model": evil, "gated_lpi.family": "olmoe", "gated_lpi.ablation": "top10_heads"}
+    with tracker.run(evil, tags=tags):
+        tracker.log_params({"model.name": evil, "relations.categories": ["factual"], "relations.names": [evil],
+                            "dynamics.top_frac": 0.1, "ablation.name": "top10_heads"})  # fmt: skip
+        tracker.log_table(_hits(), "hit_summary")
+        tracker.log_table(layer_profiles(aggs), "layer_profiles")
+        tracker.log_table(curves, "dynamics_curves")
+        tracker.log_table(summary, "dynamics_summary")
+        tracker.log_table(_ablation(), "ablation")
+    out = tmp_path / "report"
+    assert main(["--tracking-uri", uri, "--out", str(out)]) == 0
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    for text in (md, page):
+        assert "<script" not in text and "&lt;script&gt;" in text
+    assert (
+        not re.search(r"(?<!\\)\]\(http://evil", md)
+        and "\\[x\\]" in md
+        and "\\*b\\*" in md
+        and "\\|c\\|" in md
+    )
+    assert md_escape("a|b\nc") == "a\\|b c"

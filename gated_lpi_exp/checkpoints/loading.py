@@ -152,10 +152,11 @@ def verify_checksums(checkpoint: Checkpoint) -> None:
     bad = mismatched_files(checkpoint.source, dict(checkpoint.files))
     if bad:
         raise CheckpointError(
-            f"Checkpoint step {checkpoint.step} at {checkpoint.source}: {', '.join(bad)} differ from the "
-            "sha256 recorded in the series manifest (damaged or changed since the series was written). Fix: "
-            "copy or download that checkpoint again, or set model.verify_checksums=false to load the files "
-            "as they are; checkpoints already analysed stay in the result store."
+            f"Could not load checkpoint step {checkpoint.step} from {checkpoint.source}: {', '.join(bad)} "
+            "differ from the sha256 recorded in the series manifest (damaged or changed since the series was "
+            "written). Fix: replace the damaged files (copy or download that checkpoint again), or set "
+            "model.verify_checksums=false to load them as they are; the checkpoints already analysed are "
+            "kept in the result store and are not recomputed."
         )
 
 

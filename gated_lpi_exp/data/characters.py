@@ -2,8 +2,9 @@
 
 Control characters (other than whitespace, which is collapsed separately), format characters (zero-width
 space, word joiner, byte-order mark, soft hyphen, the bidirectional marks, embeddings, overrides and
-isolates) and lone surrogates change what a tokenizer sees without changing what a reader sees; a gold object
-made of them alone would make the target a bare space token. The zero-width joiner and non-joiner are kept
+isolates), lone surrogates and the replacement character U+FFFD (what undecodable text and lone surrogates
+turn into) change what a tokenizer sees without showing a reader anything meaningful; a gold object made of
+them alone would make the target a bare space token. The zero-width joiner and non-joiner are kept
 where they join two visible characters (scripts such as Persian and Devanagari, emoji sequences need them)
 and removed elsewhere.
 """
@@ -22,7 +23,7 @@ def strip_invisible(text: str) -> str:
         category = unicodedata.category(char)
         if category == "Cc" and not char.isspace():
             continue
-        if category == "Cs":
+        if category == "Cs" or char == "\ufffd":
             continue
         if category == "Cf" and not (char in _JOINERS and _between_visible(text, i)):
             continue

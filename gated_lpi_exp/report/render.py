@@ -154,13 +154,28 @@ def render_html(
     return "\n".join(parts)
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+_MD_SPECIAL = set("\\`*_[]|~")
+_HTML_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
+
+
+def md_escape(text: str) -> str:
+    """``text`` as literal Markdown: HTML special characters as entities, Markdown punctuation
+    backslash-escaped, line breaks as spaces, so a relation, subject or run name cannot add markup, links,
+    images or HTML (``<script>``) to ``report.md``."""
+    out = []
+    for char in " ".join(str(text).splitlines()):
+        if char in _HTML_ENTITIES:
+            out.append(_HTML_ENTITIES[char])
+        elif char in _MD_SPECIAL:
+            out.append("\\" + char)
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def _md_table(headers: list[str], lines: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(_md_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
-    return out + ["| " + " | ".join(_md_cell(str(v)) for v in line) + " |" for line in lines]
+    out = ["| " + " | ".join(md_escape(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    return out + ["| " + " | ".join(md_escape(str(v)) for v in line) + " |" for line in lines]
 
 
 def render_markdown(
@@ -171,18 +186,18 @@ def render_markdown(
     out_dir: Path,
 ) -> str:
     """The report as Markdown; writes each figure as ``<stem>.png`` in ``out_dir`` and links it."""
-    parts = ["# Gated-LPI report", "", _head(header), "", "## Runs", ""]
-    parts += _md_table(RUN_HEADERS, _runs_lines(columns)) + ["", LEGEND, ""]
-    parts += [line for note in scoring_notes(columns) for line in (f"**{note}**", "")]
+    parts = ["# Gated-LPI report", "", md_escape(_head(header)), "", "## Runs", ""]
+    parts += _md_table(RUN_HEADERS, _runs_lines(columns)) + ["", md_escape(LEGEND), ""]
+    parts += [line for note in scoring_notes(columns) for line in (f"**{md_escape(note)}**", "")]
     for table in tables:
         lines = [[r.label, r.direction, *(r.text(c) for c in r.cells), *r.paper] for r in table.rows]
-        parts += [f"## {table.title}", ""]
+        parts += [f"## {md_escape(table.title)}", ""]
         parts += _md_table(["metric", "better", *table.columns, *PAPER_HEADERS], lines) + [""]
-        parts += [line for note in table.notes for line in (f"*{note}*", "")]
+        parts += [line for note in table.notes for line in (f"*{md_escape(note)}*", "")]
     parts += ["## Figures", ""]
     for fig in figures:
         if fig.png is not None:
             (out_dir / f"{fig.spec.stem}.png").write_bytes(fig.png)
-            parts += [f"![{fig.spec.caption}]({fig.spec.stem}.png)", ""]
-        parts += [" ".join(filter(None, [fig.spec.caption, fig.note])), ""]
+            parts += [f"![{md_escape(fig.spec.caption)}]({fig.spec.stem}.png)", ""]
+        parts += [md_escape(" ".join(filter(None, [fig.spec.caption, fig.note]))), ""]
     return "\n".join(parts)

@@ -73,7 +73,9 @@ class ArrayStore:
         if not path.is_file():
             return None
         try:
-            return read_entry(path, key)
+            # The writer's lock: the record and the file it checks are read as one writer left them.
+            with FileLock(str(path) + ".lock"):
+                return read_entry(path, key)
         except Exception as exc:  # noqa: BLE001 - every way a file can be damaged means "compute it again"
             report_damaged(path, exc)
             return None
