@@ -112,7 +112,8 @@ WRITER = textwrap.dedent(
     store = ResultStore(cfg, data_hash="same-data", tokens_hash="same-tokens")
     ckpt = Checkpoint(step=7, source="hub/model", revision="step7")
     rng = np.random.default_rng(0)  # both writers write the same content, as two runs would
-    sums = {"r": ScoreSums({k: rng.normal(size=(2, 4, 5000)) for k in UNIT_KINDS}, np.array([3, 2]))}
+    shapes = {k: (2, 4) if k.endswith("_layer") else (2, 4, 5000) for k in UNIT_KINDS}
+    sums = {"r": ScoreSums({k: rng.normal(size=shapes[k]) for k in UNIT_KINDS}, np.array([3, 2]))}
     hits = pd.DataFrame(dict(step=7, relation="r", category="factual", sample_id=range(5), target_id=1,
                              gold_rank=range(1, 6)))
     result = CheckpointResult(ckpt, hits)

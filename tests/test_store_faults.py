@@ -124,7 +124,10 @@ def test_every_reader_takes_random_damage_as_absent_or_intact(clean, tmp_path, c
                 if original.read_bytes() == pristine.read_bytes():
                     continue  # the overwrite wrote the same bytes
                 if kind.startswith(("result", "attribution")):
-                    assert got is None, kind
+                    if got is not None:  # only the description beside the record was hit: still intact
+                        assert kind.endswith("record") and got.keys() == expected.keys(), kind
+                        assert all(np.array_equal(got[k], expected[k]) for k in got), kind
+                        continue
                     assert f"stored entry {original.with_suffix('.npz')} is damaged" in caplog.text
                 elif kind == "run state":
                     assert got["checkpoints"] == {} and str(original) in caplog.text, kind

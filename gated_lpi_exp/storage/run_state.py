@@ -6,13 +6,14 @@
     {"format": "gated_lpi_exp.runstate/1", "key": "9c1f...", "description": {...},
      "checkpoints": {"10": {"entry": "<result key>", "rank": 0, "pid": 4242, "at": 1763900000.0}, ...},
      "attempts": [{"run_id": "<mlflow run>", "tracking_uri": "...", "host": "...", "pid": 4242,
-                   "started": 1763899000.0, "status": "killed"}, ...]}
+                   "started": 1763899000.0, "status": "killed"}, ...],
+     "sha256": "<sha256 of the other fields>"}
 
 Every change is a read-modify-write under a file lock, written atomically, so the processes of a
 multi-process run can record their checkpoints in the same file. A manifest that cannot be read (cut short,
-overwritten, not this run's) is reported once, naming the file, and read as a blank one: it is bookkeeping
-only (every finished checkpoint is in the result store, keyed by its inputs), so the run goes on and the
-next write replaces it.
+overwritten, not this run's: each manifest carries a sha256 of itself) is reported once, naming the file, and
+read as a blank one: it is bookkeeping only (every finished checkpoint is in the result store, keyed by its
+inputs), so the run goes on and the next write replaces it.
 
 What a killed or failed run leaves here, and how the next run resumes it:
 :mod:`gated_lpi_exp.execution.attempts`.
@@ -20,6 +21,7 @@ What a killed or failed run leaves here, and how the next run resumes it:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -78,6 +80,8 @@ class RunState:
         try:
             doc = json.loads(self.path.read_text(encoding="utf-8"))
             _check(doc, self.key)
+            if "sha256" in doc and doc["sha256"] != _self_checksum(doc):
+                raise ValueError("its content does not match its sha256 field")
         except Exception as exc:  # noqa: BLE001 - any damage: report it, start the bookkeeping afresh
             if str(self.path) not in _reported:
                 _reported.add(str(self.path))
@@ -96,6 +100,7 @@ class RunState:
         with FileLock(str(self.path) + ".lock"):
             doc = self.read()
             change(doc)
+            doc["sha256"] = _self_checksum(doc)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".run.", suffix=".tmp")
             try:
                 with os.fdopen(fd, "w") as fh:
@@ -139,6 +144,12 @@ class RunState:
 
 
 _reported: set[str] = set()
+
+
+def _self_checksum(doc: dict[str, Any]) -> str:
+    """sha256 of the manifest without its own ``sha256`` field, so any change to it is noticed."""
+    body = {k: v for k, v in doc.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _check(doc: Any, key: str) -> None:

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import logging
-import math
-import os
 import shutil
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,12 +15,12 @@ import mlflow
 import pandas as pd
 from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from gated_lpi_exp.config import TrackingConfig
 from gated_lpi_exp.errors import TrackingError
 from gated_lpi_exp.tracking.names import RESUMED_BY_TAG
+from gated_lpi_exp.tracking.server import Degraded, bound_http_retries, call_with_deadline, server_reachable
 from gated_lpi_exp.tracking.spool import Spool, replay
 
 log = logging.getLogger(__name__)
@@ -32,8 +28,6 @@ log = logging.getLogger(__name__)
 LOCAL_FALLBACK_URI = "sqlite:///mlflow.db"
 _MAX_PARAM_LEN = 6000
 T = TypeVar("T")
-_TRANSIENT_CODES = ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
-"""MLflow error codes of a server that did not answer (MLflow reports a refused connection as the first)."""
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -46,19 +40,6 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
-
-
-def server_reachable(uri: str, timeout: float = 5.0) -> bool:
-    """Whether an ``http(s)://`` tracking server answers its health check."""
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-class Degraded(Exception):
-    """The tracking server did not answer within ``tracking.timeout_s``: log to the spool from now on."""
 
 
 class Tracker:
@@ -83,7 +64,7 @@ class Tracker:
         self.spool: Spool | None = None
         self.run_id = ""
         if cfg.uri.startswith(("http://", "https://")):
-            _bound_http_retries(cfg.timeout_s)
+            bound_http_retries(cfg.timeout_s)
             if not server_reachable(cfg.uri):
                 if cfg.on_unreachable == "fail":
                     raise TrackingError(
@@ -208,25 +189,12 @@ class Tracker:
             return False
 
     def _call(self, request: Callable[[], T]) -> T:
-        """``request()``, retried while a remote server fails to answer, for at most ``tracking.timeout_s``.
+        """``request()``, retried for at most ``tracking.timeout_s`` while a remote server does not answer.
 
         Raises:
             Degraded: the server did not answer in time (the caller spools what it was logging).
         """
-        deadline = time.monotonic() + self.timeout_s
-        delay = 0.5
-        while True:
-            try:
-                return request()
-            except Exception as exc:
-                if not (self.remote and _unanswered(exc)):
-                    raise
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise Degraded(str(exc)) from exc
-                log.debug("tracking server %s did not answer (%s); retrying", self.uri, exc)
-                time.sleep(min(delay, left))
-                delay = min(delay * 2, 4.0)
+        return call_with_deadline(request, self.timeout_s, retry=self.remote)
 
     def _send(self, request: Callable[[], object], keep: Callable[[Spool], None]) -> None:
         """Perform a logging call, or keep it in the spool when the server is (or goes) down."""
@@ -335,20 +303,3 @@ def _sqlite_lock(uri: str):
     path = Path(uri[len("sqlite:///") :]).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(path) + ".lock")
-
-
-def _bound_http_retries(timeout_s: float) -> None:
-    """MLflow's own HTTP retries (7, with exponential back-off, 120 s per request: minutes against a dead
-    server) give way to :meth:`Tracker._call`'s, bounded by ``tracking.timeout_s``: one try per call here,
-    each request given at most a third of the budget."""
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(timeout_s / 3)))
-
-
-def _unanswered(exc: Exception) -> bool:
-    """Whether ``exc`` means the server did not answer (as opposed to refusing a bad request)."""
-    if isinstance(exc, MlflowException):
-        return exc.error_code in _TRANSIENT_CODES
-    return isinstance(exc, OSError | ConnectionError) or type(exc).__module__.startswith(
-        ("requests", "urllib3")
-    )
