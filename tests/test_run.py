@@ -57,6 +57,12 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
     assert params["run.revisions"] == "step0,step10,step30"
     assert len(params["data.hash"]) >= 16 and params["package.version"]
     assert "package.git_commit" in params and params["attribution.norm"] == "frozen"
+    # One word per object under this tokenizer: no object is scored on a first piece only.
+    assert (
+        params["data.multi_token_objects"] == "0"
+        and params["data.multi_token_objects.country_language"] == "0"
+    )
+    assert params["model.n_heads_total"] == "8"
     history = client.get_metric_history(result.run_id, "hit_at_10")
     assert sorted(m.step for m in history) == STEPS
     for name in ("hit_at_1", "hit_at_10.factual", "j_stab.ffn", "ablation.drop_percent.targeted"):

@@ -1,8 +1,8 @@
 """A tracking server that may stop answering: its health check, and calls retried within a time budget.
 
 MLflow's own HTTP retries (7, with exponential back-off, 120 s per request: minutes against a dead server)
-give way to :func:`call_with_deadline`: one try per request, each request given at most a third of
-``tracking.timeout_s``, tries repeated until that budget is spent.
+give way to :func:`call_with_deadline`: one try per request, tries repeated with back-off until
+``tracking.timeout_s`` is spent, each request given at most what is left of it.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def call_with_deadline(request: Callable[[], T], timeout_s: float, *, retry: boo
     deadline = time.monotonic() + timeout_s
     delay = 0.5
     while True:
+        if retry:  # MLflow reads it per request: no single request outlasts the budget
+            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(deadline - time.monotonic())))
         try:
             return request()
         except Exception as exc:
@@ -67,9 +69,9 @@ def call_with_deadline(request: Callable[[], T], timeout_s: float, *, retry: boo
 
 
 def bound_http_retries(timeout_s: float) -> None:
-    """Turn MLflow's own HTTP retries off and cap each request at a third of ``timeout_s`` (module doc)."""
+    """Turn MLflow's own HTTP retries off and cap a request at ``timeout_s`` (module doc)."""
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(timeout_s / 3)))
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(timeout_s)))
 
 
 def _unanswered(exc: Exception) -> bool:
