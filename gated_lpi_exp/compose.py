@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from gated_lpi_exp.config import RunConfig, register_configs, to_run_config
+from gated_lpi_exp.config import ABLATION_UNITS, AblationConfig, RunConfig, register_configs, to_run_config
+from gated_lpi_exp.errors import ConfigurationError
 
 
 def config_root() -> Path:
@@ -41,3 +43,26 @@ def compose_dictconfig(overrides: Sequence[str] = ()) -> DictConfig:
 def compose_run_config(overrides: Sequence[str] = ()) -> RunConfig:
     """The checked run config for ``overrides`` such as ``["model=olmoe", "relations=factual"]``."""
     return to_run_config(compose_dictconfig(overrides))
+
+
+def ablation_presets() -> dict[str, AblationConfig]:
+    """The intervention presets ``conf/ablation/*.yaml`` (except ``none``), checked, by name.
+
+    Ordered by unit (heads first), then by how many units they zero, so tables and figures list them the
+    same way whatever the file names.
+
+    Raises:
+        ConfigurationError: A preset file does not compose onto :class:`AblationConfig`; names the file.
+    """
+    presets = []
+    for path in sorted((CONF_DIR / "ablation").glob("*.yaml")):
+        try:
+            node = OmegaConf.merge(OmegaConf.structured(AblationConfig), OmegaConf.load(path) or {})
+            preset = OmegaConf.to_object(node)
+        except (OmegaConfBaseException, ConfigurationError) as exc:
+            raise ConfigurationError(f"{path}: not a valid ablation preset: {exc}") from exc
+        assert isinstance(preset, AblationConfig)
+        if preset.enabled:
+            presets.append(preset)
+    presets.sort(key=lambda p: (ABLATION_UNITS.index(p.unit), p.count, p.fraction, p.name))
+    return {p.name: p for p in presets}

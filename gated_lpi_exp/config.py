@@ -8,6 +8,7 @@ and names the valid choices.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Iterable
@@ -26,7 +27,8 @@ DEFAULT_BRANCHES = r"^step(?P<step>\d+)(?:-tokens(?P<tokens>\d+)B)?$"
 """OLMo/OLMoE hub branches: ``step{N}-tokens{M}B`` (or a bare ``step{N}``)."""
 
 CATEGORIES = ("linguistic", "commonsense", "factual", "bias")
-ABLATIONS = ("none", "top1_head", "top10_heads", "top1pct_ffn")
+ABLATION_UNITS = ("none", "head", "ffn_neuron")
+"""What an ablation can zero; its presets are the files ``conf/ablation/*.yaml``, their names are labels."""
 COMPAT_MODES = ("none", "released_code")
 """Values of ``attribution.compat`` (``gated_lpi_exp.compat``)."""
 POSITION_REDUCTIONS = ("absmax", "max", "sum")
@@ -317,9 +319,13 @@ class AblationConfig:
     """The causal-intervention stage."""
 
     name: str = "none"
-    """``none``, ``top1_head``, ``top10_heads`` or ``top1pct_ffn``."""
+    """The intervention's label in run names, tags and tables (a preset's file name, e.g. ``top10_heads``);
+    ``none`` with ``unit=none``."""
+    label: str = ""
+    """Display name in the report and figures, e.g. ``top-10 heads``; empty = ``name``."""
     unit: str = "none"
-    """What is zeroed: ``head`` (o_proj input slices) or ``ffn_neuron`` (FFN/expert activations)."""
+    """What is zeroed: ``head`` (o_proj input slices), ``ffn_neuron`` (FFN/expert activations) or ``none``
+    (no ablation stage)."""
     count: int = 0
     """Number of units, for heads."""
     fraction: float = 0.0
@@ -331,12 +337,29 @@ class AblationConfig:
     heldout: bool = False
     """Rank units on one half of the examples and evaluate on the other half."""
 
+    @property
+    def enabled(self) -> bool:
+        """Whether the run has an ablation stage."""
+        return self.unit != "none"
+
+    @property
+    def display_name(self) -> str:
+        """:attr:`label`, else :attr:`name`."""
+        return self.label or self.name
+
     def __post_init__(self) -> None:
-        _choice("ablation", "name", self.name, ABLATIONS)
-        _choice("ablation", "unit", self.unit, ("none", "head", "ffn_neuron"))
+        if self.name != MISSING and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", self.name):
+            raise ConfigurationError(
+                f"ablation.name={self.name!r} must be a label of letters, digits and _ . + - "
+                "(it names runs and table rows), e.g. top3_heads."
+            )
+        _choice("ablation", "unit", self.unit, ABLATION_UNITS)
         _choice("ablation", "rank_by", self.rank_by, ("abs", "signed"))
-        if self.name != "none" and self.unit == "none":
-            raise ConfigurationError(f"ablation.name={self.name} needs ablation.unit=head or ffn_neuron.")
+        if (self.name == "none") != (self.unit == "none"):
+            raise ConfigurationError(
+                f"ablation.name={self.name} with ablation.unit={self.unit}: an ablation needs "
+                "ablation.unit=head or ffn_neuron and a name other than none; no ablation is name=none, unit=none."
+            )
         if self.unit == "head" and self.count < 1:
             raise ConfigurationError("ablation.unit=head needs ablation.count >= 1.")
         if self.unit == "ffn_neuron" and not 0.0 < self.fraction < 1.0:
@@ -423,7 +446,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _at_least("", "seed", self.seed, 0)
-        if not self.attribution.enabled and self.ablation.name != "none":
+        if not self.attribution.enabled and self.ablation.enabled:
             # Units are ranked by their attribution, so without it there is nothing to ablate.
             logging.getLogger(__name__).warning(
                 "attribution.enabled=false: skipping ablation=%s (it ranks units by attribution)",
@@ -449,7 +472,30 @@ def check_window(name: str, bounds: Any) -> None:
 def register_configs() -> None:
     """Register the schemas so ``conf/config.yaml`` is composed onto :class:`RunConfig`."""
     cs = ConfigStore.instance()
-    cs.store(name="run_schema", node=RunConfig)
+    cs.store(name="run_schema", node=schema(RunConfig))
+
+
+def schema(cls: type) -> DictConfig:
+    """The structured config of ``cls`` holding its declared defaults.
+
+    ``OmegaConf.structured`` builds a nested config by calling its default factory, which runs
+    ``__post_init__``; a default that ``__post_init__`` derives from another field (``attribution.attn_positions``
+    None = "follow ``compat``") would reach the schema already derived from the *default* of that other
+    field. The declared default is written back, so it is derived from the composed values instead.
+    """
+    node = OmegaConf.structured(cls)
+    _declared_defaults(node, cls)
+    return node
+
+
+def _declared_defaults(node: DictConfig, cls: type) -> None:
+    for f in dataclasses.fields(cls):
+        if f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+            if dataclasses.is_dataclass(value):
+                _declared_defaults(node[f.name], type(value))
+        elif f.default is not dataclasses.MISSING and f.default != MISSING and node[f.name] != f.default:
+            node[f.name] = f.default
 
 
 def to_run_config(cfg: DictConfig | RunConfig) -> RunConfig:

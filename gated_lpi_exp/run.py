@@ -146,7 +146,7 @@ def analyse_checkpoint(
     result.attribution_cached = outcome.computed_relations == 0
     result.aggregate = outcome.aggregate
     result.top_units = top_units(outcome.aggregate, model, cfg.attribution.top_n_logged)
-    if cfg.ablation.name != "none":
+    if cfg.ablation.enabled:
         result.ablation = ablate_checkpoint(
             model, tokenizer, samples, hits, outcome.aggregate, outcome.sums, cfg.ablation,
             seed=cfg.seed, batch_size=cfg.evaluation.batch_size,
@@ -163,7 +163,7 @@ def collect_tables(cfg: RunConfig, results: list[CheckpointResult]) -> dict[str,
         aggregates = attribution_aggregates(results)
         tables["head_scores"] = pd.concat([head_scores(a) for a in aggregates], ignore_index=True)
         tables["layer_profiles"] = layer_profiles(aggregates)
-    if cfg.ablation.name != "none":
+    if cfg.ablation.enabled:
         tables["ablation"] = pd.concat([r.ablation for r in results], ignore_index=True)
     return tables
 
@@ -172,12 +172,12 @@ def dynamics_tables(
     cfg: RunConfig, results: list[CheckpointResult], tracker: Tracker
 ) -> dict[str, pd.DataFrame]:
     """Stability, concentration and consolidation over the checkpoints; curves and summaries to MLflow."""
-    curves, summary = compute_dynamics(attribution_aggregates(results), cfg.dynamics)
-    per_step, totals = dynamics_metrics(curves, summary)
+    tables = compute_dynamics(attribution_aggregates(results), cfg.dynamics)
+    per_step, totals = dynamics_metrics(tables)
     for step, values in sorted(per_step.items()):
         tracker.log_metrics(values, step=step)
     tracker.log_metrics(totals)
-    return {"dynamics_curves": curves, "dynamics_summary": summary}
+    return tables
 
 
 def attribution_aggregates(results: list[CheckpointResult]) -> list[CheckpointAggregate]:

@@ -10,6 +10,9 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing.pandas import DataFrame, Series
 
+METRIC_NAME = r"^[a-z][a-z0-9_]*$"
+"""What a registered metric's name looks like (the registry in ``gated_lpi_exp.metrics`` holds the names)."""
+
 
 class Schema(pa.DataFrameModel):
     """Base: strict columns, values coerced to the declared types."""
@@ -95,9 +98,9 @@ class LayerProfile(Schema):
 
 
 class DynamicsCurve(Schema):
-    """A per-step dynamics metric: J_t at the later step of each pair, R_t at step t."""
+    """A per-step dynamics metric (a registered metric with input ``pair``), at the later step of each pair."""
 
-    metric: Series[str] = pa.Field(isin=["j_stab", "r_t"])
+    metric: Series[str] = pa.Field(str_matches=METRIC_NAME)
     unit: Series[str] = pa.Field(isin=["ffn", "attn"])
     step: Series[int] = pa.Field(ge=0)
     value: Series[float] = pa.Field(nullable=True)
@@ -106,8 +109,29 @@ class DynamicsCurve(Schema):
 class DynamicsSummary(Schema):
     """Single-value dynamics metrics over the whole range (window ``all``) and named step windows."""
 
-    metric: Series[str] = pa.Field(isin=["j_stab", "r_t", "rho_avg", "sigma_rel"])
+    metric: Series[str] = pa.Field(str_matches=METRIC_NAME)
     unit: Series[str] = pa.Field(isin=["ffn", "attn"])
+    window: Series[str]
+    value: Series[float] = pa.Field(nullable=True)
+    n_checkpoints: Series[int] = pa.Field(ge=0)
+
+
+class DynamicsLayerCurve(Schema):
+    """A per-layer dynamics metric at the later step of each consecutive pair, one row per layer."""
+
+    metric: Series[str] = pa.Field(str_matches=METRIC_NAME)
+    unit: Series[str] = pa.Field(isin=["ffn", "attn"])
+    layer: Series[int] = pa.Field(ge=0)
+    step: Series[int] = pa.Field(ge=0)
+    value: Series[float] = pa.Field(nullable=True)
+
+
+class DynamicsLayerSummary(Schema):
+    """A per-layer dynamics metric over the whole range (window ``all``) and named step windows."""
+
+    metric: Series[str] = pa.Field(str_matches=METRIC_NAME)
+    unit: Series[str] = pa.Field(isin=["ffn", "attn"])
+    layer: Series[int] = pa.Field(ge=0)
     window: Series[str]
     value: Series[float] = pa.Field(nullable=True)
     n_checkpoints: Series[int] = pa.Field(ge=0)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+from typing import Any
+
 import pytest
+import yaml
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from gated_lpi_exp.compose import CONF_DIR, EXPERIMENTS_DIR, compose_dictconfig, compose_run_config
-from gated_lpi_exp.config import RunConfig
+from gated_lpi_exp.config import ModelConfig, RunConfig
 from gated_lpi_exp.errors import ConfigurationError
 
 
@@ -47,6 +52,7 @@ def test_group_choices_set_the_documented_fields():
     assert cfg.relations.categories == ["factual"]
     assert cfg.ablation.unit == "head" and cfg.ablation.count == 10
     assert cfg.checkpoints.select == "steps" and cfg.checkpoints.match == "nearest"
+    assert cfg.ablation.label == "top-10 heads"
     cfg = compose_run_config(["relations.names=[country_capital_city,word_first_letter]"])
     assert cfg.relations.names == ["country_capital_city", "word_first_letter"]
 
@@ -97,7 +103,7 @@ def test_inconsistent_combinations_fail():
     with pytest.raises(ConfigurationError, match="checkpoints.steps"):
         compose_run_config(["checkpoints.select=steps", "checkpoints.steps=[]"])
     with pytest.raises(ConfigurationError, match="suite.family"):
-        compose_run_config(["model=tiny_moe", "model.family=olmo"])
+        compose_run_config(["model=tiny_moe", "model.suite.family=olmo"])
     with pytest.raises(ConfigurationError, match="ablation.count"):
         compose_run_config(["ablation=top10_heads", "ablation.count=0"])
 
@@ -135,3 +141,107 @@ def test_series_configs_compose_with_their_own_branch_patterns():
 def test_bad_series_values_fail_naming_the_fix(override, match):
     with pytest.raises(ConfigurationError, match=match):
         compose_run_config(["model=pythia", override])
+
+
+def _default(cls: type, field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def _restated(node: Any, cls: type, path: str) -> list[str]:
+    """The keys of a raw YAML mapping that set a field of dataclass ``cls`` to its default."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    found = []
+    for key, value in node.items():
+        if key in ("defaults", "hydra") or key not in fields:  # unknown keys: Hydra refuses them itself
+            continue
+        field, where = fields[key], f"{path}{key}"
+        default = _default(cls, field)
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            found += _restated(value, type(default), where + ".")
+        elif isinstance(value, str) and value.startswith("${"):
+            continue  # an interpolation names where the value comes from, it restates nothing
+        elif value == default:
+            found.append(f"{where}: {value!r}")
+    return found
+
+
+def _yaml_files() -> list[tuple[Path, type, str]]:
+    """Every config file with the dataclass its keys address: a group file addresses its group's field
+    (``conf/model/*.yaml`` -> ``ModelConfig``), ``config.yaml`` and ``# @package _global_`` files the run."""
+    files = [(CONF_DIR / "config.yaml", RunConfig, "")]
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    for path in sorted(CONF_DIR.glob("*/*.yaml")) + sorted(EXPERIMENTS_DIR.glob("*.yaml")):
+        group = path.parent.name
+        if "@package _global_" in path.read_text():
+            files.append((path, RunConfig, ""))
+        elif group in fields:
+            files.append((path, type(_default(RunConfig, fields[group])), f"{group}."))
+        else:
+            assert group == "hydra", f"{path}: which part of the run config does this group set?"
+    return files
+
+
+def test_no_yaml_file_restates_a_default_of_the_config_dataclasses():
+    """A default is written once, in ``config.py`` under its docstring: a YAML that repeated it would keep
+    the old value silently when the documented default changes."""
+    files = _yaml_files()
+    assert len(files) >= 20
+    restated = {
+        str(path.relative_to(CONF_DIR.parent)): found
+        for path, cls, prefix in files
+        if (found := _restated(yaml.safe_load(path.read_text()) or {}, cls, prefix))
+    }
+    assert restated == {}
+
+
+def test_the_restated_default_check_sees_one():
+    assert _restated({"evaluation": {"ks": [1, 10], "batch_size": 8}}, RunConfig, "") == [
+        "evaluation.ks: [1, 10]"
+    ]
+    assert _restated({"suite": {"size": "tiny", "name": "${..source}"}}, ModelConfig, "model.") == [
+        "model.suite.size: 'tiny'"
+    ]
+
+
+def test_a_suite_preset_names_its_suite_once_and_the_rest_follows():
+    cfg = compose_run_config(["model=micro_dense"]).model
+    assert (cfg.name, cfg.source, cfg.suite.name, cfg.family, cfg.suite.family) == (
+        "micro_dense",
+        "micro_dense",
+        "micro_dense",
+        "olmo",
+        "olmo",
+    )
+    renamed = compose_run_config(["model=micro_dense", "model.name=dense run"]).model
+    assert renamed.suite.name == "micro_dense"  # a display name never renames (so rebuilds) the suite
+    other = compose_run_config(["model=micro_dense", "model.source=my_suite", "model.family=olmoe"]).model
+    assert (other.name, other.suite.name, other.suite.family) == ("my_suite", "my_suite", "olmoe")
+
+
+def test_an_ablation_name_is_a_label_and_the_unit_and_counts_are_checked():
+    probe = compose_run_config(["ablation=top1_head", "ablation.name=probe_2", "ablation.label=my probe"])
+    assert (probe.ablation.name, probe.ablation.display_name, probe.ablation.enabled) == (
+        "probe_2",
+        "my probe",
+        True,
+    )
+    assert compose_run_config(["ablation=none"]).ablation.display_name == "none"
+    with pytest.raises(ConfigurationError, match="must be a label"):
+        compose_run_config(["ablation.name=top 3 heads"])
+    with pytest.raises(ConfigurationError, match="ablation.unit=head or ffn_neuron"):
+        compose_run_config(["ablation=none", "ablation.name=top3"])
+    with pytest.raises(ConfigurationError, match="ablation.unit=head or ffn_neuron"):
+        compose_run_config(["ablation=top1_head", "ablation.name=none"])
+    with pytest.raises(ConfigurationError, match="fraction"):
+        compose_run_config(["ablation=top1pct_ffn", "ablation.fraction=0"])
+
+
+def test_a_default_derived_in_post_init_follows_the_composed_values_not_the_defaults():
+    """``attribution.attn_positions`` None means "follow ``compat``"; no YAML states it, so the schema must
+    keep the declared None rather than what ``__post_init__`` derived from the default ``compat``."""
+    assert compose_run_config().attribution.attn_positions is False
+    assert compose_run_config(["attribution.compat=released_code"]).attribution.attn_positions is True
+    explicit = ["attribution.compat=released_code", "attribution.attn_positions=false"]
+    assert compose_run_config(explicit).attribution.attn_positions is False

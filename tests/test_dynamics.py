@@ -42,6 +42,11 @@ def aggregates():
     return [_aggregate(s) for s in (20, 0, 10)]  # out of order on purpose
 
 
+def _dynamics(aggregates, cfg):
+    tables = compute_dynamics(aggregates, cfg)
+    return tables["dynamics_curves"], tables["dynamics_summary"]
+
+
 def _value(summary, metric, unit, window="all"):
     row = summary[(summary.metric == metric) & (summary.unit == unit) & (summary.window == window)]
     assert len(row) == 1
@@ -62,7 +67,7 @@ def test_layer_profiles_overall_and_per_relation(aggregates):
 
 
 def test_curves_at_the_later_step_of_each_pair(aggregates):
-    curves, _ = compute_dynamics(aggregates, DynamicsConfig(top_frac=0.2))
+    curves, _ = _dynamics(aggregates, DynamicsConfig(top_frac=0.2))
     DynamicsCurve.check(curves)
     by = {(r.metric, r.unit, r.step): r.value for r in curves.itertuples()}
     assert by[("j_stab", "ffn", 10)] == pytest.approx(1 / 3)
@@ -75,7 +80,7 @@ def test_curves_at_the_later_step_of_each_pair(aggregates):
 
 
 def test_whole_range_summary(aggregates):
-    _, summary = compute_dynamics(aggregates, DynamicsConfig(top_frac=0.2))
+    _, summary = _dynamics(aggregates, DynamicsConfig(top_frac=0.2))
     DynamicsSummary.check(summary)
     assert _value(summary, "j_stab", "ffn") == (pytest.approx(2 / 3), 3)
     assert _value(summary, "r_t", "ffn")[0] == pytest.approx((8 / 9 + 0.5) / 2)
@@ -91,7 +96,7 @@ def test_whole_range_summary(aggregates):
 def test_windows_including_one_too_short(aggregates, caplog):
     cfg = DynamicsConfig(top_frac=0.2, windows={"early": [0, 15], "late": [20, None]})
     with caplog.at_level(logging.WARNING, logger="gated_lpi_exp.stages.dynamics"):
-        _, summary = compute_dynamics(aggregates, cfg)
+        _, summary = _dynamics(aggregates, cfg)
     assert set(summary.window) == {"all", "early", "late"} and len(summary) == 3 * 4 * 2
     assert _value(summary, "j_stab", "ffn", "early") == (pytest.approx(1 / 3), 2)
     assert _value(summary, "r_t", "ffn", "early")[0] == pytest.approx(8 / 9)
@@ -102,8 +107,24 @@ def test_windows_including_one_too_short(aggregates, caplog):
     assert "'late'" in caplog.text and "1 checkpoint" in caplog.text
 
 
+def test_r_t_per_layer_curve_and_summary(aggregates):
+    tables = compute_dynamics(aggregates, DynamicsConfig(top_frac=0.2, windows={"early": [0, 15]}))
+    curves = tables["dynamics_layer_curves"].query("metric == 'r_t_layer' and unit == 'ffn'")
+    by = {(r.layer, r.step): r.value for r in curves.itertuples()}
+    # FFN layer 0 gains 8 of 9 at step 10 and nothing at 20; layer 1 nothing at 10 and 2 of 4 at 20.
+    assert by[(0, 10)] == pytest.approx(8 / 9) and by[(1, 20)] == pytest.approx(0.5)
+    assert math.isnan(by[(1, 10)]) and math.isnan(by[(0, 20)]) and len(by) == 4
+    summary = tables["dynamics_layer_summary"].query("metric == 'r_t_layer' and unit == 'ffn'")
+    means = {(r.layer, r.window): r.value for r in summary.itertuples()}
+    assert means[(0, "all")] == pytest.approx(8 / 9) and means[(1, "all")] == pytest.approx(0.5)
+    assert means[(0, "early")] == pytest.approx(8 / 9) and math.isnan(means[(1, "early")])
+    # The layer average of the per-layer curve is the R_t curve.
+    r_t = tables["dynamics_curves"].query("metric == 'r_t' and unit == 'ffn'").set_index("step").value
+    assert curves.groupby("step").value.mean().to_dict() == pytest.approx(r_t.to_dict())
+
+
 def test_single_checkpoint_gives_empty_curves_and_nan_summary():
-    curves, summary = compute_dynamics([_aggregate(0)], DynamicsConfig(top_frac=0.2))
+    curves, summary = _dynamics([_aggregate(0)], DynamicsConfig(top_frac=0.2))
     assert curves.empty and list(curves.columns) == ["metric", "unit", "step", "value"]
     assert summary.value.isna().all() and (summary.n_checkpoints == 1).all()
 
@@ -119,13 +140,67 @@ def test_bad_inputs():
 
 def test_metric_names(aggregates):
     cfg = DynamicsConfig(top_frac=0.2, windows={"early": [0, 15]})
-    per_step, totals = dynamics_metrics(*compute_dynamics(aggregates, cfg))
+    per_step, totals = dynamics_metrics(compute_dynamics(aggregates, cfg))
     assert sorted(per_step) == [10, 20]
-    assert set(per_step[10]) == {"j_stab.ffn", "r_t.ffn", "j_stab.attn", "r_t.attn"}
+    layers = {f"r_t_layer.{unit}.layer{i}" for unit in ("ffn", "attn") for i in (0, 1)}
+    assert set(per_step[10]) == {"j_stab.ffn", "r_t.ffn", "j_stab.attn", "r_t.attn"} | layers
     assert per_step[10]["j_stab.ffn"] == pytest.approx(1 / 3)
     assert totals["j_stab.ffn.mean"] == pytest.approx(2 / 3)
     assert totals["j_stab.ffn.early"] == pytest.approx(1 / 3)
     assert totals["rho_avg.attn"] == pytest.approx(-1 / 3)
     assert {"sigma_rel.ffn", "sigma_rel.attn.early", "r_t.attn.mean", "rho_avg.ffn.early"} <= set(totals)
-    assert len(totals) == 4 * 2 * 2
+    assert len(totals) == 4 * 2 * 2  # per-layer summaries stay in their table
     assert metric_name("r_t", "attn") == "r_t.attn" and metric_name("rho_avg", "ffn", "all") == "rho_avg.ffn"
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """A copy of the metric registry, so a test can register a metric without touching the real one."""
+    from gated_lpi_exp.metrics import METRICS, registry
+
+    monkeypatch.setattr(registry, "METRICS", dict(METRICS))
+    return registry
+
+
+def test_a_registered_pair_metric_reaches_every_table_and_name_without_other_edits(
+    aggregates, scratch_registry
+):
+    def top_share(scores_a, scores_b, top_frac):  # share of |I| mass in the later checkpoint's top neuron
+        b = np.abs(np.asarray(scores_b)).ravel()
+        return float(b.max() / b.sum()) if b.sum() else math.nan
+
+    scratch_registry.register_metric(
+        "top_share", input="pair", label="top share", unit="fraction", higher_is_better=None,
+        aggregation="mean", description="d", paper_ref="-",
+    )(top_share)  # fmt: skip
+    cfg = DynamicsConfig(top_frac=0.2, windows={"early": [0, 15]})
+    tables = compute_dynamics(aggregates, cfg)
+    curve = tables["dynamics_curves"].query("metric == 'top_share' and unit == 'ffn'")
+    assert curve.step.tolist() == [10, 20] and curve.value.tolist() == pytest.approx([9 / 17, 9 / 21])
+    per_step, totals = dynamics_metrics(tables)
+    assert per_step[20]["top_share.ffn"] == pytest.approx(9 / 21)
+    assert totals["top_share.ffn.mean"] == pytest.approx((9 / 17 + 9 / 21) / 2)
+    assert totals["top_share.ffn.early"] == pytest.approx(9 / 17)
+    assert (
+        "dynamics_layer_curves" not in tables or tables["dynamics_layer_curves"].metric.ne("top_share").all()
+    )
+
+
+def test_a_registered_per_layer_metric_gets_its_layer_tables(aggregates, scratch_registry):
+    def gain_by_layer(scores_a, scores_b, top_frac):  # total positive |I| gain per layer  # [L]
+        return np.maximum(0.0, np.abs(scores_b) - np.abs(scores_a)).sum(axis=-1)
+
+    scratch_registry.register_metric(
+        "gain_sum", input="pair", label="gain", unit="ratio", higher_is_better=None, aggregation="nanmean",
+        description="d", paper_ref="-", per_layer=True,
+    )(gain_by_layer)  # fmt: skip
+    tables = compute_dynamics(aggregates, DynamicsConfig(top_frac=0.2))
+    curves = tables["dynamics_layer_curves"].query("metric == 'gain_sum' and unit == 'ffn'")
+    by = {(r.layer, r.step): r.value for r in curves.itertuples()}
+    # FFN above: 0 -> 10 gains [0,1,8,0,0] in layer 0, none in layer 1; 10 -> 20 none in layer 0, 4 in layer 1.
+    assert by == {(0, 10): 9.0, (0, 20): 0.0, (1, 10): 0.0, (1, 20): 4.0}
+    summary = tables["dynamics_layer_summary"].query("metric == 'gain_sum' and unit == 'ffn'")
+    assert summary.set_index("layer").value.to_dict() == {0: 4.5, 1: 2.0}
+    assert "gain_sum" not in set(tables["dynamics_summary"].metric)
+    per_step, _ = dynamics_metrics(tables)
+    assert per_step[20]["gain_sum.ffn.layer1"] == 4.0 and per_step[10]["gain_sum.attn.layer0"] == 0.0

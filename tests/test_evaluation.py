@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from gated_lpi_exp.stages.evaluation import evaluate_checkpoint, gold_ranks, hit_metrics, summarise_hits
+from gated_lpi_exp.metrics import gold_ranks
+from gated_lpi_exp.stages.evaluation import evaluate_checkpoint, hit_metrics, summarise_hits
 from gated_lpi_exp.testing import random_olmoe, word_tokenizer
 
 ROWS = [

@@ -140,5 +140,5 @@ def test_every_stage_runs_on_every_family(family):
             cfg = AblationConfig(name=name, unit=unit, count=count, fraction=0.01, random_seeds=1)
             table = ablate_checkpoint(model, tok, samples, hits, outcome.aggregate, outcome.sums, cfg)
             assert set(table["condition"]) == {"base", "targeted", "random"}
-    _, summary = compute_dynamics(aggregates, DynamicsConfig())
+    summary = compute_dynamics(aggregates, DynamicsConfig())["dynamics_summary"]
     assert np.isfinite(summary.loc[summary["metric"] == "j_stab", "value"]).all()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from functools import partial
 
 import numpy as np
 import pytest
@@ -15,17 +14,23 @@ from gated_lpi_exp.metrics import (
     MetricSpec,
     cross_step_cv,
     drop_percent,
+    gain_concentration,
     get_metric,
+    gold_ranks,
     hit_at_k,
+    hit_rate,
     jaccard_stability,
     layer_consistency,
     metric_versions,
+    metrics_for,
     positive_gain_concentration,
     register_metric,
     top_count,
     top_set,
+    top_set_overlap,
     window_mask,
 )
+from gated_lpi_exp.metrics.neurons import gain_concentration_by_layer
 
 # ---------------------------------------------------------------- brute-force references (python loops/sets)
 
@@ -43,19 +48,24 @@ def _ref_jaccard(scores, k):
     return curve
 
 
+def _ref_r_t_layers(previous, current, k):
+    # previous, current: [L, N] nested lists / arrays; one ratio per layer, NaN without positive gain.
+    ratios = []
+    for layer in range(len(current)):
+        gains = [
+            max(0.0, abs(float(current[layer][i])) - abs(float(previous[layer][i])))
+            for i in range(len(current[layer]))
+        ]
+        total = sum(gains)
+        ratios.append(sum(sorted(gains, reverse=True)[:k]) / total if total > 0 else math.nan)
+    return ratios
+
+
 def _ref_r_t(scores, k):
     # scores: [S, L, N] nested lists / array
     curve = []
     for t in range(1, len(scores)):
-        ratios = []
-        for layer in range(len(scores[t])):
-            gains = [
-                max(0.0, abs(float(scores[t][layer][i])) - abs(float(scores[t - 1][layer][i])))
-                for i in range(len(scores[t][layer]))
-            ]
-            total = sum(gains)
-            if total > 0:
-                ratios.append(sum(sorted(gains, reverse=True)[:k]) / total)
+        ratios = [r for r in _ref_r_t_layers(scores[t - 1], scores[t], k) if not math.isnan(r)]
         curve.append(sum(ratios) / len(ratios) if ratios else math.nan)
     return curve
 
@@ -166,6 +176,16 @@ def test_jaccard_matches_bruteforce(seed, integer):
             assert top_set(row, frac).tolist() == _ref_top(row.tolist(), k)
 
 
+def test_top_set_overlap_of_a_pair_is_one_value_of_the_curve():
+    rng = np.random.default_rng(3)
+    s = rng.integers(-4, 5, size=(4, 3, 40)).astype(float)  # ties, so the lower-index rule decides sets
+    _, curve = jaccard_stability(s, 0.05)
+    pairs = [top_set_overlap(s[t], s[t + 1], 0.05) for t in range(3)]
+    assert pairs == curve.tolist()  # the same computation, so the same floats
+    with pytest.raises(ValueError, match="same size"):
+        top_set_overlap(np.ones((2, 3)), np.ones((2, 4)))
+
+
 def test_jaccard_accepts_torch_including_bf16():
     scores = _rows_with_tops([[0, 1, 2], [2, 3, 4], [2, 3, 5]])
     for dtype in (torch.float32, torch.bfloat16):
@@ -219,6 +239,40 @@ def test_r_t_matches_bruteforce(seed):
         )
 
 
+def test_gain_concentration_of_a_pair_is_one_value_of_the_curve():
+    rng = np.random.default_rng(4)
+    s = rng.normal(size=(4, 3, 50))
+    s[2, 1] = s[1, 1]  # a layer without gain between checkpoints 1 and 2
+    curve = positive_gain_concentration(s, 0.1)
+    pairs = [gain_concentration(s[t], s[t + 1], 0.1) for t in range(3)]
+    np.testing.assert_array_equal(pairs, curve)
+    with pytest.raises(ValueError, match="same shape"):
+        gain_concentration(np.ones((2, 3)), np.ones((3, 2)))
+
+
+def test_r_t_per_layer_hand_worked_and_against_bruteforce():
+    # The two-layer toy of test_r_t_two_layer_hand_worked, pair t=0 -> 1: layer 0 2/3, layer 1 1/4;
+    # pair 1 -> 2: layer 0 has no gain (NaN), layer 1 4/7.
+    layer0 = [[1, -2, 3, 4], [2, 2, -5, 1], [1, 1, 1, -1]]
+    layer1 = [[0, 0, 0, 0], [1, 1, -1, 1], [0, -5, 1, 4]]
+    scores = np.stack([np.array(layer0), np.array(layer1)], axis=1).astype(float)  # [S=3, L=2, N=4]
+    assert gain_concentration_by_layer(scores[0], scores[1], 0.25).tolist() == pytest.approx([2 / 3, 1 / 4])
+    second = gain_concentration_by_layer(scores[1], scores[2], 0.25)
+    assert math.isnan(second[0]) and second[1] == pytest.approx(4 / 7)
+    rng = np.random.default_rng(5)
+    s = rng.normal(size=(3, 4, 120))
+    s[1, 2] = s[0, 2]  # a layer without gain
+    for frac in (0.01, 0.1):
+        k = math.ceil(round(frac * 120, 9))
+        for t in range(2):
+            np.testing.assert_allclose(
+                gain_concentration_by_layer(s[t], s[t + 1], frac), _ref_r_t_layers(s[t], s[t + 1], k)
+            )
+        # R_t is the mean over the defined layers (summed in another order here: equal to rounding).
+        by_layer = gain_concentration_by_layer(s[0], s[1], frac)
+        assert gain_concentration(s[0], s[1], frac) == pytest.approx(np.nanmean(by_layer), rel=1e-12)
+
+
 def test_r_t_accepts_torch():
     t = torch.tensor([[1.0, 2.0, 3.0, 4.0], [2.0, 2.0, -5.0, 1.0]])
     assert positive_gain_concentration(t, 0.25)[0] == pytest.approx(2 / 3)
@@ -246,11 +300,10 @@ def test_rho_skips_constant_profiles():
     assert math.isnan(layer_consistency([[5, 5], [2, 2]]))
 
 
-def test_rho_rejects_degenerate_shapes():
+def test_rho_rejects_one_checkpoint_and_is_undefined_for_one_layer():
     with pytest.raises(ValueError, match=">= 2 checkpoints"):
         layer_consistency([[1, 2, 3]])
-    with pytest.raises(ValueError, match=">= 2 layers"):
-        layer_consistency([[1], [2]])
+    assert math.isnan(layer_consistency([[1], [2]]))  # one layer: a constant profile, no correlation
 
 
 # ---------------------------------------------------------------- σ_rel (eq. 11)
@@ -282,6 +335,19 @@ def test_hit_at_k_with_ties():
     assert hit_at_k(logits, targets, 2) == pytest.approx(1 / 3)
     assert hit_at_k(logits, targets, 3) == pytest.approx(2 / 3)
     assert hit_at_k(logits, targets, 4) == 1.0
+
+
+def test_hit_rate_of_ranks_and_gold_ranks_of_logits():
+    # Ranks of the tie example above: 1 + (number strictly greater) = [3, 1, 4].
+    ranks = gold_ranks([[1, 5, 3, 5], [2, 2, 2, 2], [0, 1, 2, 3]], [2, 3, 0])
+    assert ranks.tolist() == [3, 1, 4] and ranks.dtype == np.int64
+    assert [hit_rate(ranks, k) for k in (1, 3, 4)] == [1 / 3, 2 / 3, 1.0]
+    with pytest.raises(ValueError, match="ranks start at 1"):
+        hit_rate([0, 2], 1)
+    with pytest.raises(ValueError, match="k must be"):
+        hit_rate([1, 2], 0)
+    with pytest.raises(ValueError, match="at least one"):
+        hit_rate([], 1)
 
 
 def test_hit_at_k_torch_and_masked_logits():
@@ -335,21 +401,22 @@ def test_window_mask():
 
 def test_registry_contents():
     expected = {
-        "j_stab": True,
-        "r_t": True,
-        "rho_avg": True,
-        "sigma_rel": False,
-        "hit_at_1": True,
-        "hit_at_10": True,
-        "drop_percent": False,
+        "j_stab": ("pair", None),
+        "r_t": ("pair", None),
+        "rho_avg": ("profile", None),
+        "sigma_rel": ("profile", None),
+        "hit_at_k": ("ranks", True),
+        "drop_percent": ("ablation", False),
     }
-    assert {n: METRICS[n].higher_is_better for n in expected} == expected
-    assert get_metric("j_stab").fn is jaccard_stability
-    assert get_metric("j_stab").paper_ref == "eq. 7"
+    assert {n: (METRICS[n].input, METRICS[n].higher_is_better) for n in expected} == expected
+    assert get_metric("j_stab").fn is top_set_overlap
+    assert get_metric("j_stab").paper_ref == "eq. 7" and get_metric("j_stab").label == "J_stab"
     assert metric_versions()["sigma_rel"] == 1
-    # hit_at_10 is hit_at_k at k=10: 3 of 11 logits strictly above the target -> hit.
-    assert get_metric("hit_at_10").fn([[*range(11)]], [7]) == 1.0
-    assert get_metric("hit_at_1").fn([[*range(11)]], [7]) == 0.0
+    # hit_at_k on ranks: 3 of 11 logits strictly above the target -> rank 4: a hit at 10, not at 1.
+    assert get_metric("hit_at_k").fn(gold_ranks([[*range(11)]], [7]), 10) == 1.0
+    assert get_metric("hit_at_k").fn(gold_ranks([[*range(11)]], [7]), 1) == 0.0
+    assert [s.name for s in metrics_for("profile")] == ["rho_avg", "sigma_rel"]
+    assert get_metric("j_stab").display.scale == 100 and get_metric("drop_percent").display.scale == 1
 
 
 def test_registry_aggregation_and_frozen():
@@ -359,7 +426,11 @@ def test_registry_aggregation_and_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.version = 2  # type: ignore[misc]
     with pytest.raises(ValueError, match="unknown aggregation"):
-        MetricSpec("x", len, True, "median-ish", "d", "eq. 0")
+        MetricSpec("x", len, "pair", "x", "ratio", True, "median-ish", "d", "eq. 0")
+    with pytest.raises(ValueError, match="unknown input"):
+        MetricSpec("x", len, "triple", "x", "ratio", True, "none", "d", "eq. 0")
+    with pytest.raises(ValueError, match="per_layer"):
+        MetricSpec("x", len, "profile", "x", "ratio", True, "none", "d", "eq. 0", per_layer=True)
 
 
 def test_get_metric_unknown_lists_names():
@@ -371,12 +442,10 @@ def test_register_metric_as_decorator_and_duplicate(monkeypatch):
     monkeypatch.setattr("gated_lpi_exp.metrics.registry.METRICS", dict(METRICS))
     from gated_lpi_exp.metrics import registry
 
-    fn = register_metric("top5", higher_is_better=True, aggregation="none", description="d", paper_ref="-")(
-        partial(hit_at_k, k=5)
-    )
-    assert registry.METRICS["top5"].fn is fn and registry.get_metric("top5").version == 1
+    common = dict(label="x", unit="ratio", higher_is_better=None, aggregation="none", description="d")
+    fn = register_metric("spread", input="profile", paper_ref="-", **common)(np.ptp)
+    assert registry.METRICS["spread"].fn is fn and registry.get_metric("spread").version == 1
+    assert registry.metrics_for("profile")[-1].name == "spread"
     with pytest.raises(ValueError, match="already registered"):
-        register_metric("j_stab", higher_is_better=True, aggregation="mean", description="", paper_ref="")(
-            len
-        )
-    assert "top5" not in METRICS  # the module-level registry was not touched
+        register_metric("j_stab", input="pair", paper_ref="", **common)(len)
+    assert "spread" not in METRICS  # the module-level registry was not touched

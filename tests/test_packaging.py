@@ -77,7 +77,7 @@ def test_a_regular_install_composes_and_runs_the_main_job_from_any_folder(tmp_pa
 
     where = _python(["-c", "import gated_lpi_exp.compose as c; print(c.CONF_DIR)"], elsewhere, site)
     assert Path(where.stdout.strip()) == site / "gated_lpi_exp" / "conf"
-    job = _python(["-m", "gated_lpi_exp", "--cfg", "job"], elsewhere, site)
+    job = _python(["-m", "gated_lpi_exp", "--cfg", "job", "--resolve"], elsewhere, site)
     assert "name: tiny_moe" in job.stdout and "ablation:" in job.stdout
     preset = _python(["-m", "gated_lpi_exp", "experiments=tiny_suites", "--cfg", "job"], elsewhere, site)
     assert "experiment: tiny_suites" in preset.stdout

@@ -139,8 +139,11 @@ def test_layer_distributions_default_and_chosen_steps(tmp_path):
 
 
 def test_ablation_figure(tmp_path):
-    fig = plot_ablation(_both(_ablation))
+    labels = {"top1_head": "top-1 head", "top10_heads": "top-10 heads", "top1pct_ffn": "top-1% FFN neurons"}
+    fig = plot_ablation(_both(_ablation), labels=labels)
     assert [ax.get_title() for ax in fig.axes] == ["ablate top-1 head", "ablate top-1% FFN neurons"]
+    unlabelled = plot_ablation(_both(_ablation))  # no labels: the names, sorted
+    assert [ax.get_title() for ax in unlabelled.axes] == ["ablate top1_head", "ablate top1pct_ffn"]
     assert fig.axes[0].get_ylabel() == "HIT@10 (% of examples)"
     texts = _legend_texts(fig)
     assert {"tiny_moe", "tiny_dense", "no ablation", "targeted (top units)", "random control (± sd)"} <= set(

@@ -14,8 +14,8 @@ from gated_lpi_exp.attribution.aggregate import CheckpointAggregate
 from gated_lpi_exp.config import DynamicsConfig, TrackingConfig
 from gated_lpi_exp.report import main
 from gated_lpi_exp.report.render import md_escape
-from gated_lpi_exp.report.runs import RunData, make_columns, select_runs
-from gated_lpi_exp.report.tables import Cell, Row, mark_best
+from gated_lpi_exp.report.runs import Column, RunData, make_columns, select_runs
+from gated_lpi_exp.report.tables import Cell, Row, ablation_labels, mark_best
 from gated_lpi_exp.schemas import AblationResult, HitSummary
 from gated_lpi_exp.stages.dynamics import compute_dynamics, layer_profiles
 from gated_lpi_exp.tracking.tracker import Tracker
@@ -73,7 +73,8 @@ def _log_run(
     tracker: Tracker, model: str, family: str, seed: int, n_layers: int, ablation: bool
 ) -> tuple[str, pd.DataFrame]:
     aggs = _aggregates(seed, n_layers)
-    curves, summary = compute_dynamics(aggs, DynamicsConfig(top_frac=0.1, windows=WINDOWS))
+    dynamics = compute_dynamics(aggs, DynamicsConfig(top_frac=0.1, windows=WINDOWS))
+    curves, summary = dynamics["dynamics_curves"], dynamics["dynamics_summary"]
     tags = {"gated_lpi.model": model, "gated_lpi.family": family, "gated_lpi.ablation": "top10_heads",
             "gated_lpi.sweep": "sweep1"}  # fmt: skip
     with tracker.run(f"{model}-all-top10_heads", tags=tags) as run_id:
@@ -138,15 +139,14 @@ def test_report_end_to_end(store, tmp_path):
     j = _row(md, "J_stab FFN (%), all checkpoints")
     assert j[2].split()[0] == _expected(store["summaries"]["tiny_dense"], "j_stab", "ffn", 100, 1)
     assert j[3].split()[0] == _expected(store["summaries"]["tiny_moe"], "j_stab", "ffn", 100, 1)
-    assert j[1] == "higher" and sum("▲" in c for c in j[2:4]) == 1
+    assert j[1] == "—" and not any("▲" in c for c in j[2:4])  # a descriptive measure: no "best"
     early = _row(md, "J_stab FFN (%), window early, steps [0, 20)")
     assert early[4:] == ["22.2 (10K–70K)", "6.3 (10K–70K)"]
     late = _row(md, "R_t ATTN (%), window late, steps [20, end)")
     assert late[2] != "" and late[4:] == ["—", "—"]
-    # Table 3: σ_rel is lower-is-better, so ▲ goes to the smaller value.
+    # Table 3: σ_rel is descriptive too; its rows are the registry's profile metrics.
     s = _row(md, "σ_rel FFN, all checkpoints")
-    dense_v, moe_v = (float(c.split()[0]) for c in s[2:4])
-    assert s[1] == "lower" and ("▲" in s[2]) == (dense_v < moe_v)
+    assert s[1] == "—" and s[2] == _expected(store["summaries"]["tiny_dense"], "sigma_rel", "ffn", 1, 2)
     assert s[4:] == ["0.47 (10K–1.2M)", "5.01 (10K–600K)"]
     # Table 4: only tiny_moe ran an ablation.
     t = _row(md, "top-10 heads: targeted")
@@ -156,6 +156,7 @@ def test_report_end_to_end(store, tmp_path):
         and t[4:] == ["9.44 (checkpoint mean)", "50.43 (checkpoint mean)"]
     )
     assert _row(md, "top-10 heads: random control")[3] == "15.00 ± 7.07"
+    assert t[1] == "lower" and "▲" not in t[3]  # a drop has a direction, but one value is no comparison
     assert _row(md, "top-1 head: targeted")[2:4] == ["not computed in this run"] * 2
     # Figures: 7 inline PNGs in the HTML, the same files next to the Markdown.
     assert html.count("data:image/png;base64,") == 7 and "src='http" not in html
@@ -222,14 +223,35 @@ def test_columns_merge_ablations_and_split_other_settings():
     assert [r.run_id[0] for r in columns[2].runs] == ["b", "a"]  # newest first
 
 
+def test_ablation_rows_are_the_paper_presets_and_what_runs_computed_named_by_their_labels():
+    def column(name: str, label: str | None) -> Column:
+        params = {"ablation.label": label} if label else {}
+        run = _fake_run(name * 32 if len(name) == 1 else "e" * 32, "olmoe", name, 1, **params)
+        table = _ablation()
+        run.tables["ablation"] = table.assign(ablation=name)
+        return Column("olmoe", [run])
+
+    plain = ablation_labels([])
+    assert plain == {
+        "top1_head": "top-1 head",
+        "top10_heads": "top-10 heads",
+        "top1pct_ffn": "top-1% FFN neurons",
+    }
+    # A run's own label wins; an ablation that is no preset file still gets its row, after the presets.
+    labels = ablation_labels([column("top10_heads", "ten heads"), column("probe", "my probe")])
+    assert list(labels.items())[1:] == [("top10_heads", "ten heads"), ("top1pct_ffn", "top-1% FFN neurons"),
+                                        ("probe", "my probe")]  # fmt: skip
+    assert "top3_heads" not in labels  # a preset nobody ran and the paper does not report: no empty row
+
+
 def test_best_mark_follows_the_registry_direction():
     higher = mark_best(
-        Row("x", "j_stab", [Cell(0.2), Cell(0.5), Cell(float("nan")), Cell(note="missing")], [])
+        Row("x", "hit_at_k", [Cell(0.2), Cell(0.5), Cell(float("nan")), Cell(note="missing")], [])
     )
-    assert [c.best for c in higher.cells] == [False, True, False, False]
-    lower = mark_best(Row("y", "sigma_rel", [Cell(0.2), Cell(0.5)], []))
-    assert [lower.text(c) for c in lower.cells] == ["0.20 ▲", "0.50"]
-    single = mark_best(Row("z", "rho_avg", [Cell(0.9), Cell(None, note="not computed in this run")], []))
+    assert [c.best for c in higher.cells] == [False, True, False, False] and higher.direction == "higher"
+    lower = mark_best(Row("y", "drop_percent", [Cell(0.2), Cell(0.5)], []))
+    assert [lower.text(c) for c in lower.cells] == ["0.20 ▲", "0.50"] and lower.direction == "lower"
+    single = mark_best(Row("z", "drop_percent", [Cell(0.9), Cell(None, note="not computed in this run")], []))
     assert (
         not any(c.best for c in single.cells) and single.text(single.cells[1]) == "not computed in this run"
     )
@@ -242,15 +264,15 @@ def test_markdown_report_escapes_markup_in_names_and_data(tmp_path):
     tracker = Tracker(TrackingConfig(uri=uri, artifact_location=str(tmp_path / "artifacts")))
     evil = "<script>alert(1)</script>[x](http://evil.example) *b* |c|"
     aggs = _aggregates(3, 2)
-    curves, summary = compute_dynamics(aggs, DynamicsConfig(top_frac=0.1, windows=WINDOWS))
+    dynamics = compute_dynamics(aggs, DynamicsConfig(top_frac=0.1, windows=WINDOWS))
     tags = {"gated_lpi.model": evil, "gated_lpi.family": "olmoe", "gated_lpi.ablation": "top10_heads"}
     with tracker.run(evil, tags=tags):
         tracker.log_params({"model.name": evil, "relations.categories": ["factual"], "relations.names": [evil],
                             "dynamics.top_frac": 0.1, "ablation.name": "top10_heads"})  # fmt: skip
         tracker.log_table(_hits(), "hit_summary")
         tracker.log_table(layer_profiles(aggs), "layer_profiles")
-        tracker.log_table(curves, "dynamics_curves")
-        tracker.log_table(summary, "dynamics_summary")
+        for name in ("dynamics_curves", "dynamics_summary"):
+            tracker.log_table(dynamics[name], name)
         tracker.log_table(_ablation(), "ablation")
     out = tmp_path / "report"
     assert main(["--tracking-uri", uri, "--out", str(out)]) == 0
@@ -264,3 +286,8 @@ def test_markdown_report_escapes_markup_in_names_and_data(tmp_path):
         and "\\|c\\|" in md
     )
     assert md_escape("a|b\nc") == "a\\|b c"
+
+
+def test_a_descriptive_metric_is_never_marked_best():
+    row = mark_best(Row("J_stab FFN", "j_stab", [Cell(0.2), Cell(0.5)], []))
+    assert not any(c.best for c in row.cells) and row.direction == "—"

@@ -10,7 +10,9 @@ from mlflow.tracking import MlflowClient
 from gated_lpi_exp.compose import compose_run_config
 from gated_lpi_exp.data import load_relations
 from gated_lpi_exp.errors import CheckpointError
+from gated_lpi_exp.metrics import metric_versions
 from gated_lpi_exp.run import run
+from gated_lpi_exp.suites.spec import PRESETS
 from gated_lpi_exp.testing import save_random_series, word_tokenizer
 
 STEPS = [0, 10, 30]
@@ -63,9 +65,17 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
         and params["data.multi_token_objects.country_language"] == "0"
     )
     assert params["model.n_heads_total"] == "8"
+    assert not any(k.startswith("model.suite.") for k in params)  # a local series has no suite recipe
+    assert params["metrics.j_stab.version"] == "1" and params["ablation.label"] == "top-1 head"
     history = client.get_metric_history(result.run_id, "hit_at_10")
     assert sorted(m.step for m in history) == STEPS
-    for name in ("hit_at_1", "hit_at_10.factual", "j_stab.ffn", "ablation.drop_percent.targeted"):
+    for name in (
+        "hit_at_1",
+        "hit_at_10.factual",
+        "j_stab.ffn",
+        "r_t_layer.attn.layer1",
+        "ablation.drop_percent.targeted",
+    ):
         assert client.get_metric_history(result.run_id, name), name
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "tables")}
     for table in (
@@ -77,6 +87,8 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
         "layer_profiles",
         "dynamics_curves",
         "dynamics_summary",
+        "dynamics_layer_curves",
+        "dynamics_layer_summary",
         "ablation",
         "head_scores",
     ):
@@ -120,12 +132,19 @@ def test_failure_inside_the_run_ends_it_failed_with_what_was_logged(series, tmp_
     assert sorted(m.step for m in client.get_metric_history(failed.info.run_id, "hit_at_10")) == [0, 10]
 
 
+@pytest.fixture(scope="module")
+def micro_suites(tmp_path_factory):
+    """Project suites built (once per module) into a temporary cache, never the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GATED_LPI_CACHE", str(tmp_path_factory.mktemp("suites")))
+        yield
+
+
 @pytest.mark.parametrize("suite", ["micro_moe", "micro_neox"])
-def test_the_default_stages_on_a_micro_suite_exercise_every_stage(tmp_path, monkeypatch, suite):
+def test_the_default_stages_on_a_micro_suite_exercise_every_stage(micro_suites, tmp_path, suite):
     """The default stages, end to end, on a MoE suite and on a second dense family (GPT-NeoX), with one
     head masked: the micro suites have 8 heads, all of which the default ``top10_heads`` would mask
     (refused before compute, see test_bad_input)."""
-    monkeypatch.setenv("GATED_LPI_CACHE", str(tmp_path / "cache"))
     cfg = compose_run_config(
         [
             f"model={suite}",
@@ -146,3 +165,40 @@ def test_the_default_stages_on_a_micro_suite_exercise_every_stage(tmp_path, monk
     assert base.to_dict() == pytest.approx(top10.loc[base.index].to_dict())
     overall = hits[(hits["scope"] == "overall") & (hits["k"] == 10)].sort_values("step")["hit"].to_numpy()
     assert overall[-1] > overall[0]  # the micro suite learned
+
+    # Params hold the values the suite was built with, not the "0 = the size preset" placeholders, and
+    # the version of every registered metric.
+    params = MlflowClient(cfg.tracking.uri).get_run(result.run_id).data.params
+    micro = PRESETS["micro"]
+    assert params["model.suite.steps"] == str(micro["steps"]) and params["model.suite.size"] == "micro"
+    assert params["model.suite.hidden_size"] == str(micro["hidden_size"])
+    assert params["model.suite.num_experts"] == str(micro["num_experts"])
+    assert params["model.suite.checkpoint_steps"] == str([c.step for c in result.checkpoints])
+    assert {k: v for k, v in params.items() if k.startswith("metrics.")} == {
+        f"metrics.{name}.version": str(version) for name, version in metric_versions().items()
+    }
+
+
+def test_an_ablation_preset_is_one_yaml_file_composed_and_run_on_a_micro_suite(micro_suites, tmp_path):
+    """conf/ablation/top3_heads.yaml was added without a code change; it composes, runs and is named by it."""
+    cfg = compose_run_config(
+        [
+            "model=micro_moe",
+            "ablation=top3_heads",
+            "ablation.random_seeds=1",
+            "relations=factual",
+            "relations.max_per_relation=4",
+            "checkpoints=first_last",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+            "progress=false",
+        ]
+    )
+    assert (cfg.ablation.unit, cfg.ablation.count, cfg.ablation.display_name) == ("head", 3, "top-3 heads")
+    result = run(cfg)
+    table = result.tables["ablation"]
+    assert set(table["ablation"]) == {"top3_heads"} and len(table) == 2 * 3  # base, targeted, 1 random
+    assert (table.query("condition != 'base'")["n_units"] == 3).all()
+    logged = MlflowClient(cfg.tracking.uri).get_run(result.run_id)
+    assert logged.info.run_name == "micro_moe-factual-top3_heads"
+    assert logged.data.tags["gated_lpi.ablation"] == "top3_heads"
+    assert logged.data.params["ablation.label"] == "top-3 heads"

@@ -15,8 +15,9 @@ def layer_consistency(layer_scores: Any) -> float:
     Mean over checkpoint pairs ``i < j`` of the Pearson correlation between layer profiles ``I_i[·]`` and
     ``I_j[·]`` (population moments as in eq. 10; the 1/L factors cancel).
 
-    A constant profile (all layers equal) has zero variance, so every pair containing it has an undefined
-    correlation: such pairs are skipped rather than counted as 0. If no pair is defined the result is NaN.
+    A constant profile (all layers equal, e.g. a model with one layer) has zero variance, so every pair
+    containing it has an undefined correlation: such pairs are skipped rather than counted as 0. If no pair
+    is defined the result is NaN.
 
     Args:
         layer_scores: Layer profile per checkpoint, shape ``[S, L]``.
@@ -25,12 +26,12 @@ def layer_consistency(layer_scores: Any) -> float:
         ρ_avg in [-1, 1], or NaN.
 
     Raises:
-        ValueError: ``S < 2`` or ``L < 2`` (no pair / no profile to correlate), or non-finite scores.
+        ValueError: ``S < 2`` (no pair) or ``L < 1``, or non-finite scores.
     """
     x = as_float(layer_scores, "layer_scores", 2)  # [S, L]
     n_steps, n_layers = x.shape
-    if n_steps < 2 or n_layers < 2:
-        raise ValueError(f"layer_consistency needs >= 2 checkpoints and >= 2 layers, got shape {x.shape}")
+    if n_steps < 2 or n_layers < 1:
+        raise ValueError(f"layer_consistency needs >= 2 checkpoints and >= 1 layer, got shape {x.shape}")
     centred = x - x.mean(axis=1, keepdims=True)  # [S, L]
     norm = np.linalg.norm(centred, axis=1)  # [S]
     # Exact test on the raw row: rounding in the mean can leave a constant row with a tiny nonzero norm.

@@ -39,6 +39,12 @@ def top_set(scores: Any, top_frac: float = 0.01) -> np.ndarray:
     return _top_indices(np.abs(s), top_count(s.shape[0], top_frac))
 
 
+def _jaccard(top_a: np.ndarray, top_b: np.ndarray, k: int) -> float:
+    """Jaccard overlap of two top sets of ``k`` members each."""
+    inter = np.intersect1d(top_a, top_b, assume_unique=True).size
+    return inter / (2 * k - inter)  # both sets have k members, so |union| = 2k - |inter|
+
+
 def jaccard_stability(scores: Any, top_frac: float = 0.01) -> tuple[float, np.ndarray]:
     """Top-set stability J_stab (paper eq. 7): Jaccard overlap of consecutive checkpoints' top sets.
 
@@ -64,11 +70,30 @@ def jaccard_stability(scores: Any, top_frac: float = 0.01) -> tuple[float, np.nd
     k = top_count(s.shape[1], top_frac)
     # Row by row so only one extra [N] buffer exists (S x ~1M float64 is already GBs for OLMoE).
     tops = [_top_indices(np.abs(row), k) for row in s]
-    curve = np.empty(len(tops) - 1)  # [S-1]
-    for t in range(len(tops) - 1):
-        inter = np.intersect1d(tops[t], tops[t + 1], assume_unique=True).size
-        curve[t] = inter / (2 * k - inter)  # both sets have k members, so |union| = 2k - |inter|
+    curve = np.array([_jaccard(tops[t], tops[t + 1], k) for t in range(len(tops) - 1)])  # [S-1]
     return float(curve.mean()), curve
+
+
+def top_set_overlap(scores_a: Any, scores_b: Any, top_frac: float = 0.01) -> float:
+    """Jaccard overlap of the top sets of two checkpoints: one value J_t of the J_stab curve (paper eq. 7).
+
+    ``|Top_a ∩ Top_b| / |Top_a ∪ Top_b|`` with ``Top = top_set(scores, top_frac)`` over the flattened
+    population; for consecutive checkpoints this is ``jaccard_stability(...)[1][t]``.
+
+    Args:
+        scores_a: Importance at the earlier checkpoint, e.g. ``[L, N]`` (flattened into one population).
+        scores_b: Importance at the later checkpoint, same size.
+        top_frac: Share of the population in each top set.
+
+    Raises:
+        ValueError: The sizes differ, or invalid scores / top_frac.
+    """
+    a = as_float(scores_a, "scores_a", (1, 2, 3)).ravel()
+    b = as_float(scores_b, "scores_b", (1, 2, 3)).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"scores_a and scores_b must have the same size, got {a.size} and {b.size}")
+    k = top_count(a.size, top_frac)
+    return _jaccard(_top_indices(np.abs(a), k), _top_indices(np.abs(b), k), k)
 
 
 def positive_gain_concentration(scores: Any, top_frac: float = 0.01) -> np.ndarray:
@@ -90,6 +115,57 @@ def positive_gain_concentration(scores: Any, top_frac: float = 0.01) -> np.ndarr
     Raises:
         ValueError: Fewer than 2 checkpoints, or invalid scores / top_frac.
     """
+    per_layer = _gain_shares(scores, top_frac)  # [S-1, L]
+    valid = ~np.isnan(per_layer)
+    counts = valid.sum(axis=-1)  # [S-1]
+    # Explicit sum/count rather than np.nanmean, which warns on all-NaN steps.
+    sums = np.where(valid, per_layer, 0.0).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def gain_concentration(scores_a: Any, scores_b: Any, top_frac: float = 0.01) -> float:
+    """R_t (paper eq. 8) of one pair of checkpoints: ``positive_gain_concentration`` of the two, one value.
+
+    Args:
+        scores_a: Importance at the earlier checkpoint, ``[L, N]`` (or ``[N]``: one layer).
+        scores_b: Importance at the later checkpoint, same shape.
+        top_frac: Share of each layer's neurons counted as the top.
+
+    Raises:
+        ValueError: The shapes differ, or invalid scores / top_frac.
+    """
+    return float(positive_gain_concentration(_pair(scores_a, scores_b), top_frac)[0])
+
+
+def gain_concentration_by_layer(scores_a: Any, scores_b: Any, top_frac: float = 0.01) -> np.ndarray:
+    """R_t (paper eq. 8) of one pair of checkpoints, layer by layer, before the average over layers.
+
+    Args:
+        scores_a: Importance at the earlier checkpoint, ``[L, N]`` (or ``[N]``: one layer).
+        scores_b: Importance at the later checkpoint, same shape.
+        top_frac: Share of each layer's neurons counted as the top.
+
+    Returns:
+        float64, shape ``[L]``: each layer's share of its positive gain taken by its top gainers; NaN for a
+        layer without positive gain. Their mean over the defined layers is :func:`gain_concentration`.
+
+    Raises:
+        ValueError: The shapes differ, or invalid scores / top_frac.
+    """
+    return _gain_shares(_pair(scores_a, scores_b), top_frac)[0]
+
+
+def _pair(scores_a: Any, scores_b: Any) -> np.ndarray:
+    """Two checkpoints' scores stacked as a series: ``[2, L, N]`` (or ``[2, N]``)."""
+    a, b = as_float(scores_a, "scores_a", (1, 2)), as_float(scores_b, "scores_b", (1, 2))
+    if a.shape != b.shape:
+        raise ValueError(f"scores_a and scores_b must have the same shape, got {a.shape} and {b.shape}")
+    return np.stack([a, b])
+
+
+def _gain_shares(scores: Any, top_frac: float) -> np.ndarray:
+    """Each layer's share of positive gain taken by its top gainers (NaN without gain): ``[S - 1, L]``."""
     s = as_float(scores, "scores", (2, 3))
     if s.ndim == 2:
         s = s[:, None, :]  # [S, 1, N]
@@ -102,10 +178,4 @@ def positive_gain_concentration(scores: Any, top_frac: float = 0.01) -> np.ndarr
     top_sum = np.partition(gain, n - k, axis=-1)[..., n - k :].sum(axis=-1)  # [S-1, L]
     total = gain.sum(axis=-1)  # [S-1, L]
     with np.errstate(invalid="ignore", divide="ignore"):
-        per_layer = np.where(total > 0, top_sum / total, np.nan)  # [S-1, L]
-    valid = ~np.isnan(per_layer)
-    counts = valid.sum(axis=-1)  # [S-1]
-    # Explicit sum/count rather than np.nanmean, which warns on all-NaN steps.
-    sums = np.where(valid, per_layer, 0.0).sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        return np.where(total > 0, top_sum / total, np.nan)  # [S-1, L]

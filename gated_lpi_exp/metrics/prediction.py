@@ -9,13 +9,64 @@ import numpy as np
 from gated_lpi_exp.metrics._arrays import _to_numpy, as_int
 
 
-def hit_at_k(logits: Any, targets: Any, k: int) -> float:
-    """HIT@k (paper eq. 6): share of rows whose target token is among the top-k logits.
+def gold_ranks(logits: Any, targets: Any) -> np.ndarray:
+    """Competition rank of each row's target token among its logits: ``1 + #{v : logit_v > logit_target}``.
 
-    Ties: a row is a hit when FEWER THAN ``k`` logits are STRICTLY greater than the target's logit, i.e. the
-    target's competition rank ``1 + #{v : logit_v > logit_target}`` is <= k. Tokens tied with the target
-    therefore never push it out (the optimistic convention); e.g. if all logits are equal every row is a
-    hit at k=1. ``-inf`` logits (masked tokens) are allowed; NaN logits are not.
+    Tokens tied with the target never push it down (the optimistic convention), so with all logits equal
+    every target has rank 1. ``-inf`` logits (masked tokens) are allowed; NaN logits are not.
+
+    Args:
+        logits: Next-token logits, shape ``[B, V]`` (numpy or torch, any float dtype).
+        targets: Target token ids, shape ``[B]``.
+
+    Returns:
+        int64 ranks >= 1, shape ``[B]``.
+
+    Raises:
+        ValueError: Bad shapes, empty batch, NaN logits or out-of-range targets.
+    """
+    x = np.asarray(_to_numpy(logits), dtype=np.float64)  # [B, V]
+    y = as_int(targets, "targets", 1)  # [B]
+    if x.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"logits must be [B, V] and targets [B]; got {x.shape} and {y.shape}")
+    if x.shape[0] == 0:
+        raise ValueError("gold_ranks needs at least one example")
+    if np.isnan(x).any():
+        raise ValueError("logits contain NaN")
+    if y.min() < 0 or y.max() >= x.shape[1]:
+        raise ValueError(f"targets must lie in [0, {x.shape[1]}), got range [{y.min()}, {y.max()}]")
+    target_logit = np.take_along_axis(x, y[:, None], axis=1)  # [B, 1]
+    return (x > target_logit).sum(axis=1).astype(np.int64) + 1  # [B]
+
+
+def hit_rate(ranks: Any, k: int) -> float:
+    """HIT@k (paper eq. 6) from the targets' ranks: the share of examples ranked ``<= k``.
+
+    Args:
+        ranks: Competition ranks of the targets (:func:`gold_ranks`), shape ``[B]``, each >= 1.
+        k: Cut-off, >= 1.
+
+    Returns:
+        Share of hits in [0, 1].
+
+    Raises:
+        ValueError: Empty or non-integral ranks, a rank below 1, or ``k < 1``.
+    """
+    r = as_int(ranks, "ranks", 1)  # [B]
+    if r.size == 0:
+        raise ValueError("HIT@k needs at least one example")
+    if r.min() < 1:
+        raise ValueError(f"ranks start at 1, got {r.min()}")
+    if isinstance(k, bool) or int(k) != k or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    return float(np.mean(r <= k))
+
+
+def hit_at_k(logits: Any, targets: Any, k: int) -> float:
+    """HIT@k (paper eq. 6) from logits: :func:`hit_rate` of :func:`gold_ranks`.
+
+    A row is a hit when FEWER THAN ``k`` logits are STRICTLY greater than the target's logit; e.g. if all
+    logits are equal every row is a hit at k=1.
 
     Args:
         logits: Next-token logits, shape ``[B, V]``.
@@ -28,21 +79,7 @@ def hit_at_k(logits: Any, targets: Any, k: int) -> float:
     Raises:
         ValueError: Bad shapes, empty batch, NaN logits, out-of-range targets or ``k < 1``.
     """
-    x = np.asarray(_to_numpy(logits), dtype=np.float64)  # [B, V]
-    y = as_int(targets, "targets", 1)  # [B]
-    if x.ndim != 2 or x.shape[0] != y.shape[0]:
-        raise ValueError(f"logits must be [B, V] and targets [B]; got {x.shape} and {y.shape}")
-    if x.shape[0] == 0:
-        raise ValueError("hit_at_k needs at least one example")
-    if np.isnan(x).any():
-        raise ValueError("logits contain NaN")
-    if isinstance(k, bool) or int(k) != k or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    if y.min() < 0 or y.max() >= x.shape[1]:
-        raise ValueError(f"targets must lie in [0, {x.shape[1]}), got range [{y.min()}, {y.max()}]")
-    target_logit = np.take_along_axis(x, y[:, None], axis=1)  # [B, 1]
-    n_greater = (x > target_logit).sum(axis=1)  # [B]
-    return float((n_greater < k).mean())
+    return hit_rate(gold_ranks(logits, targets), k)
 
 
 def drop_percent(base: float, ablated: float) -> float:

@@ -1,21 +1,32 @@
-"""Metric registry (lm-evaluation-harness style): each metric's direction, aggregation, paper ref and version.
+"""Metric registry (lm-evaluation-harness style): a metric is one function and one :func:`register_metric` call.
 
-Tables and plots read ``higher_is_better`` and ``aggregation`` from here instead of special-casing names, and
-each spec's ``version`` is logged with results so a changed definition never mixes with old numbers.
+A spec says what the pipeline needs to know to compute, name, log and show a metric without special cases:
+
+- ``input``: what the function takes (:data:`INPUTS`); the dynamics stage computes every ``pair`` metric on
+  each consecutive pair of checkpoints (a curve) and every ``profile`` metric on each window's layer
+  profiles, so registering one is enough for it to reach the tables, MLflow and the report;
+- ``label`` and ``unit``: how tables show it (:data:`DISPLAY`);
+- ``higher_is_better``: True / False where "better" has a meaning (HIT@k, drops), None for descriptive
+  metrics (the stability measures), which no table ranks;
+- ``aggregation``: how per-item values (a curve's steps) reduce to one reported number;
+- ``version``: bumped when the definition changes; every run logs ``metrics.<name>.version``
+  (:func:`metric_versions`), so a changed definition never mixes with old numbers unnoticed;
+- ``baseline``: optionally, what the metric gives for units chosen at random (same inputs as ``fn``).
+
+The registrations are at the end of this module, in the order tables show them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
 
 from gated_lpi_exp.metrics.layers import cross_step_cv, layer_consistency
-from gated_lpi_exp.metrics.neurons import jaccard_stability, positive_gain_concentration
-from gated_lpi_exp.metrics.prediction import drop_percent, hit_at_k
+from gated_lpi_exp.metrics.neurons import gain_concentration, gain_concentration_by_layer, top_set_overlap
+from gated_lpi_exp.metrics.prediction import drop_percent, hit_rate
 
 
 def _nanmean(values: Any) -> float:
@@ -46,36 +57,85 @@ AGGREGATIONS: dict[str, Callable[[Any], float]] = {
 }
 """How a metric's per-item values (per step, per example, ...) reduce to one reported number."""
 
+INPUTS: dict[str, str] = {
+    "pair": "fn(scores_a, scores_b, top_frac): the neuron scores [L, N] of two checkpoints (earlier, later) "
+    "-> one value, or one per layer [L] (per_layer=True); computed on every consecutive pair: a curve",
+    "profile": "fn(profiles): the mean layer importance [n, L] of a window's n checkpoints -> one value",
+    "ranks": "fn(ranks, k): the gold token's rank [B] of every example -> one value",
+    "ablation": "fn(base, ablated): a score without and with the ablation -> one value",
+}
+"""What a metric's function takes, by ``MetricSpec.input``."""
+
+
+@dataclass(frozen=True)
+class Display:
+    """How a table shows values of one unit."""
+
+    scale: float
+    """Factor from the stored value to the shown one."""
+    digits: int
+    """Decimals shown."""
+    suffix: str
+    """Appended to a row label, e.g. `` (%)``."""
+
+
+DISPLAY: dict[str, Display] = {
+    "fraction": Display(scale=100.0, digits=1, suffix=" (%)"),
+    "percent": Display(scale=1.0, digits=2, suffix=""),
+    "ratio": Display(scale=1.0, digits=2, suffix=""),
+}
+"""``MetricSpec.unit`` -> display: ``fraction`` (stored in [0, 1], shown in %), ``percent`` (stored in %),
+``ratio`` (a dimensionless number such as a correlation, shown as is)."""
+
 
 @dataclass(frozen=True)
 class MetricSpec:
     """One registered metric."""
 
     name: str
-    """Key in ``METRICS`` and the name logged to MLflow."""
+    """Key in ``METRICS``: the ``metric`` value in tables and the stem of its MLflow names."""
     fn: Callable[..., Any]
-    """The function computing it (see its docstring for inputs and outputs)."""
-    higher_is_better: bool
-    """Direction used by tables and plots."""
+    """The function computing it, with the signature its ``input`` names (:data:`INPUTS`)."""
+    input: str
+    """Key of :data:`INPUTS`: what ``fn`` takes and so which stage computes it."""
+    label: str
+    """Short display name for tables and figures, e.g. ``J_stab``."""
+    unit: str
+    """Key of :data:`DISPLAY`: what the stored values are and how tables show them."""
+    higher_is_better: bool | None
+    """Direction, where "better" has a meaning; None for descriptive metrics (never ranked)."""
     aggregation: str
-    """Key of ``AGGREGATIONS`` reducing the per-item values to the reported number."""
+    """Key of ``AGGREGATIONS`` reducing the per-item values (a curve's steps) to the reported number."""
     description: str
     """One line for tables, plots and the MLflow run."""
     paper_ref: str
     """Where the metric is defined (e.g. "eq. 7")."""
     version: int = 1
     """Bumped whenever the definition changes; logged with every result."""
+    per_layer: bool = False
+    """``fn`` returns one value per layer (``[L]``), kept per layer in the ``dynamics_layer_*`` tables."""
+    baseline: Callable[..., Any] | None = None
+    """What the metric gives for units chosen at random, same arguments as ``fn``; None: no baseline."""
 
     def __post_init__(self) -> None:
-        if self.aggregation not in AGGREGATIONS:
-            raise ValueError(
-                f"metric {self.name!r}: unknown aggregation {self.aggregation!r}; "
-                f"known: {sorted(AGGREGATIONS)}"
-            )
+        for field, value, known in (
+            ("aggregation", self.aggregation, AGGREGATIONS),
+            ("input", self.input, INPUTS),
+            ("unit", self.unit, DISPLAY),
+        ):
+            if value not in known:
+                raise ValueError(f"metric {self.name!r}: unknown {field} {value!r}; known: {sorted(known)}")
+        if self.per_layer and self.input != "pair":
+            raise ValueError(f"metric {self.name!r}: per_layer is only defined for input 'pair'")
 
     def aggregate(self, values: Any) -> float:
         """Reduces per-item values with this metric's aggregation."""
         return AGGREGATIONS[self.aggregation](values)
+
+    @property
+    def display(self) -> Display:
+        """How tables show this metric's values."""
+        return DISPLAY[self.unit]
 
 
 METRICS: dict[str, MetricSpec] = {}
@@ -84,24 +144,33 @@ METRICS: dict[str, MetricSpec] = {}
 def register_metric(
     name: str,
     *,
-    higher_is_better: bool,
+    input: str,
+    label: str,
+    unit: str,
+    higher_is_better: bool | None,
     aggregation: str,
     description: str,
     paper_ref: str,
     version: int = 1,
+    per_layer: bool = False,
+    baseline: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering ``fn`` under ``name``; returns ``fn`` unchanged.
 
-    Also usable as a plain call on an existing callable: ``register_metric("x", ...)(partial(f, k=1))``.
+    Also usable as a plain call on an existing callable: ``register_metric("x", ...)(existing_function)``.
+    The arguments are the fields of :class:`MetricSpec`.
 
     Raises:
-        ValueError: ``name`` is already registered, or the aggregation is unknown.
+        ValueError: ``name`` is already registered, or an input, unit or aggregation is unknown.
     """
 
     def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in METRICS:
             raise ValueError(f"metric {name!r} is already registered")
-        METRICS[name] = MetricSpec(name, fn, higher_is_better, aggregation, description, paper_ref, version)
+        METRICS[name] = MetricSpec(
+            name, fn, input, label, unit, higher_is_better, aggregation, description, paper_ref, version,
+            per_layer, baseline,
+        )  # fmt: skip
         return fn
 
     return decorator
@@ -119,6 +188,23 @@ def get_metric(name: str) -> MetricSpec:
         raise KeyError(f"unknown metric {name!r}; known metrics: {', '.join(sorted(METRICS))}") from None
 
 
+def metrics_for(input: str, *, per_layer: bool | None = None) -> list[MetricSpec]:
+    """The registered metrics that take ``input``, in registration order.
+
+    Args:
+        input: A key of :data:`INPUTS`.
+        per_layer: True / False keeps only the per-layer / single-value ones; None keeps both.
+
+    Raises:
+        KeyError: Unknown input.
+    """
+    if input not in INPUTS:
+        raise KeyError(f"unknown metric input {input!r}; known: {sorted(INPUTS)}")
+    return [
+        s for s in METRICS.values() if s.input == input and (per_layer is None or s.per_layer == per_layer)
+    ]
+
+
 def metric_versions() -> dict[str, int]:
     """``{name: version}`` of every registered metric, to log with results."""
     return {name: spec.version for name, spec in METRICS.items()}
@@ -126,23 +212,44 @@ def metric_versions() -> dict[str, int]:
 
 register_metric(
     "j_stab",
-    higher_is_better=True,
+    input="pair",
+    label="J_stab",
+    unit="fraction",
+    higher_is_better=None,
     aggregation="mean",
     paper_ref="eq. 7",
-    description="Top-1% set stability: mean Jaccard overlap of consecutive checkpoints' top-|I| sets; "
-    "fn returns (mean, curve)",
-)(jaccard_stability)
+    description="Top-1% set stability: Jaccard overlap of consecutive checkpoints' top-|I| sets (J_t); "
+    "J_stab is its mean",
+)(top_set_overlap)
 register_metric(
     "r_t",
-    higher_is_better=True,
+    input="pair",
+    label="R_t",
+    unit="fraction",
+    higher_is_better=None,
     aggregation="nanmean",
     paper_ref="eq. 8",
     description="Positive-gain concentration: share of a layer's positive importance gain taken by its "
-    "top-1% gainers (higher = more concentrated reinforcement); fn returns the curve over steps",
-)(positive_gain_concentration)
+    "top-1% gainers, averaged over layers (higher = more concentrated reinforcement)",
+)(gain_concentration)
+register_metric(
+    "r_t_layer",
+    input="pair",
+    label="R_t per layer",
+    unit="fraction",
+    higher_is_better=None,
+    aggregation="nanmean",
+    paper_ref="eq. 8, before the layer average",
+    description="Positive-gain concentration of each layer on its own: the share of the layer's positive "
+    "importance gain taken by its top-1% gainers (R_t is their mean over layers)",
+    per_layer=True,
+)(gain_concentration_by_layer)
 register_metric(
     "rho_avg",
-    higher_is_better=True,
+    input="profile",
+    label="ρ_avg",
+    unit="ratio",
+    higher_is_better=None,
     aggregation="none",
     paper_ref="eqs. 9-10",
     description="Layer-distribution consistency: mean Pearson correlation of layer profiles over "
@@ -150,28 +257,30 @@ register_metric(
 )(layer_consistency)
 register_metric(
     "sigma_rel",
-    higher_is_better=False,
+    input="profile",
+    label="σ_rel",
+    unit="ratio",
+    higher_is_better=None,
     aggregation="none",
     paper_ref="eq. 11",
     description="Cross-step coefficient of variation: mean over layers of std/|mean| across checkpoints",
 )(cross_step_cv)
 register_metric(
-    "hit_at_1",
+    "hit_at_k",
+    input="ranks",
+    label="HIT@k",
+    unit="fraction",
     higher_is_better=True,
     aggregation="none",
     paper_ref="eq. 6",
-    description="Share of examples whose gold token is the top-1 logit (ties with the target count as hits)",
-)(partial(hit_at_k, k=1))
-register_metric(
-    "hit_at_10",
-    higher_is_better=True,
-    aggregation="none",
-    paper_ref="eq. 6",
-    description="Share of examples whose gold token is among the top-10 logits "
-    "(ties with the target count as hits)",
-)(partial(hit_at_k, k=10))
+    description="Share of examples whose gold token is among the top-k logits (ties with the target count "
+    "as hits); logged as hit_at_<k>",
+)(hit_rate)
 register_metric(
     "drop_percent",
+    input="ablation",
+    label="drop",
+    unit="percent",
     higher_is_better=False,
     aggregation="none",
     paper_ref="Table 4 (docs/definitions.md, 'Ablations')",

@@ -8,15 +8,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from gated_lpi_exp.config import ABLATIONS
 from gated_lpi_exp.plots._style import figure_legend, mark_empty, new_figure, proxy, resolve_colors, step_axis
 from gated_lpi_exp.schemas import AblationResult, DataFrame, HitSummary
 
-ABLATION_LABELS = {
-    "top1_head": "top-1 head",
-    "top10_heads": "top-10 heads",
-    "top1pct_ffn": "top-1% FFN neurons",
-}
 CONDITION_STYLES = {
     "base": dict(ls="--", lw=1.3),
     "targeted": dict(ls="-", lw=2.0, marker="o", ms=3),
@@ -56,26 +50,31 @@ def _ablation_panel(ax, ablation_by_model: Mapping[str, pd.DataFrame], name: str
 
 
 def plot_ablation(
-    ablation_by_model: Mapping[str, DataFrame[AblationResult]], colors: Mapping[str, str] | None = None
+    ablation_by_model: Mapping[str, DataFrame[AblationResult]],
+    colors: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> Figure:
     """Fig. 5: HIT@10 over training steps under each ablation: base vs targeted vs random control.
 
-    One panel per ablation present (in the config's order); a colour per model, a line style per condition;
-    the random control is the mean over seeds with a ± 1 sd band.
+    One panel per ablation present (in the order of ``labels``, then by name); a colour per model, a line
+    style per condition; the random control is the mean over seeds with a ± 1 sd band.
 
     Args:
         ablation_by_model: Model name -> ablation results table.
         colors: Model name -> colour; None = one per model in the dict's order.
+        labels: Ablation name -> display name (the preset's ``label``), in panel order; None or a missing
+            name shows the name itself.
     """
+    labels = labels or {}
     present = {a for t in ablation_by_model.values() for a in t["ablation"].unique()}
-    names = [a for a in ABLATIONS if a in present] + sorted(present - set(ABLATIONS))
+    names = [a for a in labels if a in present] + sorted(present - set(labels))
     fig, axes = new_figure(1, max(len(names), 1), width=5.2, sharey=True)
     colors = resolve_colors(ablation_by_model, colors)
     if not names:
         mark_empty(axes[0, 0], "no ablation results")
     for ax, name in zip(axes[0], names, strict=False):
         steps = _ablation_panel(ax, ablation_by_model, name, colors)
-        ax.set_title(f"ablate {ABLATION_LABELS.get(name, name)}")
+        ax.set_title(f"ablate {labels.get(name, name)}")
         if steps:
             step_axis(ax, steps)
         else:

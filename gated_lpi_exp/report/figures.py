@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from gated_lpi_exp.plots import (
     model_colors,
@@ -17,6 +18,7 @@ from gated_lpi_exp.plots import (
     to_png,
 )
 from gated_lpi_exp.report.runs import Column
+from gated_lpi_exp.report.tables import ablation_labels
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,9 @@ def render_figures(columns: list[Column]) -> list[RenderedFigure]:
                 RenderedFigure(spec, None, f"Not computed in these runs (no tables/{spec.table}.parquet).")
             )
             continue
-        kwargs = {"top_frac": float(top)} if top and spec.table == "dynamics_curves" else {}
+        kwargs: dict[str, Any] = {"top_frac": float(top)} if top and spec.table == "dynamics_curves" else {}
+        if spec.table == "ablation":
+            kwargs["labels"] = ablation_labels(columns)
         fig = spec.plot(data, colors=colors, **kwargs)
         note = f"Not computed in this run: {', '.join(lacking)}." if lacking else ""
         out.append(RenderedFigure(spec, to_png(fig), note))

@@ -1,6 +1,9 @@
 """The report's Tables 2-4: our columns side by side, the paper's published numbers apart, ▲ on the best.
 
-Which value is best comes only from the metric registry (``higher_is_better``), never from the row.
+The rows come from the metric registry: Table 2 shows every single-value metric with input ``pair`` (the
+neuron-level curves' summaries), Table 3 every metric with input ``profile``; labels, units and digits are
+the registry's. Which value is best comes only from ``higher_is_better``, never from the row; a metric
+without a direction (None: a descriptive measure) is never marked.
 """
 
 from __future__ import annotations
@@ -12,18 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from gated_lpi_exp.config import ABLATIONS
-from gated_lpi_exp.metrics import get_metric
-from gated_lpi_exp.report.paper import TABLE_NOTES, paper_cells
+from gated_lpi_exp.compose import ablation_presets
+from gated_lpi_exp.metrics import MetricSpec, get_metric, metrics_for
+from gated_lpi_exp.report.paper import PAPER_VALUES, TABLE_NOTES, paper_cells
 from gated_lpi_exp.report.runs import NOT_COMPUTED, Column
 
 UNIT_NAMES = {"ffn": "FFN", "attn": "ATTN"}
-METRIC_NAMES = {"j_stab": "J_stab", "r_t": "R_t", "rho_avg": "ρ_avg", "sigma_rel": "σ_rel"}
-ABLATION_NAMES = {
-    "top1_head": "top-1 head",
-    "top10_heads": "top-10 heads",
-    "top1pct_ffn": "top-1% FFN neurons",
-}
 BEST_MARK = "▲"
 
 
@@ -50,7 +47,9 @@ class Row:
 
     @property
     def direction(self) -> str:
-        return "higher" if get_metric(self.metric).higher_is_better else "lower"
+        """``higher`` / ``lower`` is better, or ``—`` for a descriptive metric."""
+        better = get_metric(self.metric).higher_is_better
+        return "—" if better is None else ("higher" if better else "lower")
 
     def text(self, cell: Cell) -> str:
         """A cell as text: ``25.3 ± 1.2 ▲``, ``n/a (1 checkpoint)`` or the note."""
@@ -76,10 +75,12 @@ class ReportTable:
 
 
 def mark_best(row: Row) -> Row:
-    """Set ``best`` on the column(s) with the best finite value, by the registry's direction (>= 2 values)."""
+    """Set ``best`` on the column(s) with the best finite value, by the registry's direction (>= 2 values;
+    none for a metric without a direction)."""
     finite = [c.value for c in row.cells if c.value is not None and not math.isnan(c.value)]
-    if len(finite) >= 2:
-        target = max(finite) if get_metric(row.metric).higher_is_better else min(finite)
+    better = get_metric(row.metric).higher_is_better
+    if len(finite) >= 2 and better is not None:
+        target = max(finite) if better else min(finite)
         for cell in row.cells:
             cell.best = cell.value is not None and math.isclose(
                 cell.value, target, rel_tol=1e-12, abs_tol=1e-15
@@ -127,28 +128,28 @@ def _summary_cell(column: Column, metric: str, unit: str, window: str) -> Cell:
     return Cell(value=value, note=note if math.isnan(value) else "")
 
 
-def _summary_rows(columns: list[Column], metric: str, scale: float, digits: int, suffix: str) -> list[Row]:
-    rows = []
-    for unit in UNIT_NAMES:
-        for window in _windows(columns):
-            label = f"{METRIC_NAMES[metric]} {UNIT_NAMES[unit]}{suffix}, {_window_label(window, columns)}"
-            cells = [_summary_cell(c, metric, unit, window) for c in columns]
-            paper = paper_cells((metric, unit, window), digits)
-            rows.append(mark_best(Row(label, metric, cells, paper, digits, scale)))
-    return rows
+def _summary_rows(columns: list[Column], spec: MetricSpec, unit: str, window: str) -> Row:
+    shown = spec.display
+    label = f"{spec.label} {UNIT_NAMES[unit]}{shown.suffix}, {_window_label(window, columns)}"
+    cells = [_summary_cell(c, spec.name, unit, window) for c in columns]
+    paper = paper_cells((spec.name, unit, window), shown.digits)
+    return mark_best(Row(label, spec.name, cells, paper, shown.digits, shown.scale))
 
 
 def table2(columns: list[Column]) -> ReportTable:
-    """Table 2: mean J_stab by window and mean R_t, FFN and ATTN neurons, in %."""
+    """Table 2: the neuron-level metrics (input ``pair``) by unit and window, J_stab and R_t in %."""
     top = columns[0].param("dynamics.top_frac") if columns else None
     share = (
         f"top {float(top) * 100:g}% of neurons (dynamics.top_frac={top})"
         if top
         else "see the runs' dynamics.top_frac"
     )
-    rows = _summary_rows(columns, "j_stab", 100.0, 1, " (%)") + _summary_rows(
-        columns, "r_t", 100.0, 1, " (%)"
-    )
+    rows = [
+        _summary_rows(columns, spec, unit, window)
+        for spec in metrics_for("pair", per_layer=False)
+        for unit in UNIT_NAMES
+        for window in _windows(columns)
+    ]
     notes = [
         "J_stab: mean over the consecutive checkpoint pairs inside the window of the Jaccard overlap of "
         "top-|I| neuron sets (eq. 7). R_t: mean over steps, skipping undefined steps, of the positive-gain "
@@ -159,14 +160,13 @@ def table2(columns: list[Column]) -> ReportTable:
 
 
 def table3(columns: list[Column]) -> ReportTable:
-    """Table 3: ρ_avg and σ_rel of the FFN and ATTN layer profiles by window."""
-    rows = []
-    for unit in UNIT_NAMES:
-        for window in _windows(columns):
-            for metric in ("rho_avg", "sigma_rel"):
-                label = f"{METRIC_NAMES[metric]} {UNIT_NAMES[unit]}, {_window_label(window, columns)}"
-                cells = [_summary_cell(c, metric, unit, window) for c in columns]
-                rows.append(mark_best(Row(label, metric, cells, paper_cells((metric, unit, window), 2), 2)))
+    """Table 3: the layer-level metrics (input ``profile``: ρ_avg, σ_rel) of the layer profiles by window."""
+    rows = [
+        _summary_rows(columns, spec, unit, window)
+        for unit in UNIT_NAMES
+        for window in _windows(columns)
+        for spec in metrics_for("profile")
+    ]
     notes = [
         "ρ_avg: mean Pearson correlation of the mean layer-importance profiles over checkpoint pairs "
         "(eqs. 9–10); σ_rel: mean over layers of std/|mean| across checkpoints (eq. 11).",
@@ -200,17 +200,33 @@ def _drop_cells(column: Column, ablation: str) -> tuple[Cell, Cell]:
     return t_cell, Cell(value=float(seeds.mean()), sd=sd)
 
 
-def table4(columns: list[Column]) -> ReportTable:
-    """Table 4: HIT@10 drop (%) per ablation, targeted vs the matched random control."""
+def ablation_labels(columns: list[Column]) -> dict[str, str]:
+    """Ablation name -> display name, for the ablations a report shows: every preset the paper reports and
+    every ablation a run computed; presets first in their order (:func:`ablation_presets`), others by name.
+
+    The display name is the one the runs logged (param ``ablation.label``), else the preset's, else the name.
+    """
     present = set()
     for col in columns:
         table = col.table("ablation")
         present |= set() if table is None else set(table["ablation"])
-    names = [a for a in ABLATIONS if a != "none"] + sorted(present - set(ABLATIONS))
+    presets = ablation_presets()
+    reported = [n for n in presets if n in present or ("drop_percent", n, "targeted") in PAPER_VALUES]
+    names = reported + sorted(present - set(presets))
+    logged = {
+        r.ablation: r.params["ablation.label"]
+        for c in columns
+        for r in reversed(c.runs)  # newest last, so the newest run's label wins
+        if r.params.get("ablation.label")
+    }
+    return {n: logged.get(n) or (presets[n].display_name if n in presets else n) for n in names}
+
+
+def table4(columns: list[Column]) -> ReportTable:
+    """Table 4: HIT@10 drop (%) per ablation, targeted vs the matched random control."""
     rows = []
-    for name in names:
+    for name, label in ablation_labels(columns).items():
         pairs = [_drop_cells(c, name) for c in columns]
-        label = ABLATION_NAMES.get(name, name)
         paper = paper_cells(("drop_percent", name, "targeted"), 2)
         rows.append(mark_best(Row(f"{label}: targeted", "drop_percent", [p[0] for p in pairs], paper)))
         control = ["—"] * len(paper)

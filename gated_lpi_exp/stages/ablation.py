@@ -12,11 +12,14 @@ from gated_lpi_exp.attribution.aggregate import CheckpointAggregate, ScoreSums
 from gated_lpi_exp.config import AblationConfig
 from gated_lpi_exp.errors import ConfigurationError
 from gated_lpi_exp.interventions import ablate
-from gated_lpi_exp.metrics import drop_percent
+from gated_lpi_exp.metrics import drop_percent, hit_rate
 from gated_lpi_exp.schemas import AblationResult, DataFrame
 from gated_lpi_exp.stages.evaluation import evaluate_checkpoint
 
 UNIT_SCORES = {"head": "heads", "ffn_neuron": "ffn"}
+"""Ablation unit -> the score kind of :class:`CheckpointAggregate` that ranks it."""
+K = 10
+"""The ablation's measure is HIT@K (the paper's HIT@10; the table columns say ``hit_at_10``)."""
 
 
 def unit_count(cfg: AblationConfig, population: int) -> int:
@@ -82,10 +85,10 @@ def ablate_checkpoint(
         kwargs = {"heads": chosen} if cfg.unit == "head" else {"ffn_neurons": chosen}
         with ablate(model, **kwargs):
             hits = evaluate_checkpoint(model, tokenizer, evaluated, step=step, batch_size=batch_size)
-        return float((hits["gold_rank"] <= 10).mean())
+        return hit_rate(hits["gold_rank"], K)
 
     evaluated_hits = hits.merge(evaluated[["relation", "sample_id"]], on=["relation", "sample_id"])
-    base = float((evaluated_hits["gold_rank"] <= 10).mean())
+    base = hit_rate(evaluated_hits["gold_rank"], K)
     rows = [dict(condition="base", seed=-1, n_units=0, hit_at_10=base)]
     rows.append(
         dict(condition="targeted", seed=-1, n_units=n, hit_at_10=hit10(rank_units(scores, n, cfg.rank_by)))

@@ -1,19 +1,28 @@
-"""The knowledge-dynamics stage: layer profiles, J_stab / R_t curves, and windowed summaries (Tables 2-3).
+"""The knowledge-dynamics stage: layer profiles, per-step curves and windowed summaries (Tables 2-3).
 
-Every metric comes from :mod:`gated_lpi_exp.metrics`; this stage arranges checkpoints, windows and tables.
+Which metrics it computes comes from the registry (:mod:`gated_lpi_exp.metrics.registry`): every metric with
+input ``pair`` is computed on each consecutive pair of checkpoints (a curve, summarised per window by the
+metric's aggregation), every metric with input ``profile`` on each window's layer profiles. This stage only
+arranges checkpoints, windows and tables; registering a metric is enough for it to appear here.
 
 Neuron curves are computed one consecutive pair of checkpoints at a time, so memory holds two checkpoints'
 scores whatever the number of checkpoints (OLMoE has ~1M FFN neurons per checkpoint). A window is a contiguous
-run of the step-sorted checkpoints, so its J_t / R_t values are exactly the whole-range curve values whose
-two checkpoints both lie in the window: window means are read off the whole-range curve, which is the same
+run of the step-sorted checkpoints, so its curve values are exactly the whole-range curve values whose
+two checkpoints both lie in the window: window summaries are read off the whole-range curve, which is the same
 number as restricting the checkpoints first and recomputing.
+
+Tables (:func:`compute_dynamics`): ``dynamics_curves`` and ``dynamics_summary`` for single-value metrics;
+``dynamics_layer_curves`` and ``dynamics_layer_summary`` (a ``layer`` column more) for per-layer metrics.
 
 MLflow metric names (:func:`metric_name`, :func:`dynamics_metrics`), with ``<unit>`` in ``ffn | attn``:
 
-- per step (logged with ``step=`` the later checkpoint of the pair): ``j_stab.<unit>``, ``r_t.<unit>``;
-- whole range: ``j_stab.<unit>.mean``, ``r_t.<unit>.mean`` (curve means), ``rho_avg.<unit>``,
-  ``sigma_rel.<unit>`` (single values);
-- named window ``<w>`` of ``dynamics.windows``: ``<metric>.<unit>.<w>`` for all four metrics.
+- per step (logged with ``step=`` the later checkpoint of the pair): ``<metric>.<unit>`` for each pair
+  metric (``j_stab.ffn``, ``r_t.attn``), ``<metric>.<unit>.layer<L>`` for each per-layer one;
+- whole range: ``<metric>.<unit>.mean`` for pair metrics (the curve's aggregate), ``<metric>.<unit>`` for
+  profile metrics (``rho_avg.ffn``, ``sigma_rel.attn``);
+- named window ``<w>`` of ``dynamics.windows``: ``<metric>.<unit>.<w>``.
+
+Per-layer summaries stay in their table (one MLflow metric per layer and window would flood the UI).
 """
 
 from __future__ import annotations
@@ -27,45 +36,43 @@ import pandas as pd
 
 from gated_lpi_exp.attribution.aggregate import CheckpointAggregate
 from gated_lpi_exp.config import DynamicsConfig
-from gated_lpi_exp.metrics import (
-    cross_step_cv,
-    get_metric,
-    jaccard_stability,
-    layer_consistency,
-    positive_gain_concentration,
-    window_mask,
+from gated_lpi_exp.metrics import MetricSpec, get_metric, metrics_for, window_mask
+from gated_lpi_exp.schemas import (
+    DataFrame,
+    DynamicsCurve,
+    DynamicsLayerCurve,
+    DynamicsLayerSummary,
+    DynamicsSummary,
+    LayerProfile,
 )
-from gated_lpi_exp.schemas import DataFrame, DynamicsCurve, DynamicsSummary, LayerProfile
 
 log = logging.getLogger(__name__)
 
 UNITS: dict[str, tuple[str, str]] = {"ffn": ("ffn", "ffn_layer"), "attn": ("attn", "attn_layer")}
 """Unit -> (neuron score kind, layer score kind) of :class:`CheckpointAggregate`."""
-CURVE_METRICS = ("j_stab", "r_t")
-"""Metrics with a value per consecutive checkpoint pair; their summary is the registry's aggregation."""
-PROFILE_METRICS = ("rho_avg", "sigma_rel")
-"""Metrics with one value per window, computed on the layer profiles."""
 WHOLE_RANGE = "all"
 """Window name of the whole checkpoint range in :class:`DynamicsSummary`."""
 _RESERVED_WINDOWS = (WHOLE_RANGE, "mean")
 
 
-def metric_name(metric: str, unit: str, window: str | None = None) -> str:
+def metric_name(metric: str, unit: str, window: str | None = None, layer: int | None = None) -> str:
     """The MLflow metric name of one dynamics value (the scheme is in the module docstring).
 
     Args:
-        metric: One of :data:`CURVE_METRICS` or :data:`PROFILE_METRICS`.
+        metric: A registered metric with input ``pair`` or ``profile``.
         unit: ``ffn`` or ``attn``.
         window: None for a per-step curve value, :data:`WHOLE_RANGE` or a window name for a summary.
+        layer: The layer of a per-layer metric's value; None for single-value metrics.
 
     Returns:
-        e.g. ``j_stab.ffn`` (curve), ``j_stab.ffn.mean``, ``rho_avg.attn``, ``sigma_rel.ffn.early``.
+        e.g. ``j_stab.ffn`` (curve), ``j_stab.ffn.mean``, ``rho_avg.attn``, ``sigma_rel.ffn.early``,
+        ``r_t_layer.ffn.layer3``.
     """
-    base = f"{metric}.{unit}"
+    base = f"{metric}.{unit}" if layer is None else f"{metric}.{unit}.layer{layer}"
     if window is None:
         return base
     if window == WHOLE_RANGE:
-        return f"{base}.mean" if metric in CURVE_METRICS else base
+        return f"{base}.mean" if get_metric(metric).input == "pair" else base
     return f"{base}.{window}"
 
 
@@ -109,36 +116,37 @@ def layer_profiles(aggregates: Sequence[CheckpointAggregate]) -> DataFrame[Layer
 
 
 def _pair_curves(ordered: list[CheckpointAggregate], kind: str, top_frac: float) -> dict[str, np.ndarray]:
-    """J_t and R_t of consecutive checkpoint pairs, two checkpoints in memory at a time: each ``[S-1]``."""
-    n_pairs = len(ordered) - 1
-    out = {"j_stab": np.full(n_pairs, np.nan), "r_t": np.full(n_pairs, np.nan)}
+    """Every pair metric on the consecutive checkpoint pairs, two checkpoints in memory at a time:
+    ``[S-1]`` each, ``[S-1, L]`` for per-layer metrics."""
+    n_pairs, n_layers = len(ordered) - 1, ordered[0].scores(kind).shape[0]
+    specs = metrics_for("pair")
+    out = {s.name: np.full((n_pairs, n_layers) if s.per_layer else n_pairs, np.nan) for s in specs}
     for t in range(n_pairs):
-        pair = np.stack([ordered[t].scores(kind), ordered[t + 1].scores(kind)])  # [2, L, N]
-        out["j_stab"][t] = jaccard_stability(pair, top_frac)[1][0]
-        out["r_t"][t] = positive_gain_concentration(pair, top_frac)[0]
+        previous, current = ordered[t].scores(kind), ordered[t + 1].scores(kind)  # [L, N] each
+        for spec in specs:
+            out[spec.name][t] = spec.fn(previous, current, top_frac)
     return out
 
 
-def _window_rows(
-    name: str,
-    mask: np.ndarray,
-    curves: dict[str, dict[str, np.ndarray]],
-    profiles: dict[str, np.ndarray],
-) -> list[dict]:
-    """Summary rows of one window: four metrics x two units (NaN when it holds < 2 checkpoints)."""
-    n = int(mask.sum())
+def _window_values(
+    mask: np.ndarray, curves: dict[str, np.ndarray], profiles: np.ndarray
+) -> dict[str, float | np.ndarray]:
+    """Every metric over one window (NaN when it holds < 2 checkpoints); per-layer metrics give ``[L]``."""
+    enough = int(mask.sum()) >= 2
     pairs = mask[:-1] & mask[1:]  # [S-1]: both checkpoints of the pair inside the window
-    rows = []
-    for unit in UNITS:
-        values = dict.fromkeys(CURVE_METRICS + PROFILE_METRICS, math.nan)
-        if n >= 2:
-            for metric in CURVE_METRICS:
-                values[metric] = get_metric(metric).aggregate(curves[unit][metric][pairs])
-            prof = profiles[unit][mask]  # [n, L]
-            values["rho_avg"] = layer_consistency(prof) if prof.shape[1] >= 2 else math.nan
-            values["sigma_rel"] = cross_step_cv(prof)
-        rows += [dict(metric=m, unit=unit, window=name, value=v, n_checkpoints=n) for m, v in values.items()]
-    return rows
+    values: dict[str, float | np.ndarray] = {}
+    for spec in metrics_for("pair"):
+        curve = curves[spec.name][pairs]  # [n-1] or [n-1, L]
+        if spec.per_layer:
+            layers = range(curve.shape[1])
+            values[spec.name] = np.array(
+                [spec.aggregate(curve[:, i]) if enough else math.nan for i in layers]
+            )
+        else:
+            values[spec.name] = spec.aggregate(curve) if enough else math.nan
+    for spec in metrics_for("profile"):
+        values[spec.name] = spec.fn(profiles[mask]) if enough else math.nan  # [n, L] in
+    return values
 
 
 def _windows(cfg: DynamicsConfig) -> dict[str, tuple[int | None, int | None]]:
@@ -151,55 +159,100 @@ def _windows(cfg: DynamicsConfig) -> dict[str, tuple[int | None, int | None]]:
     return windows
 
 
+def _masks(cfg: DynamicsConfig, steps: np.ndarray) -> dict[str, np.ndarray]:
+    """Window name -> the checkpoints inside it ``[S]``; warns about windows too short for any metric."""
+    masks = {}
+    for name, (start, stop) in _windows(cfg).items():
+        masks[name] = mask = window_mask(steps.tolist(), start, stop)  # [S]
+        if mask.sum() < 2:
+            log.warning(
+                "dynamics window %r [%s, %s) holds %d checkpoint(s) (steps %s); needs >= 2, metrics are NaN",
+                name, start, stop, int(mask.sum()), steps[mask].tolist(),
+            )  # fmt: skip
+    return masks
+
+
 def compute_dynamics(
     aggregates: Sequence[CheckpointAggregate], cfg: DynamicsConfig
-) -> tuple[DataFrame[DynamicsCurve], DataFrame[DynamicsSummary]]:
-    """J_t / R_t curves and the windowed summaries of J_stab, R_t, ρ_avg and σ_rel (paper Tables 2-3).
+) -> dict[str, pd.DataFrame]:
+    """Curves and windowed summaries of every registered dynamics metric (paper Tables 2-3).
 
     Args:
         aggregates: One per checkpoint, any order (sorted by step here; steps must be distinct).
         cfg: ``top_frac`` of the top sets and the named step windows (start inclusive, stop exclusive).
 
     Returns:
-        ``(curves, summary)``. ``curves``: one row per (metric, unit, consecutive pair), at the pair's later
-        step. ``summary``: one row per (metric, unit, window) for window ``all`` and each named window; a
-        window with fewer than 2 checkpoints has NaN values (a warning is logged) and its ``n_checkpoints``.
+        Tables by name. ``dynamics_curves``: one row per (pair metric, unit, consecutive pair), at the pair's
+        later step. ``dynamics_summary``: one row per (metric, unit, window) for window ``all`` and each
+        named window; a window with fewer than 2 checkpoints has NaN values (a warning is logged) and its
+        ``n_checkpoints``. ``dynamics_layer_curves`` / ``dynamics_layer_summary``: the same per layer, for
+        per-layer metrics (only when one is registered).
 
     Raises:
         ValueError: No aggregates, a repeated step, or a window named ``all`` / ``mean``.
     """
     ordered = _ordered(aggregates)
-    windows = _windows(cfg)
     steps = np.array([a.step for a in ordered])  # [S]
-    curves = {unit: _pair_curves(ordered, kind, cfg.top_frac) for unit, (kind, _) in UNITS.items()}
-    profiles = {unit: np.stack([a.scores(lk) for a in ordered]) for unit, (_, lk) in UNITS.items()}  # [S, L]
-    curve_rows = [
-        dict(metric=metric, unit=unit, step=int(step), value=float(value))
-        for unit, by_metric in curves.items()
-        for metric, curve in by_metric.items()
-        for step, value in zip(steps[1:], curve, strict=True)
+    masks = _masks(cfg, steps)
+    rows: dict[str, list[dict]] = {"curves": [], "summary": [], "layer_curves": [], "layer_summary": []}
+    values = {}
+    for unit, (kind, layer_kind) in UNITS.items():
+        curves = _pair_curves(ordered, kind, cfg.top_frac)
+        profiles = np.stack([a.scores(layer_kind) for a in ordered])  # [S, L]
+        values[unit] = {name: _window_values(mask, curves, profiles) for name, mask in masks.items()}
+        for spec in metrics_for("pair"):
+            rows["layer_curves" if spec.per_layer else "curves"] += _curve_rows(spec, unit, steps, curves)
+    for name, mask in masks.items():  # window-major, as the tables have always been ordered
+        for unit in UNITS:
+            for metric, value in values[unit][name].items():
+                rows["layer_summary" if np.ndim(value) else "summary"] += _summary_rows(
+                    metric, unit, name, value, int(mask.sum())
+                )
+    return _tables(rows)
+
+
+def _curve_rows(spec: MetricSpec, unit: str, steps: np.ndarray, curves: dict[str, np.ndarray]) -> list[dict]:
+    curve = curves[spec.name]  # [S-1] or [S-1, L]
+    if not spec.per_layer:
+        return [
+            dict(metric=spec.name, unit=unit, step=int(step), value=float(value))
+            for step, value in zip(steps[1:], curve, strict=True)
+        ]
+    return [
+        dict(metric=spec.name, unit=unit, layer=layer, step=int(step), value=float(curve[t, layer]))
+        for layer in range(curve.shape[1])
+        for t, step in enumerate(steps[1:])
     ]
-    summary_rows = []
-    for name, (start, stop) in windows.items():
-        mask = window_mask(steps.tolist(), start, stop)  # [S]
-        if mask.sum() < 2:
-            log.warning(
-                "dynamics window %r [%s, %s) holds %d checkpoint(s) (steps %s); needs >= 2, metrics are NaN",
-                name, start, stop, int(mask.sum()), steps[mask].tolist(),
-            )  # fmt: skip
-        summary_rows += _window_rows(name, mask, curves, profiles)
-    curve_table = pd.DataFrame(curve_rows, columns=["metric", "unit", "step", "value"])
-    return DynamicsCurve.check(curve_table), DynamicsSummary.check(pd.DataFrame(summary_rows))
 
 
-def dynamics_metrics(
-    curves: DataFrame[DynamicsCurve], summary: DataFrame[DynamicsSummary]
-) -> tuple[dict[int, dict[str, float]], dict[str, float]]:
+def _summary_rows(metric: str, unit: str, window: str, value, n: int) -> list[dict]:
+    common = dict(metric=metric, unit=unit, window=window)
+    if not np.ndim(value):
+        return [dict(common, value=float(value), n_checkpoints=n)]
+    return [dict(common, layer=i, value=float(v), n_checkpoints=n) for i, v in enumerate(value)]
+
+
+def _tables(rows: dict[str, list[dict]]) -> dict[str, pd.DataFrame]:
+    """The stage's validated tables; the per-layer ones only when a per-layer metric is registered."""
+    schemas = {
+        "curves": DynamicsCurve,
+        "summary": DynamicsSummary,
+        "layer_curves": DynamicsLayerCurve,
+        "layer_summary": DynamicsLayerSummary,
+    }
+    per_layer = bool(metrics_for("pair", per_layer=True))
+    return {
+        f"dynamics_{key}": schema.check(pd.DataFrame(rows[key], columns=list(schema.to_schema().columns)))
+        for key, schema in schemas.items()
+        if per_layer or not key.startswith("layer")
+    }
+
+
+def dynamics_metrics(tables: dict[str, pd.DataFrame]) -> tuple[dict[int, dict[str, float]], dict[str, float]]:
     """The dynamics tables as MLflow metrics, named by :func:`metric_name`.
 
     Args:
-        curves: From :func:`compute_dynamics`.
-        summary: From :func:`compute_dynamics`.
+        tables: From :func:`compute_dynamics`.
 
     Returns:
         ``(per_step, totals)``: ``per_step[step] = {"j_stab.ffn": ..., "r_t.attn": ...}`` (log each with
@@ -207,10 +260,14 @@ def dynamics_metrics(
         Values may be NaN (``Tracker.log_metrics`` skips them).
     """
     per_step: dict[int, dict[str, float]] = {}
-    for row in curves.itertuples(index=False):
+    for row in tables["dynamics_curves"].itertuples(index=False):
         per_step.setdefault(int(row.step), {})[metric_name(row.metric, row.unit)] = float(row.value)
+    layer_curves = tables.get("dynamics_layer_curves")
+    for row in [] if layer_curves is None else layer_curves.itertuples(index=False):
+        name = metric_name(row.metric, row.unit, layer=int(row.layer))
+        per_step.setdefault(int(row.step), {})[name] = float(row.value)
     totals = {
         metric_name(row.metric, row.unit, row.window): float(row.value)
-        for row in summary.itertuples(index=False)
+        for row in tables["dynamics_summary"].itertuples(index=False)
     }
     return per_step, totals

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -10,13 +9,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from gated_lpi_exp.attribution import final_logits
 from gated_lpi_exp.data.batches import prompt_batches
 from gated_lpi_exp.errors import NonFiniteError
+from gated_lpi_exp.metrics import gold_ranks, hit_rate
 from gated_lpi_exp.schemas import DataFrame, ExampleHits, HitSummary
-
-
-def gold_ranks(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Rank of each target (1 = best): one plus the number of logits strictly above it."""
-    target_logit = logits.gather(1, targets[:, None])  # [batch, 1]
-    return (logits > target_logit).sum(dim=1) + 1  # [batch]
 
 
 @torch.no_grad()
@@ -36,7 +30,7 @@ def evaluate_checkpoint(
         logits = final_logits(model, batch.input_ids, batch.attention_mask)  # [batch, vocab] float32
         if not bool(torch.isfinite(logits).all()):  # a NaN logit would otherwise rank the gold token first
             raise NonFiniteError(f"the model's own logits at checkpoint step {step} contain NaN or Inf")
-        ranks = gold_ranks(logits, batch.gold_ids)
+        ranks = gold_ranks(logits, batch.gold_ids)  # [batch]
         parts.append(
             pd.DataFrame(
                 {
@@ -45,7 +39,7 @@ def evaluate_checkpoint(
                     "category": batch.rows["category"].to_numpy(),
                     "sample_id": batch.rows["sample_id"].to_numpy(),
                     "target_id": batch.gold_ids.cpu().numpy(),
-                    "gold_rank": ranks.cpu().numpy(),
+                    "gold_rank": ranks,
                 }
             )
         )
@@ -55,7 +49,8 @@ def evaluate_checkpoint(
 
 
 def summarise_hits(hits: DataFrame[ExampleHits], ks: list[int]) -> DataFrame[HitSummary]:
-    """HIT@k overall, per category and per relation, for every checkpoint in ``hits``."""
+    """HIT@k (:func:`~gated_lpi_exp.metrics.hit_rate`) overall, per category and per relation, for every
+    checkpoint in ``hits``."""
     rows = []
     for scope, key in (("overall", None), ("category", "category"), ("relation", "relation")):
         groups = hits.groupby(["step"] if key is None else ["step", key])
@@ -65,9 +60,7 @@ def summarise_hits(hits: DataFrame[ExampleHits], ks: list[int]) -> DataFrame[Hit
             ranks = part["gold_rank"].to_numpy()
             for k in ks:
                 rows.append(
-                    dict(
-                        step=step, scope=scope, group=group, k=k, hit=float(np.mean(ranks <= k)), n=len(ranks)
-                    )
+                    dict(step=step, scope=scope, group=group, k=k, hit=hit_rate(ranks, k), n=len(ranks))
                 )
     return HitSummary.check(pd.DataFrame(rows))
 

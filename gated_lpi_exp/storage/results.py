@@ -105,7 +105,8 @@ class ResultStore:
             "evaluation": asdict(cfg.evaluation),
             "attribution": {k: getattr(cfg.attribution, k) for k in _ATTRIBUTION_FIELDS}
             | cfg.attribution.scoring_settings(),
-            "ablation": asdict(cfg.ablation),
+            # The label only names the ablation on screen: renaming it keeps the stored results.
+            "ablation": {k: v for k, v in asdict(cfg.ablation).items() if k != "label"},
             "seed": cfg.seed,
         }
         """What every checkpoint of the run shares in its key."""

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from gated_lpi_exp import metrics
 from gated_lpi_exp.checkpoints.manifest import read_manifest
 from gated_lpi_exp.suites.model import quiet_transformers
 
@@ -24,8 +26,8 @@ def gold_ranks(
     prompts: list[str],
     objects: list[str],
     batch_size: int = 64,
-) -> torch.Tensor:
-    """Rank of each gold object token among the next-token logits (0 = top-1) # [n]"""
+) -> np.ndarray:
+    """Rank of each gold object token among the next-token logits (1 = top-1) # [n]"""
     ranks = []
     for i in range(0, len(prompts), batch_size):
         chunk_p, chunk_o = prompts[i : i + batch_size], objects[i : i + batch_size]
@@ -34,9 +36,8 @@ def gold_ranks(
         logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits  # [b, pos, V]
         last = enc["attention_mask"].sum(dim=1) - 1  # [b]; right padding: last real token
         final = logits[torch.arange(len(chunk_p)), last].float()  # [b, V]
-        target = final.gather(1, gold[:, None])  # [b, 1]
-        ranks.append((final > target).sum(dim=1))
-    return torch.cat(ranks)
+        ranks.append(metrics.gold_ranks(final, gold))  # [b]
+    return np.concatenate(ranks)
 
 
 def _gold_id(tokenizer: PreTrainedTokenizerBase, prompt: str, obj: str) -> int:
@@ -60,11 +61,11 @@ def evaluate_checkpoint(
     tokenizer.padding_side = "right"
     model = AutoModelForCausalLM.from_pretrained(step_dir, dtype=torch.float32).eval()
     ranks = gold_ranks(model, tokenizer, list(facts["prompt"]), list(facts["object"]))
-    table = pd.DataFrame({"category": list(facts["category"]), "rank": ranks.numpy()})
+    table = pd.DataFrame({"category": list(facts["category"]), "rank": ranks})
     rows = []
     for category, group in [("all", table), *table.groupby("category", sort=False)]:
         row = {"category": category, "n": len(group)}
-        row.update({f"hit@{k}": float((group["rank"] < k).mean()) for k in ks})
+        row.update({f"hit@{k}": metrics.hit_rate(group["rank"], k) for k in ks})
         rows.append(row)
     return pd.DataFrame(rows)
 

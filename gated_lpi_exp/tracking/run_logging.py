@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from omegaconf import OmegaConf
@@ -15,6 +16,7 @@ from gated_lpi_exp.checkpoints.resolve import Resolution
 from gated_lpi_exp.compat import DESCRIPTIONS as SCORING_DESCRIPTIONS
 from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.data import dataset_hash
+from gated_lpi_exp.metrics import metric_versions
 from gated_lpi_exp.plots import (
     plot_ablation,
     plot_concentration,
@@ -74,9 +76,10 @@ def log_run_params(
     samples: pd.DataFrame,
     assignment: list[list[int]],
 ) -> None:
-    """Params (flattened config, revisions, dataset hash, versions, which process took which checkpoints)
-    and the resolved-config artifacts."""
-    params = flatten(asdict(cfg))
+    """Params (flattened config with resolved values, revisions, dataset hash, package and metric versions,
+    which process took which checkpoints) and the resolved-config artifacts."""
+    params = flatten(logged_config(cfg))
+    params.update({f"metrics.{name}.version": version for name, version in metric_versions().items()})
     params.update(
         {
             "run.revisions": ",".join(c.label for c in series.checkpoints),
@@ -94,12 +97,24 @@ def log_run_params(
         }
     )
     tracker.log_params(params)
-    tracker.log_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), "config/resolved.yaml")
+    tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(logged_config(cfg))), "config/resolved.yaml")
     table = pd.DataFrame(
         [dict(step=c.step, tokens=c.tokens, source=c.source, revision=c.revision) for c in series.checkpoints]
     )
     tracker.log_table(CheckpointTable.check(table), "checkpoints")
     tracker.log_table(samples, "samples")
+
+
+def logged_config(cfg: RunConfig) -> dict[str, Any]:
+    """The run's config as params and ``config/resolved.yaml`` show it: with a project suite, every suite
+    field left at its "0 = the size preset" placeholder holds the value the suite was built with; other
+    models log no ``model.suite`` block (it describes nothing they use)."""
+    tree = asdict(cfg)
+    if cfg.model.kind == "suite":
+        tree["model"]["suite"] = asdict(cfg.model.suite.resolved())
+    else:
+        del tree["model"]["suite"]
+    return tree
 
 
 def log_figures(cfg: RunConfig, tables: dict[str, pd.DataFrame], tracker: Tracker) -> None:
@@ -116,7 +131,8 @@ def log_figures(cfg: RunConfig, tables: dict[str, pd.DataFrame], tracker: Tracke
         figures["figures/fig3_ffn_layers.png"] = plot_layer_distributions(profiles, units=("ffn",))
         figures["figures/fig4_attn_layers.png"] = plot_layer_distributions(profiles, units=("attn",))
     if "ablation" in tables:
-        figures["figures/fig5_ablation.png"] = plot_ablation({name: tables["ablation"]})
+        labels = {cfg.ablation.name: cfg.ablation.display_name}
+        figures["figures/fig5_ablation.png"] = plot_ablation({name: tables["ablation"]}, labels=labels)
     for path, fig in figures.items():
         tracker.log_figure(fig, path)
 
