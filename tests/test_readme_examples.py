@@ -35,11 +35,14 @@ def _commands(text: str) -> list[str]:
 
 
 def _jobs(args: str) -> list[list[str]]:
-    """One override list per job: ``-m`` dropped, ``key=a,b`` sweeps expanded (commas inside brackets
-    are values)."""
+    """One override list per job: Hydra's flags (``-m``, ``--cfg job``, ``--resolve``) dropped, ``key=a,b``
+    sweeps expanded (commas inside brackets are values)."""
     choices = []
-    for token in shlex.split(args):
-        if token in ("-m", "--multirun"):
+    tokens = iter(shlex.split(args))
+    for token in tokens:
+        if token in ("--cfg", "-c"):
+            next(tokens, None)  # its argument: job, hydra or all
+        if token.startswith("-"):
             continue
         key, _, value = token.partition("=")
         depth, parts, start = 0, [], 0
@@ -66,7 +69,7 @@ EXAMPLES = sorted(
 
 def test_the_docs_hold_examples_including_the_windows_one():
     assert len(EXAMPLES) >= 10
-    assert any(any(o.startswith("++dynamics.windows=") for o in job) for _, job in EXAMPLES)
+    assert any(any(o.lstrip("+").startswith("dynamics.windows=") for o in job) for _, job in EXAMPLES)
 
 
 @pytest.mark.parametrize(("doc", "job"), EXAMPLES, ids=[f"{d}:{' '.join(j)}" for d, j in EXAMPLES])
