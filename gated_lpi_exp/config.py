@@ -135,8 +135,8 @@ class CheckpointsConfig:
     """Which checkpoints of the series to walk, in training-step order."""
 
     select: str = "all"
-    """``all`` (every checkpoint), ``steps`` (the explicit ``steps`` list) or ``range``
-    (``start``..``stop`` inclusive, keeping steps divisible by ``every``)."""
+    """``all`` (every checkpoint), ``steps`` (the explicit ``steps`` list), ``range`` (``start``..``stop``
+    inclusive, keeping steps divisible by ``every``) or ``revisions`` (the explicit ``revisions`` list)."""
     steps: list[int] = field(default_factory=list)
     """Explicit training steps, for ``select=steps``."""
     start: int | None = None
@@ -145,21 +145,30 @@ class CheckpointsConfig:
     """Last step of a ``range`` (inclusive); None = to the last checkpoint."""
     every: int | None = None
     """Keep only steps divisible by this, for ``range``; None keeps every available step."""
+    revisions: list[str] = field(default_factory=list)
+    """For ``select=revisions``: hub branch names (``step5000-tokens20B``), the commit ids they point at
+    (full, or a unique prefix of 7+ hex digits; the ``commit`` column of a run's checkpoints table), or local
+    step folder names (``step10``)."""
     match: str = "exact"
     """For ``select=steps``: ``exact`` (the step must exist) or ``nearest`` (the closest existing step;
     the mapping is reported)."""
     missing: str = "warn"
-    """A requested step that does not exist: ``warn`` (skip it, say so) or ``fail``."""
+    """A requested step that does not exist, or a hub checkpoint whose download fails for good: ``warn``
+    (skip it, say so) or ``fail`` (stop the run; finished checkpoints stay in the result store)."""
     limit: int | None = None
     """Keep at most this many checkpoints, evenly spread (first and last kept); None keeps all."""
 
     def __post_init__(self) -> None:
-        _choice("checkpoints", "select", self.select, ("all", "steps", "range"))
+        _choice("checkpoints", "select", self.select, ("all", "steps", "range", "revisions"))
         _choice("checkpoints", "match", self.match, ("exact", "nearest"))
         _choice("checkpoints", "missing", self.missing, ("warn", "fail"))
         if self.select == "steps" and not self.steps:
             raise ConfigurationError(
                 "checkpoints.select=steps needs a non-empty checkpoints.steps=[...] list."
+            )
+        if self.select == "revisions" and not self.revisions:
+            raise ConfigurationError(
+                "checkpoints.select=revisions needs a non-empty checkpoints.revisions=[...] list."
             )
         if self.every is not None and self.every <= 0:
             raise ConfigurationError(f"checkpoints.every={self.every} must be a positive number of steps.")
@@ -419,11 +428,28 @@ class ExecutionConfig:
     timeout_min: int = 1440
     """How long a process of a multi-process run waits for the others (e.g. process 0 for the slowest
     one's checkpoints) before giving up."""
+    prefetch: int = 1
+    """Hub series: checkpoints downloaded in the background beyond the one being analysed (0: download each
+    only when the previous one is finished). Each process of a multi-process run prefetches its own share."""
+    keep_checkpoints: str = "none"
+    """Hub series: ``none`` evicts each checkpoint this run downloaded from the hub cache once its results are
+    in the result store (so the run holds at most ``prefetch + 1`` checkpoints on disk); ``all`` keeps them.
+    Files that were in the cache before the run are never deleted."""
+    download_retries: int = 5
+    """Hub series: further attempts for a file whose download failed (network, server error, content that
+    does not match its advertised hash), with exponential backoff from 1 s. A download that still fails skips
+    its checkpoint or stops the run, as ``checkpoints.missing`` says."""
 
     def __post_init__(self) -> None:
         _choice("execution", "shard", self.shard, ("round_robin", "contiguous"))
+        _choice("execution", "keep_checkpoints", self.keep_checkpoints, ("none", "all"))
         if self.timeout_min < 1:
             raise ConfigurationError(f"execution.timeout_min={self.timeout_min} must be >= 1.")
+        if self.prefetch < 0 or self.download_retries < 0:
+            raise ConfigurationError(
+                f"execution.prefetch={self.prefetch} and execution.download_retries={self.download_retries} "
+                "must be >= 0."
+            )
 
 
 @dataclass

@@ -72,6 +72,8 @@ class CheckpointTable(Schema):
     tokens: Series[float] = pa.Field(nullable=True)
     source: Series[str]
     revision: Series[str] = pa.Field(nullable=True)
+    commit: Series[str] = pa.Field(nullable=True)
+    """The commit a hub branch pointed at when the run listed it (null for local checkpoints)."""
 
 
 class TopUnits(Schema):

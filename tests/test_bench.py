@@ -20,7 +20,7 @@ from gated_lpi_exp.bench.__main__ import main as bench_main
 from gated_lpi_exp.bench.dims import dims_from_config
 from gated_lpi_exp.bench.layers import LayerShape, build_layer
 from gated_lpi_exp.bench.machine import Rates
-from gated_lpi_exp.bench.plan_report import format_plan
+from gated_lpi_exp.bench.plan_report import format_plan, human_bytes
 from gated_lpi_exp.bench.plan_report import main as plan_main
 from gated_lpi_exp.bench.planner import make_plan
 from gated_lpi_exp.compose import compose_run_config
@@ -216,6 +216,25 @@ def test_planner_prints_every_section_offline(offline, tmp_path, capsys, overrid
         assert text in out, text
 
 
+def test_planner_says_the_peak_disk_of_streaming_and_the_time_with_downloads(offline):
+    paper = ["model=olmoe", "checkpoints=paper"]
+    plan = make_plan(compose_run_config(paper), RATES, 0.9, bandwidth=50e6)
+    per_ckpt = plan.dims.total_params * 2  # bfloat16
+    assert plan.download_bytes == pytest.approx(14 * per_ckpt)
+    assert plan.disk_bytes == pytest.approx(2 * per_ckpt)  # keep_checkpoints=none, prefetch=1
+    fetch = per_ckpt / 50e6
+    assert plan.streamed_seconds(10.0) == pytest.approx(14 * fetch + fetch)  # download-bound: hidden compute
+    assert plan.streamed_seconds(1000.0) == pytest.approx(14 * 1000.0 + fetch)  # compute-bound
+    text = format_plan(plan)
+    assert f"download {human_bytes(14 * per_ckpt)}, peak disk {human_bytes(2 * per_ckpt)}" in text
+    assert "streamed at 50 MB/s" in text
+    kept = make_plan(compose_run_config([*paper, "execution.keep_checkpoints=all"]), RATES, 0.9)
+    assert kept.disk_bytes == pytest.approx(kept.download_bytes)
+    serial = make_plan(compose_run_config([*paper, "execution.prefetch=0"]), RATES, 0.9, bandwidth=50e6)
+    assert serial.streamed_seconds(10.0) == pytest.approx(14 * (fetch + 10.0))
+    assert serial.disk_bytes == pytest.approx(per_ckpt)
+
+
 @pytest.mark.slow
 def test_planner_estimate_within_2x_of_measured_attribution(tmp_path):
     from gated_lpi_exp.checkpoints.loading import load_checkpoint, load_tokenizer, resolve_series
@@ -268,3 +287,20 @@ def test_planner_reads_every_familys_dimensions_from_its_config(family):
 def test_planner_refuses_an_unsupported_config():
     with pytest.raises(ConfigurationError, match="model_type 'gpt2' is not a supported family"):
         dims_from_config({"model_type": "gpt2"}, "config.json")
+
+
+@pytest.mark.slow
+def test_sweep_benchmark_reports_every_measure_and_leaves_the_cache_empty(tmp_path, capsys):
+    """A smoke test of ``bench sweep`` on a small series: every field, and the bounds that do not depend on
+    timing (the target itself is the benchmark's to report, never a test's)."""
+    path = tmp_path / "sweep.json"
+    bench_main(["sweep", "--steps", "3", "--hidden", "32", "--json", str(path)])
+    report = json.loads(path.read_text())
+    for key in ("compute_s", "download_s", "wall_target_s", "bandwidth_bytes_per_s", "checkpoint_bytes"):
+        assert report[key] > 0, key
+    for sweep in (report["prefetch0"], report["prefetch1"]):
+        assert sweep["walk_s"] > 0 and sweep["left_in_cache_bytes"] == 0
+        assert 0 < sweep["disk_peak_bytes"] <= 2 * report["checkpoint_bytes"]
+    assert report["prefetch0"]["disk_peak_bytes"] <= report["checkpoint_bytes"] * 1.01
+    out = capsys.readouterr().out
+    assert "sweep, prefetch=1" in out and "target <= 1.15 x max" in out

@@ -170,3 +170,17 @@ def test_a_checkpoint_of_another_family_is_refused_before_its_weights_load(tmp_p
         CheckpointError, match="is a 'gpt_neox' model .* model.family='olmo'. Fix: set model.family=gpt_neox"
     ):
         load_checkpoint(model, Checkpoint(step=0, source=str(tmp_path / "step0")))
+
+
+def test_revisions_select_by_branch_name_or_the_commit_a_branch_points_at(caplog):
+    commits = {name: f"{i:x}" * 40 for i, name in enumerate(BRANCHES, start=1)}
+    series = parse_branches("allenai/OLMoE-1B-7B-0924", {n: c[:40] for n, c in commits.items()})
+    assert series[0].commit == commits["step5000-tokens20B"][:40]
+    by_commit = commits["step15000-tokens62B"][:12]  # a unique prefix, as `git log --oneline` prints it
+    picked = select_checkpoints(series, select="revisions", revisions=["step10000-tokens41B", by_commit])
+    assert [c.step for c in picked.checkpoints] == [10000, 15000]
+    with caplog.at_level(logging.WARNING):
+        picked = select_checkpoints(series, select="revisions", revisions=["step5000-tokens20B", "abcdef0"])
+    assert [c.step for c in picked.checkpoints] == [5000] and "abcdef0" in caplog.text
+    with pytest.raises(CheckpointError, match="abcdef0"):
+        select_checkpoints(series, select="revisions", revisions=["abcdef0"], missing="fail")

@@ -1,4 +1,5 @@
-"""Command line: ``python -m gated_lpi_exp.bench [--json PATH] [--quick]`` and ``... bench plan ...``."""
+"""Command line: ``python -m gated_lpi_exp.bench [--json PATH] [--quick]``, ``... bench plan ...`` and
+``... bench sweep [--steps N] [--ratio R] [--json PATH]``."""
 
 from __future__ import annotations
 
@@ -111,6 +112,9 @@ def main(argv: list[str] | None = None) -> None:
 
         plan_main(argv[1:])
         return
+    if argv and argv[0] == "sweep":
+        sweep_main(argv[1:])
+        return
     parser = argparse.ArgumentParser(prog="python -m gated_lpi_exp.bench", description=__doc__)
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--quick", action="store_true", help="small shapes: a smoke test under 30 s")
@@ -123,6 +127,30 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     report = run_benchmark(args.quick, args.budget_mb, args.repeat, args.kernel)
     print(format_table(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+
+
+def sweep_main(argv: list[str]) -> None:
+    """``python -m gated_lpi_exp.bench sweep``: a sweep over the throttled loopback hub (bench/sweep.py)."""
+    from gated_lpi_exp.bench.sweep import format_sweep, run_sweep_benchmark
+
+    parser = argparse.ArgumentParser(
+        prog="python -m gated_lpi_exp.bench sweep", description=sweep_main.__doc__
+    )
+    parser.add_argument("--steps", type=int, default=8, help="checkpoints in the series (default 8)")
+    parser.add_argument("--ratio", type=float, default=1.0, help="download time / compute time (default 1.0)")
+    parser.add_argument(
+        "--hidden", type=int, default=512, help="hidden size of the checkpoints (default 512)"
+    )
+    parser.add_argument("--json", type=Path, help="write the report here")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    report = run_sweep_benchmark(args.steps, args.ratio, args.hidden)
+    print(format_sweep(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gated_lpi_exp.bench import costs
 from gated_lpi_exp.bench.machine import Rates, machine_info
-from gated_lpi_exp.bench.planner import Plan, make_plan
+from gated_lpi_exp.bench.planner import DEFAULT_BANDWIDTH, Plan, make_plan
 
 
 def human_seconds(seconds: float) -> str:
@@ -74,10 +74,20 @@ def format_plan(plan: Plan, cfg_line: str = "") -> str:
             lines.append(
                 f"    attribution.batch_size={label}: {human_seconds(cpu)} here, {human_seconds(gpu)} on H100"
             )
-    lines += [
-        f"storage: download {human_bytes(plan.download_bytes)}, disk {human_bytes(plan.disk_bytes)} "
-        f"[{plan.storage_note}; {human_bytes(plan.disk_bytes / max(n_ckpt, 1))} per checkpoint]",
-    ]
+    per_ckpt = plan.download_bytes / max(n_ckpt, 1)
+    lines.append(
+        f"storage: download {human_bytes(plan.download_bytes)}, peak disk {human_bytes(plan.disk_bytes)} "
+        f"[{plan.storage_note}; {human_bytes(per_ckpt or plan.disk_bytes / max(n_ckpt, 1))} per checkpoint]"
+    )
+    if plan.download_bytes:
+        fetch = per_ckpt / plan.bandwidth
+        lines.append(
+            f"streamed at {plan.bandwidth / 1e6:.0f} MB/s (--bandwidth): {human_seconds(fetch)} per checkpoint, "
+            f"{human_seconds(fetch * n_ckpt)} of downloads; the walk (attribution only; prefetch={plan.prefetch}"
+            f"{': downloads hidden behind compute, or compute behind downloads' if plan.prefetch else ''}) "
+            f"takes about {human_seconds(plan.streamed_seconds(plan.h100_s))} on one H100, "
+            f"{human_seconds(plan.streamed_seconds(plan.cpu_s))} on this machine"
+        )
     return "\n".join(lines)
 
 
@@ -90,6 +100,12 @@ def main(argv: list[str]) -> None:
         description="Cost of a run before anything is downloaded (Hydra overrides as for the run).",
     )
     parser.add_argument("--rates", type=Path, help="a benchmark report (--json) to take the rates from")
+    parser.add_argument(
+        "--bandwidth",
+        type=float,
+        default=DEFAULT_BANDWIDTH / 1e6,
+        help="download rate from the hub, MB/s (100)",
+    )
     parser.add_argument("overrides", nargs="*", help="e.g. model=olmoe checkpoints=paper")
     args = parser.parse_args(argv)
     cfg = compose_run_config(args.overrides)
@@ -100,7 +116,7 @@ def main(argv: list[str]) -> None:
         shapes = report.get("shapes", {}).values()
         if shapes:
             efficiency = min(s["efficiency_vs_ceiling"] for s in shapes)
-    plan = make_plan(cfg, rates, efficiency, f"from {args.rates}" if args.rates else "")
+    plan = make_plan(cfg, rates, efficiency, f"from {args.rates}" if args.rates else "", args.bandwidth * 1e6)
     info = machine_info()
     print(format_plan(plan, " ".join(args.overrides)))
     print(

@@ -29,6 +29,8 @@ from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.errors import ConfigurationError
 
 CALIBRATE_MAX_PARAMS = 100e6
+DEFAULT_BANDWIDTH = 100e6
+"""Bytes per second from the hub when none is given (about a 1 Gbit/s link)."""
 PAPER_LRE_EXAMPLES = 906
 PAPER_RELATIONS = {"linguistic": 3, "commonsense": 3, "factual": 2, "bias": 4}  # the paper's 12 relations
 
@@ -58,10 +60,25 @@ class Plan:
     h100_s: float
     download_bytes: float
     disk_bytes: float
+    """Peak disk the checkpoints take: with ``keep_checkpoints=none`` only ``prefetch + 1`` at once."""
     storage_note: str
     rates: Rates
     rates_note: str
     sensitivity: dict[str, tuple[float, float]]  # larger batch size -> (this machine, H100) s/checkpoint
+    bandwidth: float = DEFAULT_BANDWIDTH
+    """Assumed download rate from the hub, bytes per second."""
+    prefetch: int = 1
+
+    def streamed_seconds(self, compute_s: float) -> float:
+        """Wall time of the walk at ``compute_s`` per checkpoint, downloads included: with prefetch the
+        slower of the two streams plus the first download; without, their sum."""
+        n, fetch = (
+            self.checkpoints.value,
+            self.download_bytes / max(self.checkpoints.value, 1) / self.bandwidth,
+        )
+        if self.prefetch == 0:
+            return n * (fetch + compute_s)
+        return max(n * fetch, n * compute_s) + fetch
 
 
 def model_dims(cfg: RunConfig) -> ModelDims:
@@ -135,7 +152,11 @@ def count_examples(cfg: RunConfig) -> tuple[Count, list[int]]:
 
 
 def make_plan(
-    cfg: RunConfig, rates: Rates | None = None, efficiency: float | None = None, rates_note: str = ""
+    cfg: RunConfig,
+    rates: Rates | None = None,
+    efficiency: float | None = None,
+    rates_note: str = "",
+    bandwidth: float = DEFAULT_BANDWIDTH,
 ) -> Plan:
     """The cost of ``cfg``'s attribution per checkpoint and in total (rates measured now when None)."""
     dims = model_dims(cfg)
@@ -174,7 +195,7 @@ def make_plan(
     download, disk, note = _storage(cfg, dims, checkpoints.value)
     return Plan(
         cfg.model.name, dims, checkpoints, examples, batches, work, cpu_s, method, least, h100,
-        download, disk, note, rates, rates_note, sensitivity,
+        download, disk, note, rates, rates_note, sensitivity, bandwidth, cfg.execution.prefetch,
     )  # fmt: skip
 
 
@@ -228,8 +249,16 @@ def _storage(cfg: RunConfig, dims: ModelDims, checkpoints: int) -> tuple[float, 
     per_ckpt = dims.total_params * BYTES_PER_PARAM.get(cfg.model.dtype, 4)
     if cfg.model.kind == "hub":
         size = BYTES_PER_PARAM.get(cfg.model.dtype, 4)
-        note = f"{cfg.model.dtype} weights ({size} B/param); the hub cache keeps every branch"
-        return per_ckpt * checkpoints, per_ckpt * checkpoints, note
+        ex = cfg.execution
+        if ex.keep_checkpoints == "all":
+            return per_ckpt * checkpoints, per_ckpt * checkpoints, f"{cfg.model.dtype} weights ({size} B/param); " \
+                "keep_checkpoints=all: the hub cache keeps every branch"  # fmt: skip
+        held = min(ex.prefetch + 1, checkpoints)
+        note = (
+            f"{cfg.model.dtype} weights ({size} B/param); keep_checkpoints=none, prefetch={ex.prefetch}: at most "
+            f"{held} checkpoint{'s' if held != 1 else ''} at once per process, each evicted once its results are stored"
+        )
+        return per_ckpt * checkpoints, per_ckpt * held, note
     per_ckpt = dims.total_params * 4  # suites and local series are saved in float32
     return 0.0, per_ckpt * checkpoints, "nothing to download; float32 checkpoints on local disk"
 

@@ -17,10 +17,10 @@ from transformers.utils import logging as hf_logging
 
 from gated_lpi_exp.adapters import FAMILIES
 from gated_lpi_exp.checkpoints.checksums import mismatched_files
+from gated_lpi_exp.checkpoints.hub import list_hub_checkpoints
 from gated_lpi_exp.checkpoints.resolve import (
     Checkpoint,
     Resolution,
-    list_hub_checkpoints,
     list_local_checkpoints,
     select_checkpoints,
 )
@@ -56,6 +56,7 @@ def resolve_series(
         match=checkpoints.match,
         missing=checkpoints.missing,
         limit=checkpoints.limit,
+        revisions=checkpoints.revisions,
     )
 
 
@@ -71,7 +72,11 @@ def pick_device(device: str) -> torch.device:
 
 
 def load_checkpoint(
-    model: ModelConfig, checkpoint: Checkpoint, *, device: torch.device | None = None
+    model: ModelConfig,
+    checkpoint: Checkpoint,
+    *,
+    device: torch.device | None = None,
+    path: str | None = None,
 ) -> PreTrainedModel:
     """Load one checkpoint in eval mode, safetensors weights only.
 
@@ -80,19 +85,22 @@ def load_checkpoint(
         checkpoint: Which checkpoint.
         device: Where to put it; None = as ``model.device`` says (a multi-process run passes each process's
             own device).
+        path: A local folder holding the checkpoint's files (a downloaded hub revision's snapshot); None =
+            ``checkpoint.source`` at its commit (or branch).
 
     Raises:
         CheckpointError: the checkpoint is missing, truncated, or has no safetensors weights (names the step,
             the path and the fix).
     """
-    require_safetensors(checkpoint)
-    check_family(model, checkpoint)
+    source, revision = _where(checkpoint, path)
+    require_safetensors(source, checkpoint.step)
+    check_family(model, checkpoint, path)
     if model.verify_checksums:
         verify_checksums(checkpoint)
     try:
         net = AutoModelForCausalLM.from_pretrained(
-            checkpoint.source,
-            revision=checkpoint.revision,
+            source,
+            revision=revision,
             dtype=_DTYPES.get(model.dtype, "auto"),
             use_safetensors=True,  # never unpickle weights
             trust_remote_code=model.trust_remote_code,
@@ -100,7 +108,13 @@ def load_checkpoint(
         )
     except Exception as exc:  # corrupted files surface as many exception types
         where = checkpoint.source + (f"@{checkpoint.revision}" if checkpoint.revision else "")
-        if Path(checkpoint.source).exists():
+        where += f" ({source})" if path else ""
+        if path:
+            fix = (
+                f"delete the downloaded revision {source} (it is downloaded again), then run again: the "
+                "checkpoints already analysed are kept in the result store and are not recomputed"
+            )
+        elif Path(checkpoint.source).exists():
             fix = (
                 f"replace the damaged files in {checkpoint.source} (copy or download that checkpoint again; "
                 "a project suite is checked and rebuilt by the next run), then run again: the checkpoints "
@@ -114,15 +128,17 @@ def load_checkpoint(
     return net.to(device or pick_device(model.device)).eval()  # type: ignore[arg-type]  # transformers wraps .to
 
 
-def check_family(model: ModelConfig, checkpoint: Checkpoint) -> None:
-    """Refuse a checkpoint whose ``model_type`` is not ``model.family``, before any weight is read.
+def check_family(model: ModelConfig, checkpoint: Checkpoint, path: str | None = None) -> None:
+    """Refuse a checkpoint whose ``model_type`` is not ``model.family``, before any weight is read
+    (``path`` as for :func:`load_checkpoint`).
 
     Raises:
         CheckpointError: the types differ (names both, the checkpoint and the fix).
     """
+    source, revision = _where(checkpoint, path)
     try:
         config = AutoConfig.from_pretrained(
-            checkpoint.source, revision=checkpoint.revision, trust_remote_code=model.trust_remote_code
+            source, revision=revision, trust_remote_code=model.trust_remote_code
         )
     except Exception:  # a missing or damaged config fails the weight loading below, with its own fix
         return
@@ -160,7 +176,14 @@ def verify_checksums(checkpoint: Checkpoint) -> None:
         )
 
 
-def require_safetensors(checkpoint: Checkpoint) -> None:
+def _where(checkpoint: Checkpoint, path: str | None) -> tuple[str, str | None]:
+    """What to hand ``from_pretrained``: a local folder, or the repository at its pinned commit."""
+    if path is not None:
+        return path, None
+    return checkpoint.source, checkpoint.commit or checkpoint.revision
+
+
+def require_safetensors(source: str, step: int) -> None:
     """Refuse a local checkpoint folder whose weights are only pickle files (``pytorch_model.bin``).
 
     Unpickling can run arbitrary code, so this tool reads ``*.safetensors`` weights only (hub checkpoints
@@ -169,24 +192,28 @@ def require_safetensors(checkpoint: Checkpoint) -> None:
     Raises:
         CheckpointError: the folder has pickle weights and no safetensors weights.
     """
-    folder = Path(checkpoint.source)
+    folder = Path(source)
     if not folder.is_dir() or any(folder.glob("*.safetensors")):
         return
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
     if pickles:
         raise CheckpointError(
-            f"Checkpoint step {checkpoint.step} at {folder} has only pickle-format weights ({', '.join(pickles)}); "
+            f"Checkpoint step {step} at {folder} has only pickle-format weights ({', '.join(pickles)}); "
             "this tool loads safetensors weights only, because unpickling a file can run arbitrary code. "
             "Fix: convert it once, in an environment you trust, with "
             f"AutoModelForCausalLM.from_pretrained('{folder}').save_pretrained('{folder}', safe_serialization=True)."
         )
 
 
-def load_tokenizer(model: ModelConfig, checkpoint: Checkpoint) -> PreTrainedTokenizerBase:
-    """The series' tokenizer (with a pad token: the EOS token when the tokenizer has none)."""
+def load_tokenizer(
+    model: ModelConfig, checkpoint: Checkpoint, path: str | None = None
+) -> PreTrainedTokenizerBase:
+    """The series' tokenizer (with a pad token: the EOS token when the tokenizer has none); ``path`` as for
+    :func:`load_checkpoint`."""
+    source, revision = _where(checkpoint, path)
     try:
         tok = AutoTokenizer.from_pretrained(
-            checkpoint.source, revision=checkpoint.revision, trust_remote_code=model.trust_remote_code
+            source, revision=revision, trust_remote_code=model.trust_remote_code
         )
     except Exception as exc:
         raise CheckpointError(

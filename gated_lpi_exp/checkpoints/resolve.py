@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from gated_lpi_exp.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 _FOLDER = re.compile(r"^step(\d+)$")
+_HEX = re.compile(r"^[0-9a-fA-F]{7,40}$")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class Checkpoint:
     """Hub branch (None for local checkpoints)."""
     tokens: int | None = None
     """Training tokens seen, when known."""
+    commit: str | None = None
+    """The commit the hub branch pointed at when the series was listed; files are downloaded from this
+    commit, so a branch that moves during a run cannot mix two revisions (None for local checkpoints)."""
     files: tuple[tuple[str, str], ...] | None = None
     """``(file name, sha256)`` of a local checkpoint's files as its manifest recorded them (None: none
     recorded); loading verifies them."""
@@ -61,13 +65,16 @@ class Resolution:
 
 
 def parse_branches(
-    repo_id: str, names: Iterable[str], pattern: str = DEFAULT_BRANCHES, tokens_per_step: int | None = None
+    repo_id: str,
+    names: Iterable[str] | Mapping[str, str],
+    pattern: str = DEFAULT_BRANCHES,
+    tokens_per_step: int | None = None,
 ) -> list[Checkpoint]:
     """Checkpoints from the branch names that match ``pattern``; other names (``main``) are ignored.
 
     Args:
         repo_id: The hub repository.
-        names: Its branch names.
+        names: Its branch names, or branch name -> the commit it points at.
         pattern: A regular expression with a named group ``step`` and optionally ``tokens`` (billions).
         tokens_per_step: Fills the token count where the branch name carries none.
 
@@ -75,6 +82,7 @@ def parse_branches(
         One checkpoint per step, sorted by step (a step named twice keeps the last name listed).
     """
     regex = re.compile(pattern)
+    commits = names if isinstance(names, Mapping) else {}
     found = {}
     for name in names:
         m = regex.match(name)
@@ -82,37 +90,8 @@ def parse_branches(
             step = int(m.group("step"))
             tokens = m.groupdict().get("tokens")
             count = int(tokens) * 10**9 if tokens else (step * tokens_per_step if tokens_per_step else None)
-            found[step] = Checkpoint(step=step, source=repo_id, revision=name, tokens=count)
+            found[step] = Checkpoint(step, repo_id, name, count, commits.get(name))
     return [found[s] for s in sorted(found)]
-
-
-def list_hub_checkpoints(
-    repo_id: str, pattern: str = DEFAULT_BRANCHES, tokens_per_step: int | None = None
-) -> list[Checkpoint]:
-    """List a hub repository's checkpoint branches (those matching the series' ``pattern``).
-
-    Raises:
-        CheckpointError: the hub cannot be reached or no branch matches the pattern.
-    """
-    from huggingface_hub import list_repo_refs
-
-    try:
-        refs = list_repo_refs(repo_id)
-    except Exception as exc:  # offline, unknown repo, auth: all end the same way for the user
-        raise CheckpointError(
-            f"Could not list the branches of {repo_id!r} on the model hub ({type(exc).__name__}: {exc}). "
-            "Check the network and the repository id, or download the checkpoints and use "
-            "model.kind=local model.source=/path/to/series."
-        ) from exc
-    names = [b.name for b in refs.branches]
-    checkpoints = parse_branches(repo_id, names, pattern, tokens_per_step)
-    if not checkpoints:
-        shown = ", ".join(sorted(names)[:8]) + (", ..." if len(names) > 8 else "")
-        raise CheckpointError(
-            f"No branch of {repo_id!r} matches model.branch_pattern={pattern!r} (branches: {shown}). "
-            "Fix: set model.branch_pattern to this series' naming, with a (?P<step>...) group."
-        )
-    return checkpoints
 
 
 def list_local_checkpoints(root: str | Path) -> list[Checkpoint]:
@@ -167,6 +146,7 @@ def select_checkpoints(
     match: str = "exact",
     missing: str = "warn",
     limit: int | None = None,
+    revisions: Iterable[str] = (),
 ) -> Resolution:
     """Pick checkpoints from ``available`` (sorted by step) as a config asks.
 
@@ -197,8 +177,19 @@ def select_checkpoints(
                 chosen.append(near)
             else:
                 missing_steps.append(step)
+    elif select == "revisions":
+        chosen, unknown = _by_revision(available, revisions)
+        if unknown:
+            heads = ", ".join(c.label for c in available[:4])
+            msg = (
+                f"Revisions not in the series: {unknown} (a branch name, a local step folder, or the commit a "
+                f"step branch points at, 7 or more hex digits). Available: {heads}, ..."
+            )
+            if missing == "fail":
+                raise CheckpointError(msg + " Set checkpoints.missing=warn to skip them.")
+            log.warning(msg + " Skipping them.")
     else:
-        raise CheckpointError(f"Unknown checkpoint selection {select!r}; use all, steps or range.")
+        raise CheckpointError(f"Unknown checkpoint selection {select!r}; use all, steps, range or revisions.")
     if missing_steps:
         msg = f"Steps not in the series: {missing_steps}. Available: {_describe(all_steps)}."
         if missing == "fail":
@@ -215,6 +206,25 @@ def select_checkpoints(
             f"No checkpoint matches the selection. Available steps: {_describe(all_steps)}."
         )
     return Resolution([by_step[s] for s in chosen], missing_steps, substitutions, available)
+
+
+def _by_revision(available: list[Checkpoint], revisions: Iterable[str]) -> tuple[list[int], list[str]]:
+    """Steps named by branch, local folder or commit (a unique prefix of 7+ hex digits); and the unknown."""
+    chosen, unknown = [], []
+    for rev in revisions:
+        rev = str(rev).strip()
+        hits = [c for c in available if rev in (c.revision, c.label)]
+        if not hits and _HEX.match(rev):
+            hits = [c for c in available if c.commit and c.commit.startswith(rev.lower())]
+        if len(hits) > 1:
+            raise CheckpointError(
+                f"Revision {rev!r} is ambiguous: it matches {[c.label for c in hits]}. Give more of the commit."
+            )
+        if hits:
+            chosen.append(hits[0].step)
+        else:
+            unknown.append(rev)
+    return chosen, unknown
 
 
 def _nearest(sorted_steps: list[int], step: int) -> int:

@@ -57,7 +57,9 @@ def _model_config(cfg: RunConfig, checkpoint: Checkpoint):
     """The checkpoint's ``transformers`` config (only ``config.json`` is read), or None when it has none."""
     try:
         return AutoConfig.from_pretrained(
-            checkpoint.source, revision=checkpoint.revision, trust_remote_code=cfg.model.trust_remote_code
+            checkpoint.source,
+            revision=checkpoint.commit or checkpoint.revision,  # the commit the walk will download
+            trust_remote_code=cfg.model.trust_remote_code,
         )
     except Exception as exc:  # noqa: BLE001 - a layout without config.json: the stages check as they go
         log.info("no model config to check the settings against before compute (%s)", exc)

@@ -50,6 +50,7 @@ def relation_key(
         "package": __version__,
         "model": checkpoint.source,
         "revision": checkpoint.revision,
+        **({"commit": checkpoint.commit} if checkpoint.commit else {}),  # local keys stay as they were
         "weights": weight_files(checkpoint),  # the files' sha256: a file changed in place gets a new key
         "dtype": dtype,
         "relation": rows["relation"].iloc[0],

@@ -119,6 +119,8 @@ class ResultStore:
             step=checkpoint.step,
             files=weight_files(checkpoint),
         )
+        if checkpoint.commit:  # a hub branch that moved is another checkpoint (local keys stay as they were)
+            where["commit"] = checkpoint.commit
         return {**self.settings, "checkpoint": where}
 
     def key(self, checkpoint: Checkpoint) -> str:
@@ -126,6 +128,10 @@ class ResultStore:
 
     def path(self, checkpoint: Checkpoint) -> Path:
         return self.arrays.path(self.key(checkpoint))
+
+    def has(self, checkpoint: Checkpoint) -> bool:
+        """Whether an entry for ``checkpoint`` exists (without reading it; :meth:`get` checks it)."""
+        return self.path(checkpoint).is_file()
 
     def lock(self, checkpoint: Checkpoint) -> FileLock:
         """Held while a checkpoint is computed, so a second process with the same inputs waits for it."""
@@ -150,7 +156,7 @@ class ResultStore:
     def describe_run(self, checkpoints: list[Checkpoint], experiment: str) -> dict[str, Any]:
         """What identifies a run in the run-state manifest: settings, checkpoints (not their files, so a
         rerun after a damaged checkpoint was replaced is the same run) and the MLflow experiment."""
-        ckpts = [[c.step, c.source, c.revision] for c in checkpoints]
+        ckpts = [[c.step, c.source, c.revision] + ([c.commit] if c.commit else []) for c in checkpoints]
         return {"settings": self.settings, "checkpoints": ckpts, "experiment": experiment}
 
     def get(self, checkpoint: Checkpoint) -> CheckpointResult | None:

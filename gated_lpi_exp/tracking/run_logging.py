@@ -12,6 +12,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from gated_lpi_exp import __version__
+from gated_lpi_exp.checkpoints.prefetch import FeedStats
 from gated_lpi_exp.checkpoints.resolve import Resolution
 from gated_lpi_exp.compat import DESCRIPTIONS as SCORING_DESCRIPTIONS
 from gated_lpi_exp.config import RunConfig
@@ -83,6 +84,8 @@ def log_run_params(
     params.update(
         {
             "run.revisions": ",".join(c.label for c in series.checkpoints),
+            "run.commits": ",".join(f"{c.step}:{c.commit[:12]}" for c in series.checkpoints if c.commit)
+            or "none",
             N_CHECKPOINTS_PARAM: len(series.checkpoints),
             "run.missing_steps": ",".join(map(str, series.missing_steps)) or "none",
             "run.processes": len(assignment),
@@ -99,7 +102,10 @@ def log_run_params(
     tracker.log_params(params)
     tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(logged_config(cfg))), "config/resolved.yaml")
     table = pd.DataFrame(
-        [dict(step=c.step, tokens=c.tokens, source=c.source, revision=c.revision) for c in series.checkpoints]
+        [
+            dict(step=c.step, tokens=c.tokens, source=c.source, revision=c.revision, commit=c.commit)
+            for c in series.checkpoints
+        ]
     )
     tracker.log_table(CheckpointTable.check(table), "checkpoints")
     tracker.log_table(samples, "samples")
@@ -115,6 +121,26 @@ def logged_config(cfg: RunConfig) -> dict[str, Any]:
     else:
         del tree["model"]["suite"]
     return tree
+
+
+def log_walk(tracker: Tracker, stats: list[FeedStats]) -> None:
+    """The walk's wall time (the slowest process's) and what the hub downloads of every process cost (hub
+    series only): bytes and time, the walk's wait for them, the peak disk they held, what was evicted, and
+    the steps skipped after a failed one."""
+    tracker.log_metrics({"time.walk_s": max(s.walk_seconds for s in stats)})
+    if not any(s.downloaded_bytes or s.failed_steps for s in stats):
+        return
+    tracker.log_metrics(
+        {
+            "download.bytes": sum(s.downloaded_bytes for s in stats),
+            "download.seconds": sum(s.download_seconds for s in stats),
+            "download.wait_s": sum(s.wait_seconds for s in stats),
+            "download.disk_peak_bytes": max(s.disk_peak_bytes for s in stats),
+            "download.evicted_bytes": sum(s.evicted_bytes for s in stats),
+        }
+    )
+    failed = sorted(step for s in stats for step in s.failed_steps)
+    tracker.log_params({"run.failed_downloads": ",".join(map(str, failed)) or "none"})
 
 
 def log_figures(cfg: RunConfig, tables: dict[str, pd.DataFrame], tracker: Tracker) -> None:

@@ -1,7 +1,8 @@
 """Tiny random-weight models and tokenizers for tests and demos (nothing downloaded).
 
 These are real ``transformers`` models built from small configs; the project's trained tiny suites live in
-``gated_lpi_exp.suites``.
+``gated_lpi_exp.suites``. Beside them: a model-hub protocol server on loopback that serves a local series as a
+hub repository (:mod:`.hub_server`, :mod:`.hub_repo`), and a disk sampler (:mod:`.disk`).
 """
 
 from __future__ import annotations
@@ -116,6 +117,15 @@ def word_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
     )
+
+
+def bundled_word_tokenizer() -> PreTrainedTokenizerFast:
+    """A word tokenizer over every word of the bundled relations' prompts and objects."""
+    from gated_lpi_exp.data import load_relations
+
+    samples = load_relations("bundled")
+    words = {w for text in samples["prompt"].tolist() + samples["object"].tolist() for w in text.split()}
+    return word_tokenizer(sorted(words))
 
 
 def save_random_series(
