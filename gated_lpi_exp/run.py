@@ -26,7 +26,7 @@ from gated_lpi_exp.execution.attempts import attempt
 from gated_lpi_exp.execution.preflight import check_before_compute
 from gated_lpi_exp.execution.process_group import ProcessGroup
 from gated_lpi_exp.execution.stage_guards import attribution_stage, evaluation_stage
-from gated_lpi_exp.execution.walk import walk_all
+from gated_lpi_exp.execution.walk import tokenizer_files, walk_all
 from gated_lpi_exp.schemas import RelationSamples
 from gated_lpi_exp.stages.ablation import ablate_checkpoint
 from gated_lpi_exp.stages.attribution import head_scores, top_units
@@ -83,9 +83,12 @@ def run(cfg: RunConfig, *, hydra_tags: dict[str, str] | None = None) -> RunResul
     tracker = group.agree(lambda: Tracker(cfg.tracking, spool) if group.is_main else NullTracker())
     series = group.agree(lambda: resolve_series(cfg.model, cfg.checkpoints, progress=cfg.progress))
     log.info("checkpoints: %d of %d (%s)", len(series.checkpoints), len(series.available), cfg.model.source)
-    # The series' tokenizer, once: the settings are checked against it and the model before any compute.
-    tokenizer = load_tokenizer(cfg.model, series.checkpoints[0])
-    checked = check_before_compute(cfg, series.checkpoints[0], tokenizer, samples)
+    # The series' tokenizer, once: the settings are checked against it and the model before any compute
+    # (a hub series: from the first checkpoint's tokenizer and config files, downloaded without weights).
+    first = series.checkpoints[0]
+    with tokenizer_files(cfg, first) as folder:
+        tokenizer = load_tokenizer(cfg.model, first, folder)
+        checked = check_before_compute(cfg, first, tokenizer, samples, folder)
     store = ResultStore(cfg, dataset_hash(samples), token_fingerprint(tokenizer, samples))
     state = RunState(store.root, store.describe_run(series.checkpoints, cfg.tracking.experiment))
     plan = group.plan(series.checkpoints, cfg.execution.shard)

@@ -105,6 +105,7 @@ def load_checkpoint(
             use_safetensors=True,  # never unpickle weights
             trust_remote_code=model.trust_remote_code,
             attn_implementation=model.attn_implementation,
+            local_files_only=path is not None,  # a downloaded revision: no request to the hub
         )
     except Exception as exc:  # corrupted files surface as many exception types
         where = checkpoint.source + (f"@{checkpoint.revision}" if checkpoint.revision else "")
@@ -138,7 +139,10 @@ def check_family(model: ModelConfig, checkpoint: Checkpoint, path: str | None = 
     source, revision = _where(checkpoint, path)
     try:
         config = AutoConfig.from_pretrained(
-            source, revision=revision, trust_remote_code=model.trust_remote_code
+            source,
+            revision=revision,
+            trust_remote_code=model.trust_remote_code,
+            local_files_only=path is not None,
         )
     except Exception:  # a missing or damaged config fails the weight loading below, with its own fix
         return
@@ -209,11 +213,14 @@ def load_tokenizer(
     model: ModelConfig, checkpoint: Checkpoint, path: str | None = None
 ) -> PreTrainedTokenizerBase:
     """The series' tokenizer (with a pad token: the EOS token when the tokenizer has none); ``path`` as for
-    :func:`load_checkpoint`."""
+    :func:`load_checkpoint` (read from there only: no request to the hub)."""
     source, revision = _where(checkpoint, path)
     try:
         tok = AutoTokenizer.from_pretrained(
-            source, revision=revision, trust_remote_code=model.trust_remote_code
+            source,
+            revision=revision,
+            trust_remote_code=model.trust_remote_code,
+            local_files_only=path is not None,
         )
     except Exception as exc:
         raise CheckpointError(

@@ -22,9 +22,15 @@ log = logging.getLogger(__name__)
 
 
 def check_before_compute(
-    cfg: RunConfig, checkpoint: Checkpoint, tokenizer: PreTrainedTokenizerBase, samples: pd.DataFrame
+    cfg: RunConfig,
+    checkpoint: Checkpoint,
+    tokenizer: PreTrainedTokenizerBase,
+    samples: pd.DataFrame,
+    folder: str | None = None,
 ) -> dict[str, Any]:
     """Check the settings against the model and the objects against the tokenizer; return params to log.
+    ``folder``: a local folder holding the checkpoint's ``config.json`` (a hub checkpoint's downloaded small
+    files); None: ``checkpoint.source``.
 
     Raises:
         ConfigurationError: ``ablation.count`` would zero every head (the targeted and random sets would be
@@ -32,7 +38,7 @@ def check_before_compute(
     """
     counts = multi_token_objects(tokenizer, samples)
     params: dict[str, Any] = note_multi_token_objects(samples, counts, cfg.relations.multi_token_warn)
-    model = _model_config(cfg, checkpoint)
+    model = _model_config(cfg, checkpoint, folder)
     if model is None:
         return params
     vocab = int(getattr(model, "vocab_size", 0) or len(tokenizer))
@@ -53,12 +59,16 @@ def check_before_compute(
     return params
 
 
-def _model_config(cfg: RunConfig, checkpoint: Checkpoint):
+def _model_config(cfg: RunConfig, checkpoint: Checkpoint, folder: str | None):
     """The checkpoint's ``transformers`` config (only ``config.json`` is read), or None when it has none."""
     try:
+        if folder is not None:  # downloaded at the commit the walk will download: no network here
+            return AutoConfig.from_pretrained(
+                folder, local_files_only=True, trust_remote_code=cfg.model.trust_remote_code
+            )
         return AutoConfig.from_pretrained(
             checkpoint.source,
-            revision=checkpoint.commit or checkpoint.revision,  # the commit the walk will download
+            revision=checkpoint.commit or checkpoint.revision,
             trust_remote_code=cfg.model.trust_remote_code,
         )
     except Exception as exc:  # noqa: BLE001 - a layout without config.json: the stages check as they go

@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gated_lpi_exp.attribution.aggregate import ScoreSums
 from gated_lpi_exp.checkpoints.loading import load_checkpoint, load_tokenizer
-from gated_lpi_exp.checkpoints.prefetch import CheckpointFeed, FeedStats
+from gated_lpi_exp.checkpoints.prefetch import CheckpointFeed, FeedStats, small_files
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.errors import CheckpointError
@@ -124,6 +125,19 @@ def checkpoint_feed(cfg: RunConfig, todo: list[Checkpoint]) -> CheckpointFeed:
     ex = cfg.execution
     return CheckpointFeed.for_hub(
         todo, keep=ex.keep_checkpoints, ahead=ex.prefetch, retries=ex.download_retries,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )  # fmt: skip
+
+
+def tokenizer_files(cfg: RunConfig, ckpt: Checkpoint) -> AbstractContextManager[str | None]:
+    """The local folder of ``ckpt``'s tokenizer and config while the block runs: a hub checkpoint's small
+    files downloaded at its commit (no weights), evicted after as ``execution.keep_checkpoints`` says;
+    None for a local series (load from ``ckpt.source``)."""
+    if cfg.model.kind != "hub":
+        return nullcontext()
+    ex = cfg.execution
+    return small_files(
+        ckpt, keep=ex.keep_checkpoints, retries=ex.download_retries,
         trust_remote_code=cfg.model.trust_remote_code,
     )  # fmt: skip
 
