@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import mlflow
 import pandas as pd
@@ -84,7 +86,25 @@ def _start_server(tmp_path, port: int) -> subprocess.Popen:
         assert server.poll() is None, "mlflow server exited"
         assert time.time() < deadline, "mlflow server did not come up in 300 s"
         time.sleep(0.5)
+    _wait_until_the_stores_answer(f"http://127.0.0.1:{port}", server, deadline)
     return server
+
+
+def _wait_until_the_stores_answer(uri: str, server: subprocess.Popen, deadline: float) -> None:
+    """One real request to the tracking store and one to the artifact store, with a long timeout: a fresh
+    server opens its stores on their first request, which on a loaded machine can take longer than the
+    seconds the timed parts of the tests allow (``/health`` answers before that)."""
+    for path in ("/api/2.0/mlflow/experiments/search?max_results=1", "/api/2.0/mlflow-artifacts/artifacts"):
+        while True:
+            assert server.poll() is None, "mlflow server exited"
+            try:
+                with urllib.request.urlopen(uri + path, timeout=120) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            assert time.time() < deadline, f"mlflow server did not answer {path} in 300 s"
+            time.sleep(0.5)
 
 
 def _signal(server: subprocess.Popen, sig: int) -> None:
