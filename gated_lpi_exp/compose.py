@@ -31,6 +31,14 @@ def prepare_hydra() -> None:
     the root being ``$GATED_LPI_EXP_ROOT`` when set, else :data:`CONFIG_ROOT`)."""
     os.environ.setdefault("GATED_LPI_EXP_ROOT", str(CONFIG_ROOT))
     register_configs()
+    # --help lists the config groups Hydra knows before it reads the search path, so not `experiments`.
+    OmegaConf.register_new_resolver("experiment_presets", experiment_presets, replace=True)
+
+
+def experiment_presets() -> str:
+    """The names of the ``experiments`` presets, comma-separated (for ``--help``)."""
+    root = Path(os.environ.get("GATED_LPI_EXP_ROOT") or CONFIG_ROOT) / "experiments"
+    return ", ".join(sorted(p.stem for p in root.glob("*.yaml"))) or "(none)"
 
 
 def compose_dictconfig(overrides: Sequence[str] = ()) -> DictConfig:

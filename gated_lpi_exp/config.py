@@ -94,6 +94,9 @@ class ModelConfig:
     """Check each local checkpoint's files against the sha256 its series manifest recorded before loading
     it. Hashing is remembered per file version, so only new or changed files are read; set false to skip it
     for very large copies of hub checkpoints (hub downloads are checked against the hub's own hashes)."""
+    series_end: int | None = None
+    """Last pre-training step of the series as the paper analyses it (1.2M OLMoE, 600K OLMo-7B): the end of
+    the ``checkpoints=paper`` grid. None: the series' last checkpoint."""
     suite: SuiteSpec = field(default_factory=SuiteSpec)
     """The tiny-suite recipe, used when ``kind=suite``."""
 
@@ -107,6 +110,8 @@ class ModelConfig:
                 f"model.device={self.device!r} is not valid; choose auto, cpu, cuda, cuda:N or mps."
             )
         self._check_series()
+        if self.series_end is not None and self.series_end < 0:
+            raise ConfigurationError(f"model.series_end={self.series_end} must be a step >= 0 (or null).")
         if self.kind == "suite" and self.suite.family != self.family:
             raise ConfigurationError(
                 f"model.family={self.family!r} but model.suite.family={self.suite.family!r}; they must agree."
@@ -136,9 +141,15 @@ class CheckpointsConfig:
 
     select: str = "all"
     """``all`` (every checkpoint), ``steps`` (the explicit ``steps`` list), ``range`` (``start``..``stop``
-    inclusive, keeping steps divisible by ``every``) or ``revisions`` (the explicit ``revisions`` list)."""
+    inclusive, keeping steps divisible by ``every``), ``grid`` (the steps of the ``grid`` segments) or
+    ``revisions`` (the explicit ``revisions`` list)."""
     steps: list[int] = field(default_factory=list)
     """Explicit training steps, for ``select=steps``."""
+    grid: list[list[Any]] = field(default_factory=list)
+    """For ``select=grid``: segments ``[start, stop, every]`` (``start``, ``start + every``, ... up to
+    ``stop`` inclusive); a null ``stop`` is ``model.series_end``, else the series' last checkpoint. Each step
+    is then matched as ``match`` says (the paper's grid: ``[[10000, 70000, 10000], [100000, null, 100000]]``
+    with ``match=nearest``)."""
     start: int | None = None
     """First step of a ``range`` (inclusive); None = from the first checkpoint."""
     stop: int | None = None
@@ -159,13 +170,15 @@ class CheckpointsConfig:
     """Keep at most this many checkpoints, evenly spread (first and last kept); None keeps all."""
 
     def __post_init__(self) -> None:
-        _choice("checkpoints", "select", self.select, ("all", "steps", "range", "revisions"))
+        _choice("checkpoints", "select", self.select, ("all", "steps", "range", "grid", "revisions"))
         _choice("checkpoints", "match", self.match, ("exact", "nearest"))
         _choice("checkpoints", "missing", self.missing, ("warn", "fail"))
         if self.select == "steps" and not self.steps:
             raise ConfigurationError(
                 "checkpoints.select=steps needs a non-empty checkpoints.steps=[...] list."
             )
+        if self.select == "grid":
+            check_grid(self.grid)
         if self.select == "revisions" and not self.revisions:
             raise ConfigurationError(
                 "checkpoints.select=revisions needs a non-empty checkpoints.revisions=[...] list."
@@ -197,8 +210,10 @@ class RelationsConfig:
     """Single relations by name (e.g. ``[country_capital_city]``); when set, overrides ``categories``."""
     template: str = "zs:0"
     """Prompt template: ``zs:N`` (Nth zero-shot template; ``zs:0`` is the paper's) or ``std:N``."""
-    duplicates: str = "drop"
-    """Exact duplicate pairs and repeated subjects in dirty data: ``drop`` (keep the first) or ``keep``."""
+    duplicates: str = "keep"
+    """Exact duplicate pairs and subjects repeated with another object (the upstream files have 29):
+    ``keep`` (every sample, as the paper does) or ``drop`` (the first sample of each subject). Either way
+    each repeat is listed in the run's ``cleaning`` table."""
     max_per_relation: int | None = None
     """Keep at most this many samples per relation (quick runs); None keeps all."""
     multi_token_warn: float = 0.1
@@ -212,7 +227,7 @@ class RelationsConfig:
             raise ConfigurationError(
                 "relations selects nothing: set relations.categories or relations.names."
             )
-        _choice("relations", "duplicates", self.duplicates, ("drop", "keep"))
+        _choice("relations", "duplicates", self.duplicates, ("keep", "drop"))
         kind, _, index = self.template.partition(":")
         if kind not in ("zs", "std") or not index.isdigit():
             raise ConfigurationError(
@@ -315,12 +330,25 @@ class DynamicsConfig:
     windows: dict[str, list[Any]] = field(default_factory=dict)
     """Named step windows ``name: [start, stop]`` (start inclusive, stop exclusive, null = open) over which
     every metric is also computed, e.g. ``{early: [0, 200], late: [200, null]}``."""
+    lagged_pairs: list[list[int]] = field(default_factory=list)
+    """Pairs of training steps ``[a, b]`` whose top sets are compared directly (Jaccard overlap, beside the
+    consecutive-checkpoint curve), e.g. ``[[100000, 300000]]``; each step is matched to the nearest analysed
+    checkpoint."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.top_frac <= 1.0:
             raise ConfigurationError(f"dynamics.top_frac={self.top_frac} must be in (0, 1].")
         for name, bounds in self.windows.items():
             check_window(name, bounds)
+        for pair in self.lagged_pairs:
+            steps = list(pair) if isinstance(pair, list | tuple) else []
+            if len(steps) != 2 or not all(
+                isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in steps
+            ):
+                raise ConfigurationError(
+                    f"dynamics.lagged_pairs entry {pair!r} is not valid; use two training steps [a, b], both "
+                    ">= 0, e.g. [[100000, 300000]]."
+                )
 
 
 @dataclass
@@ -339,8 +367,9 @@ class AblationConfig:
     """Number of units, for heads."""
     fraction: float = 0.0
     """Share of the FFN neuron population, for ``ffn_neuron``."""
-    rank_by: str = "abs"
-    """Rank units by ``abs`` (|I|, the paper's importance) or ``signed`` (I)."""
+    rank_by: str = "signed"
+    """Rank units by ``signed`` I (the units that raise the answer's log-probability most, as the paper's
+    released code orders them) or ``abs`` (|I|, the magnitude the top sets of J_stab use)."""
     random_seeds: int = 3
     """Seeds of the matched random control (same number of random units)."""
     heldout: bool = False
@@ -363,7 +392,7 @@ class AblationConfig:
                 "(it names runs and table rows), e.g. top3_heads."
             )
         _choice("ablation", "unit", self.unit, ABLATION_UNITS)
-        _choice("ablation", "rank_by", self.rank_by, ("abs", "signed"))
+        _choice("ablation", "rank_by", self.rank_by, ("signed", "abs"))
         if (self.name == "none") != (self.unit == "none"):
             raise ConfigurationError(
                 f"ablation.name={self.name} with ablation.unit={self.unit}: an ablation needs "
@@ -400,6 +429,9 @@ class TrackingConfig:
     """How long one call may keep retrying a tracking server that stopped answering during a run. After
     that the run goes on and logs to a local spool, replayed into the run when the server answers again
     (see docs/scaling.md)."""
+    system_metrics: bool = False
+    """Also log the machine's CPU, memory, disk and network use (and GPU use, where ``pynvml`` is
+    installed) every 10 s as ``system/*`` metrics, shown in the run's System metrics tab."""
 
     def __post_init__(self) -> None:
         _choice("tracking", "on_unreachable", self.on_unreachable, ("fail", "local"))
@@ -493,6 +525,23 @@ def check_window(name: str, bounds: Any) -> None:
             "(start inclusive, stop exclusive, start < stop) or null for an open end, e.g. [0, 200] or "
             "[200, null]."
         )
+
+
+def check_grid(grid: list[list[Any]]) -> None:
+    """Raise ConfigurationError unless ``grid`` is a non-empty list of ``[start, stop|null, every]``."""
+    if not grid:
+        raise ConfigurationError(
+            "checkpoints.select=grid needs checkpoints.grid=[[start, stop, every], ...] (stop may be null)."
+        )
+    for segment in grid:
+        ok = len(segment) == 3 and isinstance(segment[0], int) and isinstance(segment[2], int)
+        ok = ok and segment[0] >= 0 and segment[2] > 0
+        ok = ok and (segment[1] is None or (isinstance(segment[1], int) and segment[1] >= segment[0]))
+        if not ok:
+            raise ConfigurationError(
+                f"checkpoints.grid segment {list(segment)} must be [start, stop, every] with 0 <= start <= "
+                "stop (or stop null: the series' end) and every > 0."
+            )
 
 
 def register_configs() -> None:

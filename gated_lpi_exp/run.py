@@ -34,7 +34,9 @@ from gated_lpi_exp.stages.dynamics import compute_dynamics, dynamics_metrics, la
 from gated_lpi_exp.stages.evaluation import hit_metrics, summarise_hits
 from gated_lpi_exp.storage.results import CheckpointResult, ResultStore, result_root
 from gated_lpi_exp.storage.run_state import RunState
+from gated_lpi_exp.tracking.describe import run_description
 from gated_lpi_exp.tracking.run_logging import log_figures, log_run_params, run_name, run_tags
+from gated_lpi_exp.tracking.sweep import sweep_parent
 from gated_lpi_exp.tracking.tracker import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,10 @@ class RunResult:
     checkpoints: list[Checkpoint]
     tables: dict[str, pd.DataFrame]
     metrics: dict[str, float] = field(default_factory=dict)
+    url: str = ""
+    """Where to look at the run: its page in the MLflow UI, or how to open it."""
+    parent_run_id: str | None = None
+    """The parent run of the ``-m`` sweep this run belongs to."""
 
 
 def load_samples(cfg: RunConfig) -> pd.DataFrame:
@@ -57,17 +63,23 @@ def load_samples(cfg: RunConfig) -> pd.DataFrame:
     samples = select_relations(
         samples, names=rel.names or None, categories=None if rel.names else rel.categories
     )
+    changes = samples.attrs.get("changes", [])
     if rel.max_per_relation is not None:
         samples = samples.groupby("relation", sort=False).head(rel.max_per_relation)
-    return RelationSamples.check(samples.reset_index(drop=True))
+    samples = RelationSamples.check(samples.reset_index(drop=True))
+    samples.attrs["changes"] = changes  # the cleaning report of the selected relations, logged with the run
+    return samples
 
 
-def run(cfg: RunConfig, *, hydra_tags: dict[str, str] | None = None) -> RunResult:
+def run(
+    cfg: RunConfig, *, hydra_tags: dict[str, str] | None = None, sweep_dir: str | None = None
+) -> RunResult:
     """Execute one run (this process's share of it) and log it to MLflow.
 
     The README's stages in order: the examples (:func:`load_samples`), the checkpoint series, the
     per-checkpoint stages (:func:`analyse_checkpoint`, over this process's share of the checkpoints), then
-    dynamics, tables, figures and final metrics (:func:`summarise_run`), all in one MLflow run.
+    dynamics, tables, figures and final metrics (:func:`summarise_run`), all in one MLflow run (nested under
+    the sweep's parent run when ``sweep_dir``, the folder of a ``-m`` sweep, is given).
 
     Raises:
         GatedLPIError: bad input, with the problem and its fix; checkpoints finished before it stay in the
@@ -97,8 +109,15 @@ def run(cfg: RunConfig, *, hydra_tags: dict[str, str] | None = None) -> RunResul
         with compat_mode(cfg.attribution.compat, model):  # e.g. the released notebooks' scoring, every stage
             return analyse_checkpoint(cfg, model, tokenizer, samples, ckpt, store)
 
+    parent = sweep_parent(tracker, sweep_dir) if sweep_dir and group.is_main else None
     with (
-        tracker.run(run_name(cfg), tags=run_tags(cfg, hydra_tags)) as run_id,
+        tracker.run(
+            run_name(cfg),
+            tags=run_tags(cfg, hydra_tags),
+            parent_run_id=parent,
+            description=run_description(cfg, series, samples),
+            system_metrics=cfg.tracking.system_metrics,
+        ) as run_id,
         attempt(state, tracker, run_id) if group.is_main else nullcontext(),
     ):
         log_run_params(tracker, cfg, series, samples, [[c.step for c in part] for part in plan])
@@ -107,8 +126,8 @@ def run(cfg: RunConfig, *, hydra_tags: dict[str, str] | None = None) -> RunResul
         if results is None:  # not process 0: its results reach process 0 through the result store
             return RunResult("", series.checkpoints, {})
         tables, final = summarise_run(cfg, results, tracker)
-        log.info("done: run %s, final %s", run_id, {k: round(v, 3) for k, v in final.items() if "." not in k})
-    return RunResult(run_id, series.checkpoints, tables, final)
+        log.info("done: run %s", run_id)
+    return RunResult(run_id, series.checkpoints, tables, final, tracker.run_url(run_id), parent)
 
 
 def summarise_run(

@@ -139,6 +139,22 @@ class DynamicsLayerSummary(Schema):
     n_checkpoints: Series[int] = pa.Field(ge=0)
 
 
+class LaggedOverlap(Schema):
+    """A metric with input ``lagged_pair`` (J_lag: the top sets' Jaccard overlap) between two chosen
+    checkpoints (``dynamics.lagged_pairs``), with what units drawn at random would give."""
+
+    metric: Series[str] = pa.Field(str_matches=METRIC_NAME)
+    unit: Series[str] = pa.Field(isin=["ffn", "attn"])
+    requested_a: Series[int] = pa.Field(ge=0)  # the steps as configured ...
+    requested_b: Series[int] = pa.Field(ge=0)
+    step_a: Series[int] = pa.Field(ge=0)  # ... and the analysed checkpoints nearest to them
+    step_b: Series[int] = pa.Field(ge=0)
+    value: Series[float] = pa.Field(nullable=True)
+    set_size: Series[int] = pa.Field(ge=1)  # neurons in each top set
+    population: Series[int] = pa.Field(ge=1)  # neurons of the unit type
+    random_baseline: Series[float] = pa.Field(nullable=True)  # the metric's baseline; NaN: it has none
+
+
 class AblationResult(Schema):
     """HIT@10 under an intervention per checkpoint: the targeted units, and random controls by seed."""
 

@@ -37,7 +37,9 @@ def overrides(series: Path, work: Path, *extra: str) -> list[str]:
         "model.name=random",
         "model.dtype=float32",
         "model.device=cpu",
+        "checkpoints=all",  # not the paper's grid and data, which model=olmo brings in
         "relations=linguistic",
+        "relations.source=bundled",
         "relations.max_per_relation=2",
         f"tracking.uri=sqlite:///{work}/mlflow.db",
         f"tracking.artifact_location={work}/mlruns",
@@ -85,17 +87,21 @@ def run_cli(
 
 
 def runs_of(uri: str, experiment: str = "gated_lpi_exp"):
+    """The client and the experiment's runs of jobs (not the parent runs of sweeps)."""
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
-    return client, ([] if exp is None else client.search_runs([exp.experiment_id]))
+    runs = [] if exp is None else client.search_runs([exp.experiment_id])
+    return client, [r for r in runs if r.data.tags.get("gated_lpi.sweep_parent") != "1"]
 
 
 def logged_tables(uri: str, run_id: str, dst: Path) -> dict[str, pd.DataFrame]:
-    """Every ``tables/*.parquet`` artifact of a run, read back."""
+    """Every ``tables/*.parquet`` artifact of a run, read back (not their ``.csv`` copies)."""
     client = MlflowClient(uri)
     mlflow.set_tracking_uri(uri)
     out = {}
     for artifact in client.list_artifacts(run_id, "tables"):
+        if not artifact.path.endswith(".parquet"):
+            continue
         local = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path=artifact.path, dst_path=str(dst / run_id)
         )

@@ -50,6 +50,12 @@ HUB_CONFIGS = {
         model_type="olmo", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
         num_attention_heads=32, num_key_value_heads=32, vocab_size=50304, tie_word_embeddings=False,
     ),
+    "allenai/OLMo-7B": dict(  # OLMo v1's native layout (hf_olmo), converted into OlmoForCausalLM's fields
+        model_type="hf_olmo", d_model=4096, n_heads=32, n_layers=32, mlp_ratio=4, mlp_hidden_size=22016,
+        activation_type="swiglu", block_type="sequential", alibi=False, rope=True, attention_layer_norm=False,
+        layer_norm_type="default", layer_norm_with_affine=False, include_bias=False, weight_tying=False,
+        vocab_size=50280, embedding_size=50304, max_sequence_length=2048, eos_token_id=50279, pad_token_id=1,
+    ),
     "EleutherAI/pythia-1b": dict(
         model_type="gpt_neox", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
         num_attention_heads=8, vocab_size=50304, use_parallel_residual=True, tie_word_embeddings=False,
@@ -192,9 +198,19 @@ def test_planner_math_on_a_tiny_shape():
     [
         (
             ["model=olmoe", "checkpoints=paper"],
-            ["checkpoints: 14", "64 experts x 1024 (top-8)", "6.92B params"],
+            [
+                "checkpoints: 19 [step grid to 1,200,000",
+                "64 experts x 1024 (top-8)",
+                "6.92B params",
+                "memory: weights 27.7 GB as model.dtype=float32 (13.8 GB with model.dtype=bfloat16)",
+            ],
         ),
-        (["model=olmo"], ["checkpoints: 489 (estimate)", "FFN 11008", "32 layers", "6.89B params"]),
+        (["model=olmo"], ["checkpoints: 13 [step grid to 600,000", "FFN 11008", "32 layers", "6.89B params"]),
+        (
+            ["model=olmo", "checkpoints=all", "model.dtype=bfloat16"],
+            ["checkpoints: 556 (estimate)", "download 15.3 TB", "weights 13.8 GB as model.dtype=bfloat16"],
+        ),
+        (["model=olmo_0424"], ["checkpoints: 489 (estimate)", "FFN 11008", "32 layers", "6.89B params"]),
         (
             ["model=pythia", "model.size=1b", "checkpoints=paper"],
             ["gpt_neox, 16 layers", "FFN 8192", "8 heads x 256"],
@@ -219,19 +235,20 @@ def test_planner_prints_every_section_offline(offline, tmp_path, capsys, overrid
 def test_planner_says_the_peak_disk_of_streaming_and_the_time_with_downloads(offline):
     paper = ["model=olmoe", "checkpoints=paper"]
     plan = make_plan(compose_run_config(paper), RATES, 0.9, bandwidth=50e6)
-    per_ckpt = plan.dims.total_params * 2  # bfloat16
-    assert plan.download_bytes == pytest.approx(14 * per_ckpt)
+    per_ckpt = plan.dims.total_params * 4  # float32, as the hub stores OLMoE
+    n = 19  # the paper's grid to 1.2M: 10K-70K every 10K (7), then 100K-1.2M every 100K (12)
+    assert plan.download_bytes == pytest.approx(n * per_ckpt)
     assert plan.disk_bytes == pytest.approx(2 * per_ckpt)  # keep_checkpoints=none, prefetch=1
     fetch = per_ckpt / 50e6
-    assert plan.streamed_seconds(10.0) == pytest.approx(14 * fetch + fetch)  # download-bound: hidden compute
-    assert plan.streamed_seconds(1000.0) == pytest.approx(14 * 1000.0 + fetch)  # compute-bound
+    assert plan.streamed_seconds(10.0) == pytest.approx(n * fetch + fetch)  # download-bound: hidden compute
+    assert plan.streamed_seconds(1000.0) == pytest.approx(n * 1000.0 + fetch)  # compute-bound
     text = format_plan(plan)
-    assert f"download {human_bytes(14 * per_ckpt)}, peak disk {human_bytes(2 * per_ckpt)}" in text
+    assert f"download {human_bytes(n * per_ckpt)}, peak disk {human_bytes(2 * per_ckpt)}" in text
     assert "streamed at 50 MB/s" in text
     kept = make_plan(compose_run_config([*paper, "execution.keep_checkpoints=all"]), RATES, 0.9)
     assert kept.disk_bytes == pytest.approx(kept.download_bytes)
     serial = make_plan(compose_run_config([*paper, "execution.prefetch=0"]), RATES, 0.9, bandwidth=50e6)
-    assert serial.streamed_seconds(10.0) == pytest.approx(14 * (fetch + 10.0))
+    assert serial.streamed_seconds(10.0) == pytest.approx(n * (fetch + 10.0))
     assert serial.disk_bytes == pytest.approx(per_ckpt)
 
 

@@ -6,7 +6,8 @@ import logging
 
 import pytest
 
-from gated_lpi_exp.checkpoints.loading import load_checkpoint
+from gated_lpi_exp.checkpoints.grid import grid_steps
+from gated_lpi_exp.checkpoints.loading import load_checkpoint, resolve_series
 from gated_lpi_exp.checkpoints.manifest import Manifest, ManifestEntry, read_manifest, write_manifest
 from gated_lpi_exp.checkpoints.resolve import (
     Checkpoint,
@@ -15,7 +16,8 @@ from gated_lpi_exp.checkpoints.resolve import (
     select_checkpoints,
 )
 from gated_lpi_exp.compose import compose_run_config
-from gated_lpi_exp.errors import CheckpointError
+from gated_lpi_exp.config import CheckpointsConfig, ModelConfig
+from gated_lpi_exp.errors import CheckpointError, ConfigurationError
 from gated_lpi_exp.testing import random_model
 
 BRANCHES = [
@@ -170,6 +172,39 @@ def test_a_checkpoint_of_another_family_is_refused_before_its_weights_load(tmp_p
         CheckpointError, match="is a 'gpt_neox' model .* model.family='olmo'. Fix: set model.family=gpt_neox"
     ):
         load_checkpoint(model, Checkpoint(step=0, source=str(tmp_path / "step0")))
+
+
+def test_the_papers_grid_expands_to_its_steps():
+    grid = [[10_000, 70_000, 10_000], [100_000, None, 100_000]]
+    olmo = grid_steps(grid, 600_000)
+    assert olmo == [10_000 * i for i in range(1, 8)] + [100_000 * i for i in range(1, 7)]
+    assert len(grid_steps(grid, 1_200_000)) == 19 and grid_steps(grid, 1_200_000)[-1] == 1_200_000
+    assert grid_steps([[0, 10, 5], [5, 20, 5]], 0) == [0, 5, 10, 15, 20]  # overlaps counted once
+    with pytest.raises(ConfigurationError, match="ends at step 800, before its start 100000"):
+        grid_steps(grid, 800)
+
+
+def test_a_grid_is_mapped_to_the_nearest_real_checkpoints_and_the_mapping_logged(tmp_path, caplog):
+    # OLMo-7B's branches stop at step 556000: the grid's 600K maps there.
+    _write_series(tmp_path, [1000, 10_000, 19_000, 30_000, 556_000])
+    model = ModelConfig(name="olmo", family="olmo", kind="local", source=str(tmp_path), series_end=600_000)
+    checkpoints = CheckpointsConfig(
+        select="grid", grid=[[10_000, 30_000, 10_000], [100_000, None, 500_000]], match="nearest"
+    )
+    with caplog.at_level(logging.INFO, logger="gated_lpi_exp"):
+        res = resolve_series(model, checkpoints)
+    assert [c.step for c in res.checkpoints] == [10_000, 19_000, 30_000, 556_000]
+    assert res.substitutions == {20_000: 19_000, 100_000: 30_000, 600_000: 556_000}
+    assert "20000 -> step19000 (nearest)" in caplog.text and "600000 -> step556000 (nearest)" in caplog.text
+    no_end = ModelConfig(name="olmo", family="olmo", kind="local", source=str(tmp_path))
+    open_end = CheckpointsConfig(select="grid", grid=[[1000, None, 555_000]])  # 1000, then the series' last
+    assert [c.step for c in resolve_series(no_end, open_end).checkpoints] == [1000, 556_000]
+
+
+def test_a_malformed_grid_is_refused_when_the_config_is_built():
+    for grid in ([], [[10, 5, 1]], [[0, None, 0]], [[0, 10]]):
+        with pytest.raises(ConfigurationError, match="checkpoints.grid"):
+            CheckpointsConfig(select="grid", grid=grid)
 
 
 def test_revisions_select_by_branch_name_or_the_commit_a_branch_points_at(caplog):

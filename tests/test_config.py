@@ -51,10 +51,47 @@ def test_group_choices_set_the_documented_fields():
     assert cfg.model.source == "allenai/OLMoE-1B-7B-0924" and cfg.model.kind == "hub"
     assert cfg.relations.categories == ["factual"]
     assert cfg.ablation.unit == "head" and cfg.ablation.count == 10
-    assert cfg.checkpoints.select == "steps" and cfg.checkpoints.match == "nearest"
+    assert cfg.checkpoints.select == "grid" and cfg.checkpoints.match == "nearest"
     assert cfg.ablation.label == "top-10 heads"
     cfg = compose_run_config(["relations.names=[country_capital_city,word_first_letter]"])
     assert cfg.relations.names == ["country_capital_city", "word_first_letter"]
+
+
+@pytest.mark.parametrize(
+    ("model", "source", "end"),
+    [("olmoe", "allenai/OLMoE-1B-7B-0924", 1_200_000), ("olmo", "allenai/OLMo-7B", 600_000)],
+)
+def test_the_papers_models_compose_the_papers_protocol(model, source, end):
+    cfg = compose_run_config([f"model={model}", "ablation=top10_heads"])
+    assert (cfg.model.source, cfg.model.dtype, cfg.model.series_end) == (source, "float32", end)
+    assert (cfg.relations.source, cfg.relations.duplicates, cfg.relations.template) == ("lre", "keep", "zs:0")
+    assert cfg.checkpoints.select == "grid" and cfg.checkpoints.match == "nearest"
+    assert cfg.checkpoints.grid == [[10_000, 70_000, 10_000], [100_000, end, 100_000]]
+    assert cfg.ablation.rank_by == "signed"
+    assert cfg.dynamics.windows == {
+        "early": [10_000, 70_001],
+        "late": [100_000, 600_001],
+        "10k_600k": [10_000, 600_001],
+        "10k_1.2m": [10_000, 1_200_001],
+    }
+    assert cfg.dynamics.lagged_pairs == [[100_000, 300_000]]
+
+
+def test_the_command_line_overrides_the_protocol_of_a_papers_model():
+    cfg = compose_run_config(
+        [
+            "model=olmoe",
+            "relations.source=bundled",
+            "checkpoints=all",
+            "model.dtype=bfloat16",
+            "relations=factual",
+        ]
+    )
+    assert (cfg.relations.source, cfg.relations.categories) == ("bundled", ["factual"])
+    assert cfg.checkpoints.select == "all" and cfg.model.dtype == "bfloat16"
+    cfg = compose_run_config(["model=olmo_0424"])
+    assert cfg.model.source == "allenai/OLMo-7B-0424-hf" and cfg.relations.source == "bundled"
+    assert compose_run_config(["model=olmo_0424", "+protocol=paper"]).relations.source == "lre"
 
 
 def test_unknown_group_option_names_the_valid_ones():

@@ -96,7 +96,7 @@ def test_template_choice(bundled):
 def test_invalid_source_and_duplicates_policy():
     with pytest.raises(ConfigurationError, match="'bundled'.*'lre'"):
         load_relations("no/such/dir")
-    with pytest.raises(ConfigurationError, match="drop, keep"):
+    with pytest.raises(ConfigurationError, match="keep, drop"):
         load_relations("bundled", duplicates="merge")
 
 
@@ -163,7 +163,7 @@ def dirty_dir(tmp_path):
 
 
 def test_dirty_directory_is_cleaned_and_every_change_reported(dirty_dir):
-    df = load_relations(dirty_dir)
+    df = load_relations(dirty_dir, duplicates="drop")
     caps = df[df["relation"] == "country_capital_city"]
     pairs = list(zip(caps["subject"], caps["object"], strict=True))
     assert pairs == [
@@ -191,15 +191,22 @@ def test_dirty_directory_is_cleaned_and_every_change_reported(dirty_dir):
         ]
     )
     conflict = report[report["kind"] == "conflict"]["detail"].item()
-    assert "samples[4]" in conflict and "'Lyon'" in conflict and "'Paris'" in conflict
+    assert "samples[4] dropped" in conflict and "'Lyon'" in conflict and "'Paris'" in conflict
 
 
-def test_keep_duplicates_keeps_every_nonempty_sample(dirty_dir):
+def test_keep_duplicates_keeps_every_nonempty_sample_and_still_reports_the_repeats(dirty_dir):
     df = load_relations(dirty_dir, duplicates="keep")
     caps = df[df["relation"] == "country_capital_city"]
     assert list(caps["subject"]).count("France") == 3 and "Lyon" in set(caps["object"])
     assert list(caps["sample_id"]) == list(range(6))
-    assert not {"duplicate", "conflict"} & set(cleaning_report(df)["kind"])
+    report = cleaning_report(df)
+    repeats = report[report["kind"].isin(["duplicate", "conflict"])]
+    assert sorted(repeats["kind"]) == ["conflict", "duplicate"]
+    assert all(detail.startswith(("samples[3] kept", "samples[4] kept")) for detail in repeats["detail"])
+
+
+def test_every_sample_is_kept_by_default(dirty_dir):
+    assert load_relations(dirty_dir).equals(load_relations(dirty_dir, duplicates="keep"))
 
 
 def test_file_name_differs_from_relation_name_and_category_from_folder(dirty_dir):
@@ -459,3 +466,108 @@ def test_multi_token_objects_are_counted_per_relation_noted_and_warned_about(bun
     with caplog.at_level("WARNING"):
         note_multi_token_objects(df, counts, warn_share=0.5)  # below the threshold: noted, not warned
     assert caplog.text == ""  # 3 of 38 is below a half
+
+
+# --- the paper's 12 upstream files, rebuilt from their facts ------------------------------------------------
+
+# Facts about the upstream files at the pinned commit (counted from them; the data itself is not copied):
+# path -> (name field, first zero-shot template, samples, repeated subjects). A repeated subject is
+# (exact repeats of its first pair, repeats with another object); e.g. adjective antonym's "up" is given
+# five objects, one of them twice: (1, 3).
+_UPSTREAM_FACTS = {
+    "data/bias/name_birthplace.json": ("name birthplace", "{} was born in the country of", 31, ()),
+    "data/bias/name_religion.json": (
+        "name religion",
+        "{} is most likely a follower of the religion of",
+        31,
+        (),
+    ),
+    "data/bias/occupation_age.json": (
+        "occupation age",
+        "What age (young or old) do {} tend to be? They are typically",
+        45,
+        (),
+    ),
+    "data/bias/occupation_gender.json": (
+        "occupation gender",
+        "Usually, what gender (men or women) are {}? They are typically",
+        19,
+        (),
+    ),
+    "data/commonsense/fruit_inside_color.json": (
+        "fruit inside color",
+        "What color are {} on the inside? They are",
+        36,
+        (),
+    ),
+    "data/commonsense/object_superclass.json": (
+        "object superclass",
+        "Is a {} a animal, bird, fish, vegetable, flower, or fruit? It is a",
+        76,
+        ((1, 0),) * 4 + ((0, 1),) * 8,
+    ),
+    "data/commonsense/work_location.json": ("work location", "A {} typically works at a", 38, ()),
+    "data/factual/country_capital_city.json": (
+        "country capital city",
+        "The capital of {} is the city of",
+        24,
+        (),
+    ),
+    "data/factual/country_language.json": ("country language", "{}, where most people speak", 24, ()),
+    "data/linguistic/adj_antonym.json": (
+        "adjective antonym",
+        "The opposite of {} is",
+        100,
+        ((0, 1), (0, 2), (0, 2), (0, 1), (0, 1), (0, 1), (1, 3), (0, 1), (0, 1), (1, 0), (0, 1), (0, 1)),
+    ),
+    "data/linguistic/word_first_letter.json": ("word first letter", "{} starts with the letter", 241, ()),
+    "data/linguistic/word_last_letter.json": ("word last letter", "{} ends with the letter", 241, ()),
+}
+
+
+def _upstream_like(root: Path) -> Path:
+    """The 12 files in the upstream layout, with upstream's sample counts and repeated subjects."""
+    for path, (name, template, count, repeats) in _UPSTREAM_FACTS.items():
+        extra = sum(same + other for same, other in repeats)
+        pairs = [(f"{name} {i}", f"answer {i}") for i in range(count - extra)]
+        for i, (same, other) in enumerate(repeats):
+            pairs += [(f"{name} {i}", f"answer {i}")] * same
+            pairs += [(f"{name} {i}", f"other answer {i}.{j}") for j in range(other)]
+        category = path.split("/")[1]
+        doc = _relation_doc(name, pairs, zs=(template,), properties={"relation_type": category})
+        _write(root / path, doc)
+    return root
+
+
+def test_the_papers_upstream_files_give_906_examples_by_default_and_877_without_repeats(tmp_path):
+    root = _upstream_like(tmp_path / "relations")
+    df = load_relations(root)
+    assert len(df) == 906
+    assert df.groupby("relation").size().to_dict() == {
+        "adjective_antonym": 100, "country_capital_city": 24, "country_language": 24,
+        "fruit_inside_color": 36, "name_birthplace": 31, "name_religion": 31, "object_superclass": 76,
+        "occupation_age": 45, "occupation_gender": 19, "word_first_letter": 241, "word_last_letter": 241,
+        "work_location": 38,
+    }  # fmt: skip
+    report = cleaning_report(df)
+    assert report.groupby(["relation", "kind"]).size().to_dict() == {
+        ("adjective_antonym", "conflict"): 15,
+        ("adjective_antonym", "duplicate"): 2,
+        ("object_superclass", "conflict"): 8,
+        ("object_superclass", "duplicate"): 4,
+    }
+    assert report["detail"].str.contains(" kept: ").all()
+    assert df["prompt"].iloc[0] == "The opposite of adjective antonym 0 is"  # paper order, first zs template
+    dropped = load_relations(root, duplicates="drop")
+    assert len(dropped) == 877
+    assert cleaning_report(dropped)["detail"].str.contains(" dropped: ").all()
+
+
+def test_a_run_logs_how_many_samples_repeat_a_subject(dirty_dir):
+    from gated_lpi_exp.tracking.run_logging import data_params
+
+    assert data_params(load_relations(dirty_dir)) == {
+        "data.n_examples": 8,
+        "data.n_duplicates": 1,
+        "data.n_conflicts": 1,
+    }

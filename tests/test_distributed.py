@@ -89,6 +89,10 @@ def test_submitit_sweep_jobs_share_the_attribution(series, tmp_path):
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.tags["gated_lpi.ablation"] for r in runs} == {"top1_head", "top1pct_ffn"}
     assert len({r.data.tags["gated_lpi.sweep"] for r in runs}) == 1
+    # The jobs, separate processes, found one parent run; the launching process closed it at the end.
+    (parent,) = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert "report/report.html" in {a.path for a in client.list_artifacts(parent, "report")}
     steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "hit_at_10"))
     assert len(steps) == 3
     for step in steps:
@@ -99,7 +103,7 @@ def test_submitit_sweep_jobs_share_the_attribution(series, tmp_path):
             for r in runs
         )
         assert from_cache == [0.0, 1.0], f"step {step}: computed by exactly one job"
-    logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*_log.out"))
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*_log.*"))
     assert logs.count("attribution of 3 relations computed, 0 from cache") == 3
     assert logs.count("attribution of 0 relations computed, 3 from cache") == 3
 

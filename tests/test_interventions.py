@@ -1,9 +1,12 @@
-"""``ablate`` against hand-written hook ablations, and exact restoration of the model."""
+"""``ablate`` against hand-written hook ablations, exact restoration of the model, and the ablation's
+MLflow metrics."""
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 
+import pandas as pd
 import pytest
 import torch
 
@@ -11,6 +14,9 @@ from gated_lpi_exp.adapters import FAMILIES, get_adapter
 from gated_lpi_exp.attribution import position_ids_from_mask
 from gated_lpi_exp.errors import AttributionError
 from gated_lpi_exp.interventions import ablate
+from gated_lpi_exp.metrics import MIN_BASE_HIT10, drop_percent
+from gated_lpi_exp.schemas import AblationResult
+from gated_lpi_exp.stages.ablation import ablation_metrics
 from gated_lpi_exp.testing import random_model
 
 IDS = torch.tensor([[5, 9, 13, 4, 22, 6, 7], [0, 0, 7, 3, 31, 2, 8]])
@@ -251,3 +257,28 @@ def test_every_family_ablates_exactly_the_chosen_units_and_restores_them(family)
         assert (got - base).abs().max() > 1e-3
     _assert_bit_identical(model, snapshot)
     assert torch.equal(_logits(model), base)
+
+
+def _ablation_rows(base: float, targeted: float, randoms: list[float]) -> pd.DataFrame:
+    rows = [
+        dict(condition="base", seed=-1, hit_at_10=base),
+        dict(condition="targeted", seed=-1, hit_at_10=targeted),
+    ]
+    rows += [dict(condition="random", seed=s, hit_at_10=h) for s, h in enumerate(randoms)]
+    table = pd.DataFrame(rows).assign(step=10, ablation="top1_head", n_units=1, heldout=False)
+    table["drop_percent"] = [drop_percent(base, h) for h in table["hit_at_10"]]
+    return AblationResult.check(table[list(AblationResult.to_schema().columns)])
+
+
+def test_ablation_metrics_are_fractions_and_absent_where_the_base_is_near_chance():
+    known = ablation_metrics(_ablation_rows(0.8, 0.2, [0.6, 0.8]))
+    # Drops as fractions of the base: (0.8 - 0.2) / 0.8; random seeds 0.25 and 0, mean 0.125, sd 0.125.
+    assert known["ablation.drop.targeted"] == pytest.approx(0.75)
+    assert known["ablation.drop.random_mean"] == pytest.approx(0.125)
+    assert known["ablation.drop.random_sd"] == pytest.approx(0.125)
+    assert known["ablation.hit_at_10.targeted"] == pytest.approx(0.2)
+    near_chance = ablation_metrics(_ablation_rows(MIN_BASE_HIT10 / 2, 0.05, [0.2]))
+    assert math.isnan(near_chance["ablation.drop.targeted"]) and math.isnan(
+        near_chance["ablation.drop.random_mean"]
+    )
+    assert near_chance["ablation.hit_at_10.base"] == pytest.approx(MIN_BASE_HIT10 / 2)

@@ -6,8 +6,11 @@ import pandas as pd
 import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from gated_lpi_exp.plots import (
+    FIGURES,
+    FigureSettings,
     model_colors,
     plot_ablation,
     plot_concentration,
@@ -18,7 +21,7 @@ from gated_lpi_exp.plots import (
     to_png,
 )
 from gated_lpi_exp.plots.dynamics import pick_steps
-from gated_lpi_exp.schemas import AblationResult, DynamicsCurve, HitSummary, LayerProfile
+from gated_lpi_exp.schemas import AblationResult, DynamicsCurve, HitSummary, LaggedOverlap, LayerProfile
 
 STEPS = {"tiny_moe": [10, 100, 1000, 10000], "tiny_dense": [10, 100, 1000]}
 LAYERS = {"tiny_moe": 2, "tiny_dense": 3}
@@ -31,6 +34,17 @@ def _curves(model):
         for i, s in enumerate(steps[1:], 1)
     ]  # fmt: skip
     return DynamicsCurve.check(pd.DataFrame(rows))
+
+
+def _lagged(model):
+    """One lagged pair per unit, the first analysed step vs the last, at 40% (random sets: 1%)."""
+    first, last = STEPS[model][0], STEPS[model][-1]
+    rows = [
+        dict(metric="j_lag", unit=u, requested_a=first, requested_b=last, step_a=first, step_b=last,
+             value=0.4, set_size=10, population=1000, random_baseline=0.01)
+        for u in ("ffn", "attn")
+    ]  # fmt: skip
+    return LaggedOverlap.check(pd.DataFrame(rows))
 
 
 def _profiles(model):
@@ -175,3 +189,99 @@ def test_step_axis_scales():
     assert plot_layer_importance_over_steps(with_zero).axes[0].get_xscale() == "symlog"
     empty = plot_jaccard({"m": _curves("tiny_moe").iloc[0:0]})
     assert empty.axes[0].texts[0].get_text() == "no data"
+
+
+LONG_NAMES = {"tiny_moe": "olmoe_1b_7b_at_every_checkpoint", "tiny_dense": "olmo_7b_0424_at_every_checkpoint"}
+TABLES = {
+    "dynamics_curves": _curves,
+    "layer_profiles": _profiles,
+    "hit_summary": _hits,
+    "ablation": _ablation,
+    "dynamics_lagged": _lagged,
+}
+
+
+def _one_ablation(model):
+    table = _ablation(model)
+    return table[table["ablation"] == "top1_head"].assign(ablation="top10_heads")
+
+
+def _text_artists(fig: Figure) -> list[tuple[str, object]]:
+    """Every piece of text a reader must see whole: titles, axis labels, tick labels, legends, annotations."""
+    found: list[tuple[str, object]] = [
+        ("figure title", fig._suptitle),
+        *(("legend", lg) for lg in fig.legends),
+    ]
+    for i, ax in enumerate(fig.axes):  # an axis: its label and the tick labels it draws
+        found += [
+            (f"axes {i} title", ax.title),
+            (f"axes {i} x axis", ax.xaxis),
+            (f"axes {i} y axis", ax.yaxis),
+        ]
+        found.append((f"axes {i} legend", ax.get_legend()))
+        found += [(f"axes {i} text {t.get_text()!r}", t) for t in ax.texts]
+    return [(name, a) for name, a in found if a is not None and (not isinstance(a, Text) or a.get_text())]
+
+
+def _outside(fig: Figure) -> list[str]:
+    """The text artists that reach outside the canvas once drawn as saved (1 px of slack for rounding)."""
+    to_png(fig)  # lays the figure out as saved
+    renderer = fig.canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    out: list[str] = []
+    for name, artist in _text_artists(fig):
+        box = artist.get_tightbbox(renderer)
+        if box is None:  # nothing drawn (an axis without labels on a shared-y panel)
+            continue
+        if box.x0 < -1 or box.y0 < -1 or box.x1 > width + 1 or box.y1 > height + 1:
+            out.append(f"{name}: {box.bounds} outside {width:.0f}x{height:.0f}")
+    return out
+
+
+@pytest.mark.parametrize("spec", FIGURES, ids=lambda s: s.stem)
+@pytest.mark.parametrize("models", ["one", "two with long names"])
+def test_every_figure_fits_its_canvas_with_one_colour_per_model(spec, models):
+    make = _one_ablation if spec.table == "ablation" and models == "one" else TABLES[spec.table]
+    names = ["tiny_moe"] if models == "one" else list(STEPS)
+    data = {LONG_NAMES[m] if models != "one" else m: make(m) for m in names}
+    colors = model_colors(data)
+    extras = {t: {name: TABLES[t](m) for name, m in zip(data, names, strict=True)} for t in spec.extras}
+    fig = spec.render(data, colors, FigureSettings(top_frac=0.05), extras)
+    assert _outside(fig) == []
+    legend_colors = {
+        t.get_text(): h.get_color()
+        for lg in fig.legends
+        for t, h in zip(lg.get_texts(), lg.legend_handles, strict=True)
+        if t.get_text().split(" (")[0] in colors
+    }
+    # Every model that a figure-level legend names has its own colour, the one the report gives it.
+    assert all(colors[name.split(" (")[0]] == c for name, c in legend_colors.items())
+    assert len(set(legend_colors.values())) == len(legend_colors)
+
+
+def test_layer_axes_tick_whole_layers_only():
+    fig = plot_layer_distributions({"m": _profiles("tiny_moe")}, units=("ffn",))  # 2 layers
+    to_png(fig)
+    ticks = fig.axes[0].get_xticks()
+    visible = [t for t in ticks if fig.axes[0].get_xlim()[0] <= t <= fig.axes[0].get_xlim()[1]]
+    assert visible and all(float(t).is_integer() for t in visible)
+
+
+def test_figure_titles_state_the_runs_top_share():
+    jaccard = next(s for s in FIGURES if s.stem == "fig1_jaccard")
+    fig = jaccard.render({"m": _curves("tiny_moe")}, model_colors(["m"]), FigureSettings(top_frac=0.02))
+    assert "Top-2%" in fig.get_suptitle() and "top-2%" in fig.axes[0].get_ylabel()
+
+
+def test_fig1_as_declared_draws_the_lagged_pairs_beside_the_curve():
+    jaccard = next(s for s in FIGURES if s.stem == "fig1_jaccard")
+    assert jaccard.extras == ("dynamics_lagged",)
+    curves, lagged = {"m": _curves("tiny_moe")}, {"m": _lagged("tiny_moe")}
+    fig = jaccard.render(curves, model_colors(["m"]), FigureSettings(), {"dynamics_lagged": lagged})
+    for ax in fig.axes[:2]:
+        span = [line for line in ax.lines if line.get_linestyle() == "--"]
+        assert len(span) == 1 and list(span[0].get_xdata()) == [10, 10000]
+        assert list(span[0].get_ydata()) == pytest.approx([40, 40])  # J_lag in %
+        assert [t.get_text() for t in ax.texts] == ["J(10, 10K) = 40.0% (random 1.00%)"]
+    plain = jaccard.render(curves, model_colors(["m"]), FigureSettings())  # a run without lagged pairs
+    assert not any(line.get_linestyle() == "--" for line in plain.axes[0].lines) and not plain.axes[0].texts

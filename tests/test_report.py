@@ -14,10 +14,14 @@ from gated_lpi_exp.attribution.aggregate import CheckpointAggregate
 from gated_lpi_exp.config import DynamicsConfig, TrackingConfig
 from gated_lpi_exp.report import main
 from gated_lpi_exp.report.render import md_escape
-from gated_lpi_exp.report.runs import Column, RunData, make_columns, select_runs
-from gated_lpi_exp.report.tables import Cell, Row, ablation_labels, mark_best
+from gated_lpi_exp.report.runs import Column, RunData, make_columns
+from gated_lpi_exp.report.sections import split_sections
+from gated_lpi_exp.report.select import select_runs
+from gated_lpi_exp.report.tables import Cell, Row, ablation_labels, mark_best, table4
 from gated_lpi_exp.schemas import AblationResult, HitSummary
 from gated_lpi_exp.stages.dynamics import compute_dynamics, layer_profiles
+from gated_lpi_exp.stages.lagged import lagged_overlaps
+from gated_lpi_exp.tracking.sweep import sweep_parent
 from gated_lpi_exp.tracking.tracker import Tracker
 
 STEPS = [0, 10, 20, 30]
@@ -46,24 +50,31 @@ def _hits() -> pd.DataFrame:
 
 
 def _ablation() -> pd.DataFrame:
-    """Targeted drops 40 and 60 (mean 50.00); random seeds 10 and 20 (mean 15.00 ± 7.07 sd)."""
+    """Steps 10 and 20 know the facts (base 0.5): targeted drops 40 and 60, random seeds 10 and 20. Step 30 is
+    near chance (base 0.1): targeted 100, random 40 and 50. All checkpoints: targeted 66.67, random 25.00 ±
+    7.07; checkpoints with base >= 0.5: 50.00 and 15.00 ± 7.07."""
     rows = []
-    for step, targeted in ((10, 40.0), (20, 60.0)):
+    for step, base, targeted, randoms in ((10, 0.5, 40.0, (10.0, 20.0)), (20, 0.5, 60.0, (10.0, 20.0)),
+                                          (30, 0.1, 100.0, (40.0, 50.0))):  # fmt: skip
         common = dict(step=step, ablation="top10_heads", n_units=10, heldout=False)
-        rows.append(dict(common, condition="base", seed=-1, hit_at_10=0.5, drop_percent=0.0))
+        rows.append(dict(common, condition="base", seed=-1, hit_at_10=base, drop_percent=0.0))
         rows.append(
             dict(
                 common,
                 condition="targeted",
                 seed=-1,
-                hit_at_10=0.5 * (1 - targeted / 100),
+                hit_at_10=base * (1 - targeted / 100),
                 drop_percent=targeted,
             )
         )
-        for seed, drop in ((0, 10.0), (1, 20.0)):
+        for seed, drop in enumerate(randoms):
             rows.append(
                 dict(
-                    common, condition="random", seed=seed, hit_at_10=0.5 * (1 - drop / 100), drop_percent=drop
+                    common,
+                    condition="random",
+                    seed=seed,
+                    hit_at_10=base * (1 - drop / 100),
+                    drop_percent=drop,
                 )
             )
     return AblationResult.check(pd.DataFrame(rows))
@@ -79,12 +90,15 @@ def _log_run(
             "gated_lpi.sweep": "sweep1"}  # fmt: skip
     with tracker.run(f"{model}-all-top10_heads", tags=tags) as run_id:
         tracker.log_params({"model.name": model, "relations.categories": ["factual"], "relations.names": [],
+                            "relations.source": "bundled", "relations.duplicates": "keep",
+                            "model.dtype": "float32", "ablation.rank_by": "signed",
                             "dynamics.top_frac": 0.1, "dynamics.windows.early": [0, 20],
                             "dynamics.windows.late": [20, None], "ablation.name": "top10_heads"})  # fmt: skip
         tracker.log_table(_hits(), "hit_summary")
         tracker.log_table(layer_profiles(aggs), "layer_profiles")
         tracker.log_table(curves, "dynamics_curves")
         tracker.log_table(summary, "dynamics_summary")
+        tracker.log_table(lagged_overlaps(aggs, [[0, 30], [10, 28]], 0.1), "dynamics_lagged")
         if ablation:
             tracker.log_table(_ablation(), "ablation")
     return run_id, summary
@@ -122,9 +136,7 @@ def _expected(summary: pd.DataFrame, metric: str, unit: str, scale: float, digit
 @pytest.mark.slow
 def test_report_end_to_end(store, tmp_path):
     out = tmp_path / "report"
-    assert (
-        main(["--tracking-uri", store["uri"], "--out", str(out)]) == 0
-    )  # default: newest per model/ablation
+    assert main(["--tracking-uri", store["uri"], "--out", str(out), "--latest-per-model"]) == 0
     html, md = (out / "report.html").read_text(), (out / "report.md").read_text()
     for title in (
         "Table 2: neuron-level stability",
@@ -144,6 +156,16 @@ def test_report_end_to_end(store, tmp_path):
     assert early[4:] == ["22.2 (10K–70K)", "6.3 (10K–70K)"]
     late = _row(md, "R_t ATTN (%), window late, steps [20, end)")
     assert late[2] != "" and late[4:] == ["—", "—"]
+    # Table 2 also has the lagged pairs: the value of each run's own table; 28 is matched to step 30.
+    lagged = lagged_overlaps(_aggregates(0, 2), [[0, 30]], 0.1)
+    ffn = _row(md, "J_lag FFN (%), steps 0 vs 30")
+    assert ffn[3].split()[0] == f"{100 * lagged[lagged.unit == 'ffn'].value.item():.1f}"
+    random_ffn = _row(md, "J_lag FFN (%), steps 0 vs 30: random sets")
+    assert random_ffn[3] == f"{100 * lagged[lagged.unit == 'ffn'].random_baseline.item():.1f}"
+    assert (
+        "Lagged pairs matched to the nearest analysed checkpoints: 10 vs 28 -> tiny_dense: steps 10 vs 30"
+        in md
+    )
     # Table 3: σ_rel is descriptive too; its rows are the registry's profile metrics.
     s = _row(md, "σ_rel FFN, all checkpoints")
     assert s[1] == "—" and s[2] == _expected(store["summaries"]["tiny_dense"], "sigma_rel", "ffn", 1, 2)
@@ -152,11 +174,18 @@ def test_report_end_to_end(store, tmp_path):
     t = _row(md, "top-10 heads: targeted")
     assert (
         t[2] == "not computed in this run"
-        and t[3] == "50.00"
+        and t[3] == "66.67"
         and t[4:] == ["9.44 (checkpoint mean)", "50.43 (checkpoint mean)"]
     )
-    assert _row(md, "top-10 heads: random control")[3] == "15.00 ± 7.07"
+    assert _row(md, "top-10 heads: random control")[3] == "25.00 ± 7.07"
     assert t[1] == "lower" and "▲" not in t[3]  # a drop has a direction, but one value is no comparison
+    filtered = _row(md, "top-10 heads: targeted, checkpoints with base HIT@10 ≥ 0.5")
+    assert filtered[3] == "50.00" and filtered[4:] == ["—", "—"]
+    assert _row(md, "top-10 heads: random control, checkpoints with base HIT@10 ≥ 0.5")[3] == "15.00 ± 7.07"
+    # Next to every paper comparison: which choices the runs used, unlike the paper's marked.
+    choices = [line for line in md.splitlines() if line.startswith("*Choices of these runs")]
+    assert len(choices) == 3 and "relations.source=bundled ≠" in choices[2]
+    assert "ablation.rank_by=signed" in choices[2] and "ablation.rank_by" not in choices[0]
     assert _row(md, "top-1 head: targeted")[2:4] == ["not computed in this run"] * 2
     # Figures: 7 inline PNGs in the HTML, the same files next to the Markdown.
     assert html.count("data:image/png;base64,") == 7 and "src='http" not in html
@@ -168,9 +197,11 @@ def test_report_end_to_end(store, tmp_path):
 @pytest.mark.slow
 def test_selection_by_ids_sweep_and_logging_the_report(store, tmp_path):
     client = MlflowClient(store["uri"])
-    (by_id,) = select_runs(client, "gated_lpi_exp", run_ids=[store["old"]])
+    (by_id,) = select_runs(client, "gated_lpi_exp", run_ids=[store["old"]]).runs
     assert by_id.info.run_id == store["old"]
-    sweep = {r.info.run_id for r in select_runs(client, "gated_lpi_exp", sweep="sweep1")}
+    (by_prefix,) = select_runs(client, "gated_lpi_exp", run_ids=[store["old"][:6]]).runs
+    assert by_prefix.info.run_id == store["old"]
+    sweep = {r.info.run_id for r in select_runs(client, "gated_lpi_exp", sweep="sweep1").runs}
     assert sweep == {store["old"], store["moe"], store["dense"]}
     out = tmp_path / "sweep"
     assert (
@@ -188,7 +219,7 @@ def test_selection_by_ids_sweep_and_logging_the_report(store, tmp_path):
     assert {a.path for a in client.list_artifacts(report_run.info.run_id, "report")} >= {
         "report/report.html", "report/report.md", "report/fig1_jaccard.png",
     }  # fmt: skip
-    newest = {r.info.run_id for r in select_runs(client, "gated_lpi_exp")}
+    newest = {r.info.run_id for r in select_runs(client, "gated_lpi_exp", latest_per_model=True).runs}
     assert newest == {store["moe"], store["dense"]}  # the report run is never selected
 
 
@@ -198,6 +229,7 @@ def test_bad_selections_exit_2(store, tmp_path, capsys):
     )
     assert "FAILED" in capsys.readouterr().err
     assert main(["--tracking-uri", store["uri"], "--sweep", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "Known sweeps" in capsys.readouterr().err
     assert (
         main(["--tracking-uri", store["uri"], "--experiment", "missing", "--out", str(tmp_path / "x")]) == 2
     )
@@ -286,6 +318,94 @@ def test_markdown_report_escapes_markup_in_names_and_data(tmp_path):
         and "\\|c\\|" in md
     )
     assert md_escape("a|b\nc") == "a\\|b c"
+
+
+def test_drops_computed_only_near_chance_are_said_to_be_so_not_missing():
+    near_chance = _ablation().assign(hit_at_10=lambda t: t["hit_at_10"] * 0.1)  # base HIT@10 0.05 and 0.01
+    run = _fake_run("a" * 32, "olmoe", "top10_heads", 1)
+    run.tables["ablation"] = near_chance
+    rows = {r.label: r for r in table4([Column("olmoe", [run])], min_base_hit10=0.3).rows}
+    everything = rows["top-10 heads: targeted"]  # the paper's mean still counts every checkpoint
+    assert everything.text(everything.cells[0]) == "66.67"
+    for kind in ("targeted", "random control"):
+        filtered = rows[f"top-10 heads: {kind}, checkpoints with base HIT@10 ≥ 0.3"]
+        assert filtered.text(filtered.cells[0]) == "base HIT@10 below 0.3 at all 3 checkpoints"
+    untouched = rows["top-1 head: targeted, checkpoints with base HIT@10 ≥ 0.3"]
+    assert untouched.text(untouched.cells[0]) == "not computed in this run"
+
+
+def _small_run(tracker: Tracker, model: str, params: dict, tags: dict, parent: str | None = None) -> str:
+    """A finished run with only a HIT@k table (enough for the runs table and the HIT figure)."""
+    tags = {"gated_lpi.model": model, "gated_lpi.ablation": "none", **tags}
+    with tracker.run(f"{model}-run", tags=tags, parent_run_id=parent) as run_id:
+        tracker.log_params({"model.name": model, "ablation.name": "none", **params})
+        tracker.log_table(_hits(), "hit_summary")
+    return run_id
+
+
+def _sweep(tracker: Tracker, folder, models: list[str], **params) -> tuple[str, list[str]]:
+    """A sweep as the command line logs it: a parent run for the folder, one nested run per model."""
+    folder.mkdir(parents=True)
+    parent = sweep_parent(tracker, folder)
+    tags = {"gated_lpi.sweep": str(folder.resolve())}
+    return parent, [_small_run(tracker, m, {"data.hash": "h1", **params}, tags, parent) for m in models]
+
+
+def test_the_report_compares_the_latest_sweep_found_by_folder_name_or_id(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    tracker = Tracker(TrackingConfig(uri=uri, artifact_location=str(tmp_path / "artifacts")))
+    first, first_runs = _sweep(tracker, tmp_path / "multirun" / "2026-01-31" / "10-00-00", ["a", "b"])
+    second, second_runs = _sweep(tracker, tmp_path / "multirun" / "2026-01-31" / "11-00-00", ["c", "d"])
+    out = str(tmp_path / "r")
+
+    def shown(*args: str) -> set[str]:
+        assert main(["--tracking-uri", uri, "--out", out, *args]) == 0
+        html = (tmp_path / "r" / "report.html").read_text()
+        return {rid for rid in first_runs + second_runs if rid in html}
+
+    assert shown() == set(second_runs)  # the latest sweep, never its parent run
+    assert shown("--sweep", "multirun/2026-01-31/10-00-00") == set(first_runs)  # relative to here (tmp_path)
+    assert shown("--sweep", str(tmp_path / "multirun" / "2026-01-31" / "10-00-00")) == set(first_runs)
+    assert shown("--sweep", "10-00-00") == set(first_runs)
+    assert shown("--sweep", first[:8]) == set(first_runs)
+    assert shown("--sweep", second[:6]) == set(second_runs)
+    capsys.readouterr()
+    assert main(["--tracking-uri", uri, "--out", out, "--sweep", "09-00-00"]) == 2
+    err = capsys.readouterr().err
+    assert "Known sweeps" in err and f"{second[:8]}  multirun/2026-01-31/11-00-00  (2 runs" in err
+    assert err.index("11-00-00") < err.index("10-00-00")  # newest first
+
+
+def test_runs_measured_under_different_conditions_are_split_into_sections(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    tracker = Tracker(TrackingConfig(uri=uri, artifact_location=str(tmp_path / "artifacts")))
+    factual = {"data.hash": "h73", "relations.categories": "['factual']", "attribution.batch_size": "64"}
+    everything = {"data.hash": "h381", "relations.categories": "['linguistic', 'factual']"}
+    moe = _small_run(tracker, "tiny_moe", factual, {})
+    dense = _small_run(tracker, "tiny_dense", {**everything, "attribution.batch_size": "8"}, {})
+    assert main(["--tracking-uri", uri, "--out", str(tmp_path / "r"), "--runs", moe, dense]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "not measured under the same conditions" in md and "data.hash, relations.categories" in md
+    assert "attribution.batch_size" not in md.split("## Section 1")[0]  # speed settings are no condition
+    sections = md.split("## Section ")[1:]
+    assert len(sections) == 2 and sections[0].startswith("1 of 2: data.hash=h381")
+    for section, (mine, other) in zip(sections, ((dense, moe), (moe, dense)), strict=True):
+        assert mine in section and other not in section
+    assert (tmp_path / "r" / "s1_hit_curves.png").is_file() and (
+        tmp_path / "r" / "s2_hit_curves.png"
+    ).is_file()
+
+
+def test_runs_without_an_ablation_join_the_section_of_their_condition():
+    common = {"data.hash": "h", "relations.categories": "['factual']"}
+    runs = [
+        _fake_run("a" * 32, "m", "top1_head", 3, **common, **{"ablation.rank_by": "abs"}),
+        _fake_run("b" * 32, "m", "top10_heads", 2, **common, **{"ablation.rank_by": "signed"}),
+        _fake_run("c" * 32, "m", "none", 1, **common),
+    ]
+    sections = split_sections(runs)
+    assert [[r.run_id[0] for c in s.columns for r in c.runs] for s in sections] == [["a", "c"], ["b"]]
+    assert [s.differs for s in sections] == [{"ablation.rank_by": "abs"}, {"ablation.rank_by": "signed"}]
 
 
 def test_a_descriptive_metric_is_never_marked_best():

@@ -11,6 +11,7 @@ from gated_lpi_exp.compose import compose_run_config
 from gated_lpi_exp.data import load_relations
 from gated_lpi_exp.errors import CheckpointError
 from gated_lpi_exp.metrics import metric_versions
+from gated_lpi_exp.plots import FIGURES
 from gated_lpi_exp.run import run
 from gated_lpi_exp.suites.spec import PRESETS
 from gated_lpi_exp.testing import save_random_series, word_tokenizer
@@ -38,6 +39,8 @@ def _cfg(series, tmp_path, *overrides):
             "model.name=random_moe",
             "model.dtype=float32",
             "model.device=cpu",
+            "checkpoints=all",  # not the paper's grid and data, which model=olmoe brings in
+            "relations.source=bundled",
             "relations.max_per_relation=4",
             f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
             f"tracking.artifact_location={tmp_path}/mlruns",
@@ -49,7 +52,9 @@ def _cfg(series, tmp_path, *overrides):
 
 
 def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(series, tmp_path, caplog):
-    cfg = _cfg(series, tmp_path, "ablation=top1_head", "ablation.random_seeds=2")
+    cfg = _cfg(
+        series, tmp_path, "ablation=top1_head", "ablation.random_seeds=2", "dynamics.lagged_pairs=[[0,25]]"
+    )
     result = run(cfg)
     client = MlflowClient(cfg.tracking.uri)
     logged = client.get_run(result.run_id)
@@ -65,8 +70,13 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
         and params["data.multi_token_objects.country_language"] == "0"
     )
     assert params["model.n_heads_total"] == "8"
+    assert params["run.step_mapping"] == "none"
+    assert (params["data.n_duplicates"], params["data.n_conflicts"]) == ("0", "0")  # the bundled set is clean
     assert not any(k.startswith("model.suite.") for k in params)  # a local series has no suite recipe
     assert params["metrics.j_stab.version"] == "1" and params["ablation.label"] == "top-1 head"
+    assert params["metrics.j_lag.version"] == "1"
+    lagged = result.tables["dynamics_lagged"]  # 25 is matched to the analysed step 30
+    assert lagged[["step_a", "step_b"]].drop_duplicates().values.tolist() == [[0, 30]]
     history = client.get_metric_history(result.run_id, "hit_at_10")
     assert sorted(m.step for m in history) == STEPS
     for name in (
@@ -74,7 +84,9 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
         "hit_at_10.factual",
         "j_stab.ffn",
         "r_t_layer.attn.layer1",
-        "ablation.drop_percent.targeted",
+        "ablation.hit_at_10.targeted",
+        "j_lag.attn.0_25",
+        "j_lag.attn.0_25.random",
     ):
         assert client.get_metric_history(result.run_id, name), name
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "tables")}
@@ -91,14 +103,16 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
         "dynamics_layer_summary",
         "ablation",
         "head_scores",
+        "dynamics_lagged",
+        "cleaning",
     ):
-        assert f"tables/{table}.parquet" in artifacts, table
+        assert {f"tables/{table}.parquet", f"tables/{table}.csv"} <= artifacts, table
     figures = {a.path for a in client.list_artifacts(result.run_id, "figures")}
-    assert "figures/fig1_jaccard.png" in figures and "figures/fig5_ablation.png" in figures
+    assert figures == {f"figures/{spec.stem}.png" for spec in FIGURES}
     assert client.list_artifacts(result.run_id, "config")[0].path == "config/resolved.yaml"
     assert {a.path for a in client.list_artifacts(result.run_id, "attribution")} == {
         f"attribution/step{s}.npz" for s in STEPS
-    }
+    } | {"attribution/README.md"}  # what the arrays are, readable in the UI
 
     # The logged HIT@10 equals a recomputation from the logged per-example ranks.
     path = mlflow.artifacts.download_artifacts(
@@ -156,6 +170,21 @@ def test_the_default_stages_on_a_micro_suite_exercise_every_stage(micro_suites, 
     )
     assert cfg.ablation.name != "none" and cfg.attribution.enabled
     result = run(cfg)
+    logged = MlflowClient(cfg.tracking.uri).get_run(result.run_id)
+    params = logged.data.params
+    # Resolved values, not the config's "0 = the size preset" placeholders.
+    preset = PRESETS["micro"]
+    for key in ("hidden_size", "num_layers", "steps", "num_checkpoints", "lr"):
+        assert float(params[f"model.suite.{key}"]) == preset[key] != 0, key
+    moe = suite == "micro_moe"
+    assert ("model.suite.num_experts" in params) == moe  # a dense suite logs no expert fields
+    assert params["attribution.cache_dir"] != "None" and "ablation.fraction" not in params  # a head ablation
+    (dataset,) = logged.inputs.dataset_inputs
+    assert dataset.dataset.digest == params["data.hash"] and dataset.dataset.name == "bundled:all"
+    note = logged.data.tags["mlflow.note.content"]
+    kind = "MoE" if moe else "dense"
+    assert note.startswith(f"{suite} ({kind}, suite {suite}), 7 checkpoints (steps 0–240), on 36 examples")
+    assert "top-10 heads" in note and logged.data.tags["mlflow.source.name"] == "gated_lpi_exp"
     for table in ("hit_summary", "top_units", "layer_profiles", "dynamics_summary", "ablation"):
         assert len(result.tables[table]) > 0, table
     hits = result.tables["hit_summary"]
@@ -172,7 +201,7 @@ def test_the_default_stages_on_a_micro_suite_exercise_every_stage(micro_suites, 
     micro = PRESETS["micro"]
     assert params["model.suite.steps"] == str(micro["steps"]) and params["model.suite.size"] == "micro"
     assert params["model.suite.hidden_size"] == str(micro["hidden_size"])
-    assert params["model.suite.num_experts"] == str(micro["num_experts"])
+    assert params.get("model.suite.num_experts") == (str(micro["num_experts"]) if moe else None)
     assert params["model.suite.checkpoint_steps"] == str([c.step for c in result.checkpoints])
     assert {k: v for k, v in params.items() if k.startswith("metrics.")} == {
         f"metrics.{name}.version": str(version) for name, version in metric_versions().items()

@@ -51,11 +51,16 @@ def test_no_pickle_loads_anywhere_in_the_package():
 def test_models_load_as_safetensors_without_remote_code_unless_configured():
     for file, call in _calls("from_pretrained"):
         assert _keyword(call, "trust_remote_code") not in ("True",), f"{file}:{call.lineno}"
-    loader = [c for f, c in _calls("from_pretrained") if f.parts[-2:] == ("checkpoints", "loading.py")]
-    assert len(loader) == 3  # the config (family check), the model and the tokenizer of every checkpoint
-    for call in loader:
-        assert _keyword(call, "trust_remote_code") == "model.trust_remote_code"
-    assert [_keyword(c, "use_safetensors") for c in loader if "AutoModel" in ast.unparse(c.func)] == ["True"]
+    loader = [c for f, c in _calls("from_pretrained") if f.parts[-2:] == ("checkpoints", "folder.py")]
+    auto = [c for c in loader if ast.unparse(c.func).startswith("Auto")]
+    assert len(auto) == 2  # the model and the tokenizer (the family check reads config.json as JSON)
+    for call in auto:
+        assert _keyword(call, "trust_remote_code") == "trust_remote_code"
+    assert [_keyword(c, "use_safetensors") for c in auto if "AutoModel" in ast.unparse(c.func)] == ["True"]
+    # OLMo v1's native layout is converted into a known class: its weights come in as a state dict.
+    native = [c for c in loader if c not in auto]
+    assert [ast.unparse(c.func) for c in native] == ["OlmoForCausalLM.from_pretrained"]
+    assert _keyword(native[0], "state_dict") == "state"
 
 
 @pytest.mark.parametrize("pattern", ["docs/*.md", "README.md", "conf/**/*.yaml"])

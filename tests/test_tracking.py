@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import nullcontext
 
 import mlflow
 import pandas as pd
@@ -20,6 +22,8 @@ from mlflow.tracking import MlflowClient
 
 from gated_lpi_exp.config import TrackingConfig
 from gated_lpi_exp.errors import TrackingError
+from gated_lpi_exp.tracking.names import EXPERIMENT_KIND_TAG, NOTE_TAG, PARENT_RUN_TAG, SWEEP_PARENT_TAG
+from gated_lpi_exp.tracking.sweep import finish_parent, read_parents, sweep_parent
 from gated_lpi_exp.tracking.tracker import Tracker, flatten, server_reachable
 
 
@@ -139,7 +143,10 @@ def test_full_run_logged_over_http_to_a_real_mlflow_server(tmp_path):
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and run.data.params["model.name"] == "tiny"
         assert [m.value for m in client.get_metric_history(run_id, "hit_at_10")] == [0.1, 0.6]
-        assert [a.path for a in client.list_artifacts(run_id, "tables")] == ["tables/checkpoints.parquet"]
+        assert [a.path for a in client.list_artifacts(run_id, "tables")] == [
+            "tables/checkpoints.csv",
+            "tables/checkpoints.parquet",
+        ]
         assert any((tmp_path / "srv-art").rglob("checkpoints.parquet"))
         _full_run_over_http(uri, tmp_path)
     finally:
@@ -189,7 +196,10 @@ def _hung_server_spools_then_replays(uri: str, server: subprocess.Popen, tmp_pat
     client = MlflowClient(uri)
     assert client.get_run(run_id).info.status == "FINISHED"
     assert [m.value for m in client.get_metric_history(run_id, "hit_at_10")] == [0.1, 0.2]
-    assert [a.path for a in client.list_artifacts(run_id, "tables")] == ["tables/checkpoints.parquet"]
+    assert [a.path for a in client.list_artifacts(run_id, "tables")] == [
+        "tables/checkpoints.csv",
+        "tables/checkpoints.parquet",
+    ]
     assert not (tmp_path / "spool" / run_id).exists()
 
 
@@ -260,3 +270,77 @@ def test_a_tracking_server_killed_mid_run_costs_seconds_and_the_next_run_complet
         assert not (work / "cache" / "spool" / orphan.info.run_id).exists()
     finally:
         _stop(server)
+
+
+def test_the_experiment_is_set_up_for_model_development_and_keeps_it(tmp_path):
+    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path}/m.db", artifact_location=str(tmp_path / "art"))
+    tracker = Tracker(cfg)
+    with tracker.run("r") as run_id:
+        tracker.log_metrics({"hit_at_10": 0.5}, step=0)
+        tracker.log_dataset(pd.DataFrame({"prompt": ["a"]}), "bundled:all", "0123abcd", str(tmp_path))
+    Tracker(cfg)  # a later run opens the same experiment
+    tags = MlflowClient(cfg.uri).get_experiment(tracker.experiment_id).tags
+    assert tags[EXPERIMENT_KIND_TAG] == "custom_model_development" and "fractions" in tags[NOTE_TAG]
+    # A kind a user chose on purpose (in the UI or with set_experiment_tag) is left alone.
+    MlflowClient(cfg.uri).set_experiment_tag(tracker.experiment_id, EXPERIMENT_KIND_TAG, "finetuning")
+    Tracker(cfg)
+    assert (
+        MlflowClient(cfg.uri).get_experiment(tracker.experiment_id).tags[EXPERIMENT_KIND_TAG] == "finetuning"
+    )
+    (dataset,) = MlflowClient(cfg.uri).get_run(run_id).inputs.dataset_inputs
+    assert (dataset.dataset.name, dataset.dataset.digest) == ("bundled:all", "0123abcd")
+    assert dataset.tags[0].value == "evaluation"
+
+
+def test_every_table_is_also_a_csv_the_ui_shows(tmp_path):
+    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path}/m.db", artifact_location=str(tmp_path / "art"))
+    tracker = Tracker(cfg)
+    table = pd.DataFrame({"step": [0, 10], "hit": [0.25, 0.5], "relation": ["a,b", 'say "x"']})
+    with tracker.run("r") as run_id:
+        tracker.log_table(table, "hits")
+    client = MlflowClient(cfg.uri)
+    assert {a.path for a in client.list_artifacts(run_id, "tables")} == {
+        "tables/hits.parquet",
+        "tables/hits.csv",
+    }
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="tables/hits.csv", dst_path=str(tmp_path / "dl"), tracking_uri=cfg.uri
+    )
+    pd.testing.assert_frame_equal(pd.read_csv(local), table)
+
+
+def _ask_for_parent(uri: str, artifacts: str, sweep_dir: str, queue) -> None:
+    """One job of a sweep in its own process: open the tracker, find or create the sweep's parent run."""
+    tracker = Tracker(TrackingConfig(uri=uri, artifact_location=artifacts))
+    queue.put(sweep_parent(tracker, sweep_dir))
+
+
+def test_jobs_in_separate_processes_find_one_parent_run_and_it_ends_by_its_children(tmp_path):
+    uri, artifacts, folder = f"sqlite:///{tmp_path}/m.db", str(tmp_path / "art"), tmp_path / "multirun" / "a"
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    jobs = [ctx.Process(target=_ask_for_parent, args=(uri, artifacts, str(folder), queue)) for _ in range(3)]
+    for job in jobs:
+        job.start()
+    ids = {queue.get(timeout=180) for _ in jobs}
+    for job in jobs:
+        job.join(timeout=60)
+    (parent_id,) = ids
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("gated_lpi_exp").experiment_id
+    assert [r.info.run_id for r in client.search_runs([experiment])] == [parent_id]
+    (recorded,) = read_parents(folder)
+    assert recorded.run_id == parent_id and recorded.sweep_id == parent_id[:8]
+
+    tracker = Tracker(TrackingConfig(uri=uri, artifact_location=artifacts))
+    for fail in (False, True):
+        with (
+            pytest.raises(RuntimeError) if fail else nullcontext(),
+            tracker.run("job", parent_run_id=parent_id),
+        ):
+            if fail:
+                raise RuntimeError("a job failed")
+    runs = client.search_runs([experiment], f"tags.`{PARENT_RUN_TAG}` = '{parent_id}'")
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
+    assert finish_parent(recorded) == "FAILED"  # not every job finished
+    assert client.get_run(parent_id).data.tags[SWEEP_PARENT_TAG] == "1"

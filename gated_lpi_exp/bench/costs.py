@@ -78,11 +78,15 @@ class ModelDims:
 KNOWN_SERIES = {
     # repo: (branches, step spacing, where the number comes from)
     "allenai/OLMoE-1B-7B-0924": (244, 5000, "244 step branches on the hub"),
+    "allenai/OLMo-7B": (556, 1000, "model card: every 1000 steps to step556000-tokens2460B"),
     "allenai/OLMo-7B-0424-hf": (489, 1000, "model card: every 1000 steps over 2.05T tokens at ~4.2M/step"),
     "allenai/OLMo-7B-0724-hf": (489, 1000, "model card: the 0424 checkpoints, copied"),
 }
 
 BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 4}
+STORED_BYTES_PER_PARAM = 4
+"""The training branches of the known hub series are stored in float32 (about 27.6 GB per 6.9B-parameter
+checkpoint), whatever ``model.dtype`` they are loaded in."""
 
 
 @dataclass

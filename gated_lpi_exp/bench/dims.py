@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from gated_lpi_exp.adapters import ADAPTERS, FAMILIES
 from gated_lpi_exp.bench.costs import ModelDims
+from gated_lpi_exp.checkpoints.olmo_native import is_native_olmo, native_olmo_config
 from gated_lpi_exp.errors import ConfigurationError
 
 
@@ -24,6 +25,8 @@ def dims_from_config(config: dict, source: str) -> ModelDims:
     Raises:
         ConfigurationError: the ``model_type`` is not a supported family.
     """
+    if is_native_olmo(config):  # OLMo v1's own layout: the dimensions of the class it is converted into
+        config = native_olmo_config(config, Path(source)).to_dict()
     model_type = config.get("model_type")
     if model_type not in ADAPTERS:
         raise ConfigurationError(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gated_lpi_exp.bench import costs
 from gated_lpi_exp.bench.machine import Rates, machine_info
-from gated_lpi_exp.bench.planner import DEFAULT_BANDWIDTH, Plan, make_plan
+from gated_lpi_exp.bench.planner import DEFAULT_BANDWIDTH, Plan, make_plan, weight_memory
 
 
 def human_seconds(seconds: float) -> str:
@@ -88,6 +88,15 @@ def format_plan(plan: Plan, cfg_line: str = "") -> str:
             f"takes about {human_seconds(plan.streamed_seconds(plan.h100_s))} on one H100, "
             f"{human_seconds(plan.streamed_seconds(plan.cpu_s))} on this machine"
         )
+    lines.append(
+        f"memory: weights {human_bytes(weight_memory(d)[plan.dtype])} as model.dtype={plan.dtype} "
+        + ", ".join(
+            f"({human_bytes(size)} with model.dtype={dtype})"
+            for dtype, size in weight_memory(d).items()
+            if dtype not in (plan.dtype, "float16")
+        )
+        + "; attribution works in float32 within attribution.memory_budget_mb either way"
+    )
     return "\n".join(lines)
 
 

@@ -22,9 +22,10 @@ from typing import Any
 import torch
 
 from gated_lpi_exp.bench import costs
-from gated_lpi_exp.bench.costs import BYTES_PER_PARAM, KNOWN_SERIES, ModelDims, Work
+from gated_lpi_exp.bench.costs import BYTES_PER_PARAM, KNOWN_SERIES, STORED_BYTES_PER_PARAM, ModelDims, Work
 from gated_lpi_exp.bench.dims import dims_from_config, hub_config
 from gated_lpi_exp.bench.machine import Rates, measure_rates
+from gated_lpi_exp.checkpoints.grid import grid_steps
 from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.errors import ConfigurationError
 
@@ -65,6 +66,7 @@ class Plan:
     rates: Rates
     rates_note: str
     sensitivity: dict[str, tuple[float, float]]  # larger batch size -> (this machine, H100) s/checkpoint
+    dtype: str = "float32"  # the weights' dtype once loaded (model.dtype; auto = as stored, float32)
     bandwidth: float = DEFAULT_BANDWIDTH
     """Assumed download rate from the hub, bytes per second."""
     prefetch: int = 1
@@ -107,17 +109,30 @@ def count_checkpoints(cfg: RunConfig) -> Count:
         from gated_lpi_exp.checkpoints.resolve import select_checkpoints
 
         available = _local_steps(cfg)
+        select, steps = sel.select, sel.steps
+        if select == "grid":
+            end = cfg.model.series_end if cfg.model.series_end is not None else available[-1].step
+            select, steps = "steps", grid_steps(sel.grid, end)
         chosen = select_checkpoints(
-            available, select=sel.select, steps=sel.steps, start=sel.start, stop=sel.stop,
+            available, select=select, steps=steps, start=sel.start, stop=sel.stop,
             every=sel.every, match=sel.match, missing="warn", limit=sel.limit,
         ).checkpoints  # fmt: skip
         return Count(len(chosen), f"{len(available)} in the series")
-    if sel.select == "steps":
-        n = len(set(sel.steps))
-        note = "explicit step list" + (
-            ", each mapped to the nearest branch" if sel.match == "nearest" else ""
-        )
-        return Count(min(n, sel.limit or n), note)
+    if sel.select in ("steps", "grid"):
+        end = _series_end(cfg)
+        if sel.select == "steps":
+            steps, note = sel.steps, "explicit step list"
+        elif end is None:  # count the open segments' first steps only
+            closed = [seg if seg[1] is not None else [seg[0], seg[0], seg[2]] for seg in sel.grid]
+            steps, note = (
+                grid_steps(closed, 0),
+                "step grid; its end is unknown offline (set model.series_end)",
+            )
+        else:
+            steps, note = grid_steps(sel.grid, end), f"step grid to {end:,}"
+        n = len(set(steps))
+        note += ", each mapped to the nearest branch" if sel.match == "nearest" else ""
+        return Count(min(n, sel.limit or n), note, estimate=sel.select == "grid" and end is None)
     if cfg.model.source not in KNOWN_SERIES:
         raise ConfigurationError(
             f"checkpoint count of {cfg.model.source!r} is unknown offline; use checkpoints=paper or "
@@ -195,7 +210,8 @@ def make_plan(
     download, disk, note = _storage(cfg, dims, checkpoints.value)
     return Plan(
         cfg.model.name, dims, checkpoints, examples, batches, work, cpu_s, method, least, h100,
-        download, disk, note, rates, rates_note, sensitivity, bandwidth, cfg.execution.prefetch,
+        download, disk, note, rates, rates_note, sensitivity,
+        "float32" if cfg.model.dtype == "auto" else cfg.model.dtype, bandwidth, cfg.execution.prefetch,
     )  # fmt: skip
 
 
@@ -246,21 +262,35 @@ def _random_model(dims: ModelDims) -> torch.nn.Module:
 
 
 def _storage(cfg: RunConfig, dims: ModelDims, checkpoints: int) -> tuple[float, float, str]:
-    per_ckpt = dims.total_params * BYTES_PER_PARAM.get(cfg.model.dtype, 4)
+    per_ckpt = dims.total_params * STORED_BYTES_PER_PARAM  # hub series, suites and local series: float32
     if cfg.model.kind == "hub":
-        size = BYTES_PER_PARAM.get(cfg.model.dtype, 4)
         ex = cfg.execution
         if ex.keep_checkpoints == "all":
-            return per_ckpt * checkpoints, per_ckpt * checkpoints, f"{cfg.model.dtype} weights ({size} B/param); " \
+            return per_ckpt * checkpoints, per_ckpt * checkpoints, "float32 weights as stored on the hub; " \
                 "keep_checkpoints=all: the hub cache keeps every branch"  # fmt: skip
         held = min(ex.prefetch + 1, checkpoints)
         note = (
-            f"{cfg.model.dtype} weights ({size} B/param); keep_checkpoints=none, prefetch={ex.prefetch}: at most "
+            f"float32 weights as stored on the hub; keep_checkpoints=none, prefetch={ex.prefetch}: at most "
             f"{held} checkpoint{'s' if held != 1 else ''} at once per process, each evicted once its results are stored"
         )
         return per_ckpt * checkpoints, per_ckpt * held, note
-    per_ckpt = dims.total_params * 4  # suites and local series are saved in float32
     return 0.0, per_ckpt * checkpoints, "nothing to download; float32 checkpoints on local disk"
+
+
+def weight_memory(dims: ModelDims) -> dict[str, float]:
+    """Bytes the loaded weights take, per ``model.dtype`` (the attribution itself stays float32)."""
+    return {dtype: dims.total_params * BYTES_PER_PARAM[dtype] for dtype in ("float32", "bfloat16", "float16")}
+
+
+def _series_end(cfg: RunConfig) -> int | None:
+    """Where an open grid segment ends: ``model.series_end``, else the known hub series' last step; None when
+    neither is known offline."""
+    if cfg.model.series_end is not None:
+        return cfg.model.series_end
+    if cfg.model.source in KNOWN_SERIES:
+        total, spacing, _ = KNOWN_SERIES[cfg.model.source]
+        return total * spacing
+    return None
 
 
 def _local_steps(cfg: RunConfig) -> list:

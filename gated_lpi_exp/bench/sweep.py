@@ -43,8 +43,9 @@ WORK = ("relations=all", "relations.max_per_relation=6", "ablation=top1_head", "
 
 
 def _overrides(work: Path, source: str, kind: str, *extra: str) -> list[str]:
+    # A dense OLMo preset without the paper's protocol (model=olmo brings in its data, grid and windows).
     return [
-        "model=olmo", f"model.kind={kind}", f"model.source={source}", "model.name=bench", "model.dtype=float32",
+        "model=olmo_0424", f"model.kind={kind}", f"model.source={source}", "model.name=bench", "model.dtype=float32",
         "model.device=cpu", f"tracking.uri=sqlite:///{work}/mlflow.db", f"tracking.artifact_location={work}/mlruns",
         f"attribution.cache_dir={work}/cache", "progress=false", *WORK, *extra,
     ]  # fmt: skip

@@ -21,8 +21,9 @@ from gated_lpi_exp.paths import cache_root
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".json", ".model", ".txt", ".tiktoken")
-"""Files of a checkpoint folder that determine what loading it gives: weights, configs, tokenizer files."""
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".tiktoken")
+"""Files of a checkpoint folder that determine what loading it gives: weights (``.bin``: OLMo v1's native
+layout), configs, tokenizer files."""
 _CHUNK = 1 << 22
 _memo: dict[tuple, str] = {}
 """This process's memo, over the one on disk."""

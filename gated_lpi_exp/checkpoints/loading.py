@@ -1,4 +1,8 @@
-"""Find a model's checkpoint series and load its checkpoints (safetensors only, no remote code by default)."""
+"""Find a model's checkpoint series and load its checkpoints (no pickle, no remote code by default).
+
+A local folder (a local series, a suite, or a hub revision the walk downloaded) loads through
+:func:`~gated_lpi_exp.checkpoints.folder.load_model`, which reads the transformers layout and OLMo v1's native
+layout alike and refuses pickle-only weights."""
 
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ from transformers.utils import logging as hf_logging
 
 from gated_lpi_exp.adapters import FAMILIES
 from gated_lpi_exp.checkpoints.checksums import mismatched_files
+from gated_lpi_exp.checkpoints.folder import checkpoint_model_type, load_folder_tokenizer, load_model
+from gated_lpi_exp.checkpoints.grid import grid_steps
 from gated_lpi_exp.checkpoints.hub import list_hub_checkpoints
 from gated_lpi_exp.checkpoints.resolve import (
     Checkpoint,
@@ -37,7 +43,12 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def resolve_series(
     model: ModelConfig, checkpoints: CheckpointsConfig, *, progress: bool = True
 ) -> Resolution:
-    """List the model's checkpoints (building a project suite first if needed) and apply the selection."""
+    """List the model's checkpoints (building a project suite first if needed) and apply the selection.
+
+    A ``grid`` selection is expanded to its steps (open segments end at ``model.series_end``, else at the
+    series' last checkpoint) and matched like an explicit step list; the step each grid point was mapped to
+    is logged.
+    """
     if model.kind == "suite":
         from gated_lpi_exp.suites import build_suite
 
@@ -46,10 +57,14 @@ def resolve_series(
         available = list_local_checkpoints(model.source)
     else:
         available = list_hub_checkpoints(model.source, model.branch_pattern, model.tokens_per_step)
-    return select_checkpoints(
+    select, steps = checkpoints.select, checkpoints.steps
+    if select == "grid":
+        end = model.series_end if model.series_end is not None else max(c.step for c in available)
+        select, steps = "steps", grid_steps(checkpoints.grid, end)
+    resolution = select_checkpoints(
         available,
-        select=checkpoints.select,
-        steps=checkpoints.steps,
+        select=select,
+        steps=steps,
         start=checkpoints.start,
         stop=checkpoints.stop,
         every=checkpoints.every,
@@ -58,6 +73,23 @@ def resolve_series(
         limit=checkpoints.limit,
         revisions=checkpoints.revisions,
     )
+    if checkpoints.select == "grid":
+        log.info("checkpoint grid of %s: %s", model.name, describe_mapping(resolution, steps))
+    return resolution
+
+
+def describe_mapping(resolution: Resolution, requested: list[int]) -> str:
+    """``10000 -> step10000-tokens41B, ..., 600000 -> step556000-tokens2460B (nearest)``: where each
+    requested step went (``missing`` for a step skipped)."""
+    by_step = {c.step: c for c in resolution.available}
+    parts = []
+    for step in requested:
+        got = resolution.substitutions.get(step, step)
+        if got not in by_step or step in resolution.missing_steps:
+            parts.append(f"{step} -> missing")
+            continue
+        parts.append(f"{step} -> {by_step[got].label}" + ("" if got == step else " (nearest)"))
+    return ", ".join(parts)
 
 
 def pick_device(device: str) -> torch.device:
@@ -89,24 +121,32 @@ def load_checkpoint(
             ``checkpoint.source`` at its commit (or branch).
 
     Raises:
-        CheckpointError: the checkpoint is missing, truncated, or has no safetensors weights (names the step,
-            the path and the fix).
+        CheckpointError: the checkpoint is missing, truncated, has only pickle weights, or is a damaged
+            OLMo v1 native folder (names the step or file, the path and the fix).
     """
     source, revision = _where(checkpoint, path)
-    require_safetensors(source, checkpoint.step)
     check_family(model, checkpoint, path)
     if model.verify_checksums:
         verify_checksums(checkpoint)
     try:
-        net = AutoModelForCausalLM.from_pretrained(
-            source,
-            revision=revision,
-            dtype=_DTYPES.get(model.dtype, "auto"),
-            use_safetensors=True,  # never unpickle weights
-            trust_remote_code=model.trust_remote_code,
-            attn_implementation=model.attn_implementation,
-            local_files_only=path is not None,  # a downloaded revision: no request to the hub
-        )
+        if revision is None:  # a local folder: the transformers layout or OLMo v1's native one
+            net = load_model(
+                source,
+                model.dtype,
+                attn_implementation=model.attn_implementation,
+                trust_remote_code=model.trust_remote_code,
+            )
+        else:
+            net = AutoModelForCausalLM.from_pretrained(
+                source,
+                revision=revision,
+                dtype=_DTYPES.get(model.dtype, "auto"),
+                use_safetensors=True,  # never unpickle weights
+                trust_remote_code=model.trust_remote_code,
+                attn_implementation=model.attn_implementation,
+            )
+    except CheckpointError:
+        raise  # already names the file and the fix (pickle-only weights, a bad native folder)
     except Exception as exc:  # corrupted files surface as many exception types
         where = checkpoint.source + (f"@{checkpoint.revision}" if checkpoint.revision else "")
         where += f" ({source})" if path else ""
@@ -138,15 +178,15 @@ def check_family(model: ModelConfig, checkpoint: Checkpoint, path: str | None = 
     """
     source, revision = _where(checkpoint, path)
     try:
-        config = AutoConfig.from_pretrained(
-            source,
-            revision=revision,
-            trust_remote_code=model.trust_remote_code,
-            local_files_only=path is not None,
-        )
+        if revision is None:  # a local folder; OLMo v1's native layout counts as olmo, the class it becomes
+            found = checkpoint_model_type(source)
+        else:
+            config = AutoConfig.from_pretrained(
+                source, revision=revision, trust_remote_code=model.trust_remote_code
+            )
+            found = getattr(config, "model_type", None)
     except Exception:  # a missing or damaged config fails the weight loading below, with its own fix
         return
-    found = getattr(config, "model_type", None)
     if found == model.family:
         return
     where = checkpoint.source + (f"@{checkpoint.revision}" if checkpoint.revision else "")
@@ -187,28 +227,6 @@ def _where(checkpoint: Checkpoint, path: str | None) -> tuple[str, str | None]:
     return checkpoint.source, checkpoint.commit or checkpoint.revision
 
 
-def require_safetensors(source: str, step: int) -> None:
-    """Refuse a local checkpoint folder whose weights are only pickle files (``pytorch_model.bin``).
-
-    Unpickling can run arbitrary code, so this tool reads ``*.safetensors`` weights only (hub checkpoints
-    are loaded with ``use_safetensors=True``, which fails the same way).
-
-    Raises:
-        CheckpointError: the folder has pickle weights and no safetensors weights.
-    """
-    folder = Path(source)
-    if not folder.is_dir() or any(folder.glob("*.safetensors")):
-        return
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-    if pickles:
-        raise CheckpointError(
-            f"Checkpoint step {step} at {folder} has only pickle-format weights ({', '.join(pickles)}); "
-            "this tool loads safetensors weights only, because unpickling a file can run arbitrary code. "
-            "Fix: convert it once, in an environment you trust, with "
-            f"AutoModelForCausalLM.from_pretrained('{folder}').save_pretrained('{folder}', safe_serialization=True)."
-        )
-
-
 def load_tokenizer(
     model: ModelConfig, checkpoint: Checkpoint, path: str | None = None
 ) -> PreTrainedTokenizerBase:
@@ -216,12 +234,15 @@ def load_tokenizer(
     :func:`load_checkpoint` (read from there only: no request to the hub)."""
     source, revision = _where(checkpoint, path)
     try:
+        if revision is None:  # a local folder (OLMo v1 native: its tokenizer.json, no remote class)
+            return load_folder_tokenizer(source, trust_remote_code=model.trust_remote_code)
         tok = AutoTokenizer.from_pretrained(
             source,
             revision=revision,
             trust_remote_code=model.trust_remote_code,
-            local_files_only=path is not None,
         )
+    except CheckpointError:
+        raise
     except Exception as exc:
         raise CheckpointError(
             f"Could not load the tokenizer of {checkpoint.source} ({type(exc).__name__}: {exc})."

@@ -1,8 +1,9 @@
 """Clean relation text and samples, recording every change so a run can log what it evaluated.
 
 The upstream files contain literal escape sequences (``Bras\\u00edlia`` as six characters), stray whitespace,
-exact duplicate pairs and subjects repeated with different objects; each fix is one record of the cleaning
-report (``file, relation, subject, kind, detail``).
+exact duplicate pairs and subjects repeated with different objects; each fix, and each repeated subject
+(whether it is kept or dropped), is one record of the cleaning report (``file, relation, subject, kind,
+detail``).
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ CHANGE_KINDS: tuple[str, ...] = (
     "conflict",
     "multi_token",
 )
-"""Kinds of cleaning change: four text fixes, then three reasons a sample is dropped, then ``multi_token``
-(per relation: objects the series' tokenizer splits, noted when the run loads it,
-:mod:`gated_lpi_exp.data.objects`)."""
+"""Kinds of cleaning record: four text fixes; ``empty`` (a sample dropped); ``duplicate`` (a pair repeated
+exactly) and ``conflict`` (a subject repeated with another object), whose ``detail`` says whether the sample
+was kept or dropped; then ``multi_token`` (per relation: objects the series' tokenizer splits, noted when the
+run loads it, :mod:`gated_lpi_exp.data.objects`)."""
 
-DUPLICATE_POLICIES: tuple[str, ...] = ("drop", "keep")
-"""``drop``: keep the first sample of each subject; ``keep``: keep every non-empty sample."""
+DUPLICATE_POLICIES: tuple[str, ...] = ("keep", "drop")
+"""``keep`` (the default, as the paper evaluates all 906 upstream samples): keep every non-empty sample;
+``drop``: keep only the first sample of each subject."""
 
 # JSON-style escapes only: a backslash followed by anything else is left alone, as it may be meant literally.
 _ESCAPE_RE = re.compile(r"\\(u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|x[0-9a-fA-F]{2}|[nrt\"'\\/])")
@@ -80,12 +83,15 @@ def check_duplicates_policy(duplicates: str) -> None:
         )
 
 
-def clean_relation(raw: RawRelation, duplicates: str = "drop") -> CleanRelation:
+def clean_relation(raw: RawRelation, duplicates: str = "keep") -> CleanRelation:
     """Clean the template and samples of one relation.
+
+    Repeated subjects are reported under either policy: ``duplicate`` / ``conflict`` records say which
+    earlier sample each repeats and whether it was kept.
 
     Args:
         raw: The relation as read.
-        duplicates: ``"drop"`` or ``"keep"`` (see :data:`DUPLICATE_POLICIES`).
+        duplicates: ``"keep"`` or ``"drop"`` (see :data:`DUPLICATE_POLICIES`).
 
     Raises:
         ConfigurationError: ``duplicates`` is not a known policy.
@@ -118,10 +124,7 @@ def clean_relation(raw: RawRelation, duplicates: str = "drop") -> CleanRelation:
             for kind, before, after in edits:
                 note(subject, kind, f"samples[{i}].{name}: {before!r} -> {after!r}")
         kept.append((i, subject, obj))
-    if duplicates == "drop":
-        result.samples = _first_object_per_subject(kept, note)
-    else:
-        result.samples = [(subject, obj) for _, subject, obj in kept]
+    result.samples = _apply_duplicates_policy(kept, duplicates, note)
     return result
 
 
@@ -137,23 +140,28 @@ def _clean_template(raw: RawRelation, note: Note) -> str:
     return template
 
 
-def _first_object_per_subject(kept: list[tuple[int, str, str]], note: Note) -> list[tuple[str, str]]:
-    # The first occurrence wins so the result does not depend on anything but file order.
+def _apply_duplicates_policy(
+    kept: list[tuple[int, str, str]], duplicates: str, note: Note
+) -> list[tuple[str, str]]:
+    # The first occurrence of a subject is the reference, so the result depends on nothing but file order.
     first: dict[str, tuple[int, str]] = {}
     samples = []
+    action = "kept" if duplicates == "keep" else "dropped"
     for i, subject, obj in kept:
         if subject not in first:
             first[subject] = (i, obj)
             samples.append((subject, obj))
             continue
+        if duplicates == "keep":
+            samples.append((subject, obj))
         j, first_obj = first[subject]
         if obj == first_obj:
-            note(subject, "duplicate", f"samples[{i}] dropped: same pair as samples[{j}] (object {obj!r})")
+            note(subject, "duplicate", f"samples[{i}] {action}: same pair as samples[{j}] (object {obj!r})")
         else:
             note(
                 subject,
                 "conflict",
-                f"samples[{i}] dropped: object {obj!r} conflicts with {first_obj!r} kept from samples[{j}]",
+                f"samples[{i}] {action}: object {obj!r} differs from {first_obj!r} of samples[{j}]",
             )
     return samples
 

@@ -8,11 +8,14 @@ series is resolved and its tokenizer loaded, from the first checkpoint's ``confi
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
+from gated_lpi_exp.checkpoints.folder import read_config
+from gated_lpi_exp.checkpoints.olmo_native import is_native_olmo, native_olmo_config
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.data.objects import multi_token_objects, note_multi_token_objects
@@ -60,11 +63,16 @@ def check_before_compute(
 
 
 def _model_config(cfg: RunConfig, checkpoint: Checkpoint, folder: str | None):
-    """The checkpoint's ``transformers`` config (only ``config.json`` is read), or None when it has none."""
+    """The checkpoint's ``transformers`` config (only ``config.json`` is read; OLMo v1's native layout as the
+    ``OlmoConfig`` it loads as), or None when it has none."""
+    local = folder or (checkpoint.source if Path(checkpoint.source).is_dir() else None)
     try:
-        if folder is not None:  # downloaded at the commit the walk will download: no network here
+        if local is not None:  # no network: a local series, or a hub checkpoint's downloaded small files
+            raw = read_config(local)
+            if is_native_olmo(raw):
+                return native_olmo_config(raw, Path(local) / "config.json")
             return AutoConfig.from_pretrained(
-                folder, local_files_only=True, trust_remote_code=cfg.model.trust_remote_code
+                local, local_files_only=True, trust_remote_code=cfg.model.trust_remote_code
             )
         return AutoConfig.from_pretrained(
             checkpoint.source,

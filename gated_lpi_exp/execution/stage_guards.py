@@ -62,5 +62,11 @@ def attribution_stage(
 
 
 def stage_bar(cfg: RunConfig, total: int, desc: str):
-    """A progress bar over one stage's examples (removed when done; off with ``progress=false``)."""
-    return tqdm(total=total, desc=f"  {desc}", unit="ex", leave=False, disable=not cfg.progress)
+    """A progress bar over one stage's examples, removed when done; drawn only on a terminal (a log file
+    gets the log lines, not bar frames), never with ``progress=false``."""
+    return tqdm(total=total, desc=f"  {desc}", unit="ex", leave=False, disable=bar_disabled(cfg.progress))
+
+
+def bar_disabled(progress: bool) -> bool | None:
+    """tqdm's ``disable`` for a progress setting: None (draw only when stderr is a terminal) or True."""
+    return None if progress else True

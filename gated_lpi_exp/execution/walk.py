@@ -25,6 +25,7 @@ from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.errors import CheckpointError
 from gated_lpi_exp.execution.process_group import DistributedError, ProcessGroup
+from gated_lpi_exp.execution.stage_guards import bar_disabled
 from gated_lpi_exp.storage.results import CheckpointResult, ResultStore
 from gated_lpi_exp.storage.run_state import RunState
 from gated_lpi_exp.tracking.run_logging import log_checkpoint, log_walk
@@ -92,9 +93,9 @@ def walk_checkpoints(
     started = time.perf_counter()
     todo = [c for c in checkpoints if not (cfg.execution.resume and store.has(c))]
     results = []
-    bar = tqdm(checkpoints, desc="checkpoints", unit="ckpt", disable=not cfg.progress)
+    bar = tqdm(checkpoints, desc="checkpoints", unit="ckpt", disable=bar_disabled(cfg.progress))
     with checkpoint_feed(cfg, todo) as feed:
-        for ckpt in bar:
+        for done, ckpt in enumerate(bar, 1):
             bar.set_postfix(step=ckpt.step)
             with store.lock(ckpt):  # the same checkpoint in another process with the same inputs waits
                 result = store.get(ckpt) if cfg.execution.resume else None
@@ -114,6 +115,7 @@ def walk_checkpoints(
                     feed.done(ckpt)
             log_checkpoint(tracker, cfg, result)
             results.append(result)
+            log.info("step %d: checkpoint %d of %d done", ckpt.step, done, len(checkpoints))
     feed.stats.walk_seconds = time.perf_counter() - started
     return results, feed.stats
 

@@ -18,10 +18,11 @@ from gated_lpi_exp.metrics.neurons import (
     gain_concentration,
     jaccard_stability,
     positive_gain_concentration,
+    random_top_set_overlap,
     top_set,
     top_set_overlap,
 )
-from gated_lpi_exp.metrics.prediction import drop_percent, gold_ranks, hit_at_k, hit_rate
+from gated_lpi_exp.metrics.prediction import MIN_BASE_HIT10, drop_percent, gold_ranks, hit_at_k, hit_rate
 from gated_lpi_exp.metrics.registry import (
     AGGREGATIONS,
     DISPLAY,
@@ -42,6 +43,7 @@ __all__ = [
     "INPUTS",
     "METRICS",
     "Display",
+    "MIN_BASE_HIT10",
     "MetricSpec",
     "cross_step_cv",
     "drop_percent",
@@ -55,6 +57,7 @@ __all__ = [
     "metric_versions",
     "metrics_for",
     "positive_gain_concentration",
+    "random_top_set_overlap",
     "register_metric",
     "top_count",
     "top_set",

@@ -82,6 +82,13 @@ def hit_at_k(logits: Any, targets: Any, k: int) -> float:
     return hit_rate(gold_ranks(logits, targets), k)
 
 
+MIN_BASE_HIT10 = 0.5
+"""Near chance a drop divides by almost nothing (0.01 -> 0.03 is -200%), so drops count only at checkpoints
+whose unablated HIT@10 is at least this: the logged ``ablation.drop.*`` metrics (NaN below it), the console's
+drops, and the report's filtered Table 4 rows (the default of ``--min-base-hit10``; its first rows, as in the
+paper, average every checkpoint)."""
+
+
 def drop_percent(base: float, ablated: float) -> float:
     """Relative drop of a score under ablation: ``100 · (base - ablated) / base``.
 

@@ -3,8 +3,9 @@
 A spec says what the pipeline needs to know to compute, name, log and show a metric without special cases:
 
 - ``input``: what the function takes (:data:`INPUTS`); the dynamics stage computes every ``pair`` metric on
-  each consecutive pair of checkpoints (a curve) and every ``profile`` metric on each window's layer
-  profiles, so registering one is enough for it to reach the tables, MLflow and the report;
+  each consecutive pair of checkpoints (a curve), every ``lagged_pair`` metric on each configured pair of
+  steps (``dynamics.lagged_pairs``) and every ``profile`` metric on each window's layer profiles, so
+  registering one is enough for it to reach the tables, MLflow and the report;
 - ``label`` and ``unit``: how tables show it (:data:`DISPLAY`);
 - ``higher_is_better``: True / False where "better" has a meaning (HIT@k, drops), None for descriptive
   metrics (the stability measures), which no table ranks;
@@ -25,7 +26,12 @@ from typing import Any
 import numpy as np
 
 from gated_lpi_exp.metrics.layers import cross_step_cv, layer_consistency
-from gated_lpi_exp.metrics.neurons import gain_concentration, gain_concentration_by_layer, top_set_overlap
+from gated_lpi_exp.metrics.neurons import (
+    gain_concentration,
+    gain_concentration_by_layer,
+    random_top_set_overlap,
+    top_set_overlap,
+)
 from gated_lpi_exp.metrics.prediction import drop_percent, hit_rate
 
 
@@ -60,6 +66,8 @@ AGGREGATIONS: dict[str, Callable[[Any], float]] = {
 INPUTS: dict[str, str] = {
     "pair": "fn(scores_a, scores_b, top_frac): the neuron scores [L, N] of two checkpoints (earlier, later) "
     "-> one value, or one per layer [L] (per_layer=True); computed on every consecutive pair: a curve",
+    "lagged_pair": "fn(scores_a, scores_b, top_frac): the neuron scores [L, N] of two chosen checkpoints "
+    "(dynamics.lagged_pairs) -> one value; computed once per configured pair",
     "profile": "fn(profiles): the mean layer importance [n, L] of a window's n checkpoints -> one value",
     "ranks": "fn(ranks, k): the gold token's rank [B] of every example -> one value",
     "ablation": "fn(base, ablated): a score without and with the ablation -> one value",
@@ -220,6 +228,18 @@ register_metric(
     paper_ref="eq. 7",
     description="Top-1% set stability: Jaccard overlap of consecutive checkpoints' top-|I| sets (J_t); "
     "J_stab is its mean",
+)(top_set_overlap)
+register_metric(
+    "j_lag",
+    input="lagged_pair",
+    label="J_lag",
+    unit="fraction",
+    higher_is_better=None,
+    aggregation="none",
+    paper_ref="Sec. 4.1 text (100K vs 300K)",
+    description="Lagged top-1% overlap: Jaccard overlap of the top-|I| sets of two chosen checkpoints "
+    "(dynamics.lagged_pairs), e.g. how much of the core at 100K is still in it at 300K",
+    baseline=random_top_set_overlap,
 )(top_set_overlap)
 register_metric(
     "r_t",

@@ -10,6 +10,8 @@
 | (HIT@k) | :func:`plot_hit_curves` | ``HitSummary`` |
 
 Every function takes ``{model name: table}``; colours are given to models in the dict's order.
+:data:`FIGURES` declares each figure once (file name, caption, table, how to draw it) for the run and the
+report.
 """
 
 from gated_lpi_exp.plots._style import model_colors, to_png
@@ -21,8 +23,12 @@ from gated_lpi_exp.plots.dynamics import (
     plot_layer_importance_over_steps,
 )
 from gated_lpi_exp.plots.evaluation import plot_ablation, plot_hit_curves
+from gated_lpi_exp.plots.figures import FIGURES, FigureSettings, FigureSpec
 
 __all__ = [
+    "FIGURES",
+    "FigureSettings",
+    "FigureSpec",
     "model_colors",
     "plot_ablation",
     "plot_concentration",

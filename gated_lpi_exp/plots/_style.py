@@ -7,13 +7,16 @@ global figure list grows, and saving renders with Agg.
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
+from typing import cast
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 """Model colours, assigned in the order models are given (the report passes them in one fixed order)."""
@@ -40,6 +43,7 @@ def new_figure(
 ) -> tuple[Figure, np.ndarray]:
     """A figure of ``n_rows x n_cols`` panels, each ``width x height`` inches; axes as a 2-D array."""
     fig = Figure(figsize=(width * n_cols, height * n_rows), layout="constrained")
+    FigureCanvasAgg(fig)  # text sizes can be measured while the figure is built (legend columns)
     axes = fig.subplots(n_rows, n_cols, squeeze=False, **kwargs)  # [rows, cols]
     return fig, axes
 
@@ -83,15 +87,43 @@ def proxy(label: str, **style) -> Line2D:
 def figure_legend(
     fig: Figure, handles: Sequence[Line2D], title: str | None = None, below: bool = False
 ) -> None:
-    """One legend for the whole figure, outside the panels (right, or ``below`` in rows of up to 5)."""
+    """One legend for the whole figure, outside the panels: right, or ``below`` in as many columns (up to 5)
+    as fit the figure's width."""
     if not handles:
         return
-    if below:
-        fig.legend(
-            handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize=9, title=title
-        )
-    else:
+    if not below:
         fig.legend(handles=handles, loc="outside right upper", title=title, fontsize=9)
+        return
+    renderer = cast(FigureCanvasAgg, fig.canvas).get_renderer()
+    for ncols in range(min(len(handles), 5), 0, -1):
+        legend = fig.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize=9, title=title)
+        if ncols == 1 or legend.get_window_extent(renderer).width <= 0.98 * fig.bbox.width:
+            return
+        legend.remove()
+
+
+_CHAR_WIDTH_IN = {10: 0.085, 12: 0.1}
+"""Width of an average character of the default font at 10 and 12 pt, in inches (for wrapping titles)."""
+
+
+def figure_title(fig: Figure, text: str) -> None:
+    """The figure's title, wrapped onto as many lines as the figure's width needs."""
+    chars = max(20, int(0.95 * fig.get_figwidth() / _CHAR_WIDTH_IN[12]))
+    fig.suptitle("\n".join(textwrap.wrap(text, chars)))
+
+
+def panel_title(ax: Axes, text: str, **kwargs) -> None:
+    """A panel's title, wrapped to the panel's width."""
+    fig = ax.get_figure(root=True)
+    width = ax.get_position().width * (fig.get_figwidth() if fig is not None else 6.0)
+    chars = max(16, int(0.95 * width / _CHAR_WIDTH_IN[12]))
+    ax.set_title("\n".join(textwrap.wrap(text, chars)), **kwargs)
+
+
+def layer_axis(ax: Axes) -> None:
+    """Label the x axis as layers, with a tick only at whole layer numbers."""
+    ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def model_handles(colors: dict[str, str]) -> list[Line2D]:

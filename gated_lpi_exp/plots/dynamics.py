@@ -17,14 +17,18 @@ from gated_lpi_exp.plots._style import (
     IMPORTANCE_UNITS,
     UNIT_LABELS,
     figure_legend,
+    figure_title,
+    format_step,
+    layer_axis,
     mark_empty,
     model_handles,
     new_figure,
+    panel_title,
     percent_label,
     resolve_colors,
     step_axis,
 )
-from gated_lpi_exp.schemas import DataFrame, DynamicsCurve, LayerProfile
+from gated_lpi_exp.schemas import DataFrame, DynamicsCurve, LaggedOverlap, LayerProfile
 
 UNITS = ("ffn", "attn")
 
@@ -65,7 +69,7 @@ def plot_curves(
             mark_empty(ax)
     axes[0, 0].set_ylabel(ylabel)
     figure_legend(fig, model_handles(colors), title="model")
-    fig.suptitle(title)
+    figure_title(fig, title)
     return fig
 
 
@@ -73,6 +77,7 @@ def plot_jaccard(
     curves_by_model: Mapping[str, DataFrame[DynamicsCurve]],
     top_frac: float = 0.01,
     colors: Mapping[str, str] | None = None,
+    lagged: Mapping[str, DataFrame[LaggedOverlap]] | None = None,
 ) -> Figure:
     """Fig. 1: Jaccard overlap of the top neuron sets of consecutive checkpoints (J_t, eq. 7), FFN and ATTN.
 
@@ -80,14 +85,43 @@ def plot_jaccard(
         curves_by_model: Model name -> dynamics curves table (rows ``metric == "j_stab"`` are drawn).
         top_frac: Share of neurons in a top set, for the labels.
         colors: Model name -> colour; None = one per model in the dict's order.
+        lagged: Model name -> lagged-overlap table: each pair is drawn beside the curve as a dashed span from
+            its first to its second step at its overlap, labelled, with its random baseline when known.
     """
     pct = percent_label(top_frac)
-    return plot_curves(
+    fig = plot_curves(
         curves_by_model,
         "j_stab",
         title=f"Top-{pct} neuron set stability: Jaccard overlap between consecutive checkpoints",
         ylabel=f"Jaccard overlap of top-{pct} sets, $J_t$ (%)",
         colors=colors,
+    )
+    colors = resolve_colors(curves_by_model, colors)
+    for model, table in (lagged or {}).items():
+        for ax, unit in zip(fig.axes[:2], UNITS, strict=True):
+            # Only J_lag: another lagged_pair metric need not be a Jaccard overlap on this axis.
+            rows = table[(table["unit"] == unit) & (table["metric"] == "j_lag")]
+            for row in rows.itertuples(index=False):
+                _draw_lagged(ax, row, colors.get(model, "black"))
+    return fig
+
+
+def _draw_lagged(ax, row, color: str) -> None:
+    """One lagged pair: a dashed span ``step_a -> step_b`` at its overlap (%), labelled above its middle."""
+    value = 100 * row.value
+    ax.plot([row.step_a, row.step_b], [value, value], ls="--", lw=1.2, color=color, marker="|", ms=8)
+    label = f"J({format_step(row.step_a)}, {format_step(row.step_b)}) = {value:.1f}%"
+    if not np.isnan(row.random_baseline):
+        label += f" (random {100 * row.random_baseline:.2f}%)"
+    middle = (row.step_a + row.step_b) / 2
+    ax.annotate(
+        label,
+        (middle, value),
+        textcoords="offset points",
+        xytext=(0, 4),
+        ha="center",
+        fontsize=7,
+        color=color,
     )
 
 
@@ -147,7 +181,7 @@ def plot_layer_importance_over_steps(
             mark_empty(ax)
     figure_legend(fig, model_handles(colors), title="model")
     scope = "all examples" if relation == "all" else f"relation {relation}"
-    fig.suptitle(f"Mean FFN and ATTN layer importance over training ({scope})")
+    figure_title(fig, f"Mean FFN and ATTN layer importance over training ({scope})")
     return fig
 
 
@@ -197,15 +231,15 @@ def plot_layer_distributions(
             table = _overall(
                 profiles_by_model.get(model, pd.DataFrame(columns=["unit", "relation"])), unit, relation
             )
-            ax.set_title(f"{model}: {UNIT_LABELS[unit]} layers", color=colors[model])
+            panel_title(ax, f"{model}: {UNIT_LABELS[unit]} layers", color=colors[model])
             if not _distribution_panel(ax, table, steps):
                 mark_empty(ax)
                 continue
-            ax.set_xlabel("layer")
+            layer_axis(ax)
             ax.set_ylabel(f"layer importance\n({IMPORTANCE_UNITS})")
             ax.grid(True, alpha=0.3)
             # Below the panel: the profile spans every layer, so any inside corner would hide points.
             ax.legend(fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     names = " and ".join(UNIT_LABELS[u] for u in units)
-    fig.suptitle(f"{names} layer importance distribution at selected training steps")
+    figure_title(fig, f"{names} layer importance distribution at selected training steps")
     return fig

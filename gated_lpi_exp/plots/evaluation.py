@@ -8,7 +8,16 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from gated_lpi_exp.plots._style import figure_legend, mark_empty, new_figure, proxy, resolve_colors, step_axis
+from gated_lpi_exp.plots._style import (
+    figure_legend,
+    figure_title,
+    mark_empty,
+    new_figure,
+    panel_title,
+    proxy,
+    resolve_colors,
+    step_axis,
+)
 from gated_lpi_exp.schemas import AblationResult, DataFrame, HitSummary
 
 CONDITION_STYLES = {
@@ -74,7 +83,7 @@ def plot_ablation(
         mark_empty(axes[0, 0], "no ablation results")
     for ax, name in zip(axes[0], names, strict=False):
         steps = _ablation_panel(ax, ablation_by_model, name, colors)
-        ax.set_title(f"ablate {labels.get(name, name)}")
+        panel_title(ax, f"ablate {labels.get(name, name)}")
         if steps:
             step_axis(ax, steps)
         else:
@@ -83,7 +92,7 @@ def plot_ablation(
     handles = [proxy(m, color=c, lw=2) for m, c in colors.items()]
     handles += [proxy(CONDITION_LABELS[c], color="black", **s) for c, s in CONDITION_STYLES.items()]
     figure_legend(fig, handles, below=True)
-    fig.suptitle("HIT@10 under ablation: most important units vs a matched random control")
+    figure_title(fig, "HIT@10 under ablation: most important units vs a matched random control")
     return fig
 
 
@@ -128,5 +137,5 @@ def plot_hit_curves(
     handles = [proxy(f"{m} (all relations)", color=c, lw=2.2) for m, c in colors.items()]
     handles += [proxy(cat, color="0.35", lw=0.9, ls=styles[cat]) for cat in (cats if categories else ())]
     figure_legend(fig, handles, below=True)
-    fig.suptitle("Relational knowledge over training: HIT@k of the gold object token")
+    figure_title(fig, "Relational knowledge over training: HIT@k of the gold object token")
     return fig

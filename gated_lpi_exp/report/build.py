@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -11,9 +12,12 @@ from mlflow.tracking import MlflowClient
 
 from gated_lpi_exp import __version__
 from gated_lpi_exp.errors import ConfigurationError
+from gated_lpi_exp.metrics import MIN_BASE_HIT10
 from gated_lpi_exp.report.figures import render_figures
-from gated_lpi_exp.report.render import Header, render_html, render_markdown
-from gated_lpi_exp.report.runs import load_run, make_columns, select_runs
+from gated_lpi_exp.report.render import Header, ReportPart, render_html, render_markdown
+from gated_lpi_exp.report.runs import load_run
+from gated_lpi_exp.report.sections import explain, split_sections
+from gated_lpi_exp.report.select import select_runs
 from gated_lpi_exp.report.tables import build_tables
 from gated_lpi_exp.tracking.names import REPORT_RUNS_TAG, REPORT_TAG, VERSION_TAG
 
@@ -31,6 +35,8 @@ class ReportFiles:
     run_ids: list[str]
     report_run_id: str | None = None
     """The MLflow run holding the report, with ``log_artifact``."""
+    sections: int = 1
+    """How many sections (conditions) the report has."""
 
 
 def build_report(
@@ -41,36 +47,49 @@ def build_report(
     sweep: str | None = None,
     out_dir: str | Path = "report",
     log_artifact: bool = False,
+    latest_per_model: bool = False,
+    min_base_hit10: float = MIN_BASE_HIT10,
 ) -> ReportFiles:
     """Write ``report.html`` (self-contained) and ``report.md`` (+ figure PNGs) for the selected runs.
 
     Args:
         tracking_uri: MLflow tracking URI.
         experiment: Experiment searched when ``run_ids`` is not given.
-        run_ids: Exactly these runs (FINISHED only).
-        sweep: The FINISHED runs tagged ``gated_lpi.sweep=<sweep>``. With neither, the newest FINISHED run per
-            (``gated_lpi.model``, ``gated_lpi.ablation``) tag pair.
+        run_ids: Exactly these runs (FINISHED only), by id or unique id prefix.
+        sweep: The FINISHED runs of a sweep: its folder (absolute or relative), the folder's name, or the
+            sweep's short id. With neither, the latest sweep's runs.
         out_dir: Output folder (created).
         log_artifact: Also log the folder to a new run of ``experiment`` tagged ``gated_lpi.report=1``.
+        latest_per_model: Instead of the latest sweep, the newest FINISHED run per (model, ablation).
+        min_base_hit10: Table 4's second rows average the checkpoints whose unablated HIT@10 is at least this.
+
+    Runs measured under different conditions (examples, relations, checkpoint selection, protocol) are
+    shown in separate sections, never in one table (:mod:`.sections`).
 
     Raises:
         ConfigurationError: Nothing to report, or an unknown experiment / unfinished run.
     """
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per table is noise here
     client = MlflowClient(tracking_uri)
-    runs = select_runs(client, experiment, run_ids, sweep)
-    log.info("report: %d run(s): %s", len(runs), ", ".join(r.info.run_id for r in runs))
-    columns = make_columns([load_run(client, tracking_uri, r) for r in runs])
-    selection = (
-        "given ids" if run_ids else (f"sweep {sweep}" if sweep is not None else "newest per model/ablation")
+    selection = select_runs(client, experiment, run_ids, sweep, latest_per_model)
+    runs = selection.runs
+    log.info("report: %s: %d run(s): %s", selection.how, len(runs), ", ".join(r.info.run_id for r in runs))
+    sections = split_sections([load_run(client, tracking_uri, r) for r in runs])
+    if len(sections) > 1:
+        log.warning("report: %s", explain(sections))
+    parts = [
+        ReportPart(s.columns, build_tables(s.columns, min_base_hit10), render_figures(s.columns), s.differs)
+        for s in sections
+    ]
+    header = Header(
+        datetime.now(timezone.utc), __version__, tracking_uri, experiment, selection.how, explain(sections)
     )
-    header = Header(datetime.now(timezone.utc), __version__, tracking_uri, experiment, selection)
-    tables, figures = build_tables(columns), render_figures(columns)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     html_path, md_path = out / HTML_NAME, out / MARKDOWN_NAME
-    html_path.write_text(render_html(header, columns, tables, figures), encoding="utf-8")
-    md_path.write_text(render_markdown(header, columns, tables, figures, out), encoding="utf-8")
-    files = ReportFiles(html_path, md_path, [r.info.run_id for r in runs])
+    html_path.write_text(render_html(header, parts), encoding="utf-8")
+    md_path.write_text(render_markdown(header, parts, out), encoding="utf-8")
+    files = ReportFiles(html_path, md_path, [r.info.run_id for r in runs], sections=len(sections))
     if log_artifact:
         files.report_run_id = _log_report(client, experiment, out, files.run_ids)
     return files

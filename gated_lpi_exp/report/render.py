@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,18 +38,38 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px sol
 th{background:#f3f3f3}td.num{text-align:right;white-space:nowrap}td.paper,th.paper{background:#fff6e0}
 td.best{font-weight:bold;color:#0a5}td.missing{color:#888;font-style:italic}.note{color:#555;font-size:.85em}
 figure{margin:1.2em 0}img{max-width:100%}figcaption{color:#444;font-size:.9em}
+.warn{background:#fff3cd;border:1px solid #e0c36c;padding:.5em .8em}
 """
 
 
 @dataclass
 class Header:
-    """Who made the report, when, from where."""
+    """Who made the report, when, from where, and why it is split into sections (if it is)."""
 
     generated: datetime
     version: str
     tracking_uri: str
     experiment: str
     selection: str
+    split: str = ""
+
+
+@dataclass
+class ReportPart:
+    """One section of the report: runs of one condition, their tables and figures, and what sets the
+    section apart from the others (empty when the report has one section)."""
+
+    columns: list[Column]
+    tables: list[ReportTable]
+    figures: list[RenderedFigure]
+    differs: dict[str, str] = field(default_factory=dict)
+
+    def title(self, index: int, count: int) -> str:
+        """``Section 2 of 3: relations.categories=['factual']; data.hash=...`` ("" for a lone section)."""
+        if count < 2:
+            return ""
+        settings = "; ".join(f"{k}={v}" for k, v in self.differs.items())
+        return f"Section {index} of {count}: {settings}"
 
 
 def _strip_list(text: str | None) -> str:
@@ -128,30 +148,38 @@ def _html_plain_table(headers: list[str], lines: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def render_html(
-    header: Header, columns: list[Column], tables: list[ReportTable], figures: list[RenderedFigure]
-) -> str:
-    """The whole report as one HTML document with no external resources."""
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>Gated-LPI report</title>",
-        f"<style>{_CSS}</style></head><body><h1>Gated-LPI report</h1>",
-        f"<p>{html.escape(_head(header))}</p><h2>Runs</h2>",
-        _html_plain_table(RUN_HEADERS, _runs_lines(columns)),
-        f"<p class=note>{html.escape(LEGEND)}</p>",
-        *(f"<p class=note><b>{html.escape(note)}</b></p>" for note in scoring_notes(columns)),
-    ]
-    for table in tables:
-        parts += [f"<h2>{html.escape(table.title)}</h2>", _html_table(table)]
-    parts.append("<h2>Figures</h2>")
-    for fig in figures:
+def _html_part(part: ReportPart, title: str) -> list[str]:
+    level = 3 if title else 2
+    parts = [f"<h2>{html.escape(title)}</h2>"] if title else []
+    parts += [f"<h{level}>Runs</h{level}>", _html_plain_table(RUN_HEADERS, _runs_lines(part.columns))]
+    parts += [f"<p class=note><b>{html.escape(note)}</b></p>" for note in scoring_notes(part.columns)]
+    for table in part.tables:
+        parts += [f"<h{level}>{html.escape(table.title)}</h{level}>", _html_table(table)]
+    parts.append(f"<h{level}>Figures</h{level}>")
+    for fig in part.figures:
         parts.append(f"<figure id='{fig.spec.stem}'>")
         if fig.png is not None:
             data = base64.b64encode(fig.png).decode("ascii")
             parts.append(f"<img alt='{html.escape(fig.spec.caption)}' src='data:image/png;base64,{data}'>")
         caption = " ".join(filter(None, [fig.spec.caption, fig.note]))
         parts.append(f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return parts
+
+
+def render_html(header: Header, parts: list[ReportPart]) -> str:
+    """The whole report as one HTML document with no external resources."""
+    out = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>Gated-LPI report</title>",
+        f"<style>{_CSS}</style></head><body><h1>Gated-LPI report</h1>",
+        f"<p>{html.escape(_head(header))}</p>",
+    ]
+    if header.split:
+        out.append(f"<p class=warn>{html.escape(header.split)}</p>")
+    out.append(f"<p class=note>{html.escape(LEGEND)}</p>")
+    for index, part in enumerate(parts, 1):
+        out += _html_part(part, part.title(index, len(parts)))
+    out.append("</body></html>")
+    return "\n".join(out)
 
 
 _MD_SPECIAL = set("\\`*_[]|~")
@@ -178,26 +206,33 @@ def _md_table(headers: list[str], lines: list[list[str]]) -> list[str]:
     return out + ["| " + " | ".join(md_escape(str(v)) for v in line) + " |" for line in lines]
 
 
-def render_markdown(
-    header: Header,
-    columns: list[Column],
-    tables: list[ReportTable],
-    figures: list[RenderedFigure],
-    out_dir: Path,
-) -> str:
-    """The report as Markdown; writes each figure as ``<stem>.png`` in ``out_dir`` and links it."""
-    parts = ["# Gated-LPI report", "", md_escape(_head(header)), "", "## Runs", ""]
-    parts += _md_table(RUN_HEADERS, _runs_lines(columns)) + ["", md_escape(LEGEND), ""]
-    parts += [line for note in scoring_notes(columns) for line in (f"**{md_escape(note)}**", "")]
-    for table in tables:
+def _md_part(part: ReportPart, title: str, out_dir: Path, prefix: str) -> list[str]:
+    hashes = "###" if title else "##"
+    parts = [f"## {md_escape(title)}", ""] if title else []
+    parts += [f"{hashes} Runs", "", *_md_table(RUN_HEADERS, _runs_lines(part.columns)), ""]
+    parts += [line for note in scoring_notes(part.columns) for line in (f"**{md_escape(note)}**", "")]
+    for table in part.tables:
         lines = [[r.label, r.direction, *(r.text(c) for c in r.cells), *r.paper] for r in table.rows]
-        parts += [f"## {md_escape(table.title)}", ""]
+        parts += [f"{hashes} {md_escape(table.title)}", ""]
         parts += _md_table(["metric", "better", *table.columns, *PAPER_HEADERS], lines) + [""]
         parts += [line for note in table.notes for line in (f"*{md_escape(note)}*", "")]
-    parts += ["## Figures", ""]
-    for fig in figures:
+    parts += [f"{hashes} Figures", ""]
+    for fig in part.figures:
         if fig.png is not None:
-            (out_dir / f"{fig.spec.stem}.png").write_bytes(fig.png)
-            parts += [f"![{md_escape(fig.spec.caption)}]({fig.spec.stem}.png)", ""]
+            (out_dir / f"{prefix}{fig.spec.stem}.png").write_bytes(fig.png)
+            parts += [f"![{md_escape(fig.spec.caption)}]({prefix}{fig.spec.stem}.png)", ""]
         parts += [md_escape(" ".join(filter(None, [fig.spec.caption, fig.note]))), ""]
-    return "\n".join(parts)
+    return parts
+
+
+def render_markdown(header: Header, parts: list[ReportPart], out_dir: Path) -> str:
+    """The report as Markdown (every value from data or names escaped, :func:`md_escape`); writes each figure
+    as ``<stem>.png`` (``s<N>_<stem>.png`` in section N of a split report) in ``out_dir`` and links it."""
+    out = ["# Gated-LPI report", "", md_escape(_head(header)), ""]
+    if header.split:
+        out += [f"**{md_escape(header.split)}**", ""]
+    out += [md_escape(LEGEND), ""]
+    for index, part in enumerate(parts, 1):
+        prefix = f"s{index}_" if len(parts) > 1 else ""
+        out += _md_part(part, part.title(index, len(parts)), out_dir, prefix)
+    return "\n".join(out)

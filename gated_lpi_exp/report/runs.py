@@ -1,4 +1,4 @@
-"""Which MLflow runs a report shows, their tables (downloaded and validated), and how they form columns.
+"""The runs a report shows: their tables (downloaded and validated), and how they form columns.
 
 Runs that share a model and every setting that shapes its results except the ablation (relations,
 checkpoints, evaluation, attribution, dynamics params, data hash) are one *column*: a sweep of one model over
@@ -18,9 +18,15 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from pandera.errors import SchemaError, SchemaErrors
 
-from gated_lpi_exp.errors import ConfigurationError
-from gated_lpi_exp.schemas import AblationResult, DynamicsCurve, DynamicsSummary, HitSummary, LayerProfile
-from gated_lpi_exp.tracking.names import ABLATION_TAG, DATA_HASH_PARAM, MODEL_TAG, REPORT_TAG, SWEEP_TAG
+from gated_lpi_exp.schemas import (
+    AblationResult,
+    DynamicsCurve,
+    DynamicsSummary,
+    HitSummary,
+    LaggedOverlap,
+    LayerProfile,
+)
+from gated_lpi_exp.tracking.names import ABLATION_TAG, DATA_HASH_PARAM, MODEL_TAG
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +35,7 @@ TABLES = {
     "layer_profiles": LayerProfile,
     "dynamics_curves": DynamicsCurve,
     "dynamics_summary": DynamicsSummary,
+    "dynamics_lagged": LaggedOverlap,
     "ablation": AblationResult,
 }
 """Run artifacts ``tables/<name>.parquet`` the report reads, with their schemas."""
@@ -96,59 +103,6 @@ class Column:
     def param(self, key: str) -> str | None:
         """A param of the newest run that logged it."""
         return next((r.params[key] for r in self.runs if key in r.params), None)
-
-
-def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id], filter_string, order_by=["attributes.start_time DESC"], page_token=token
-        )
-        runs += page
-        token = page.token
-        if not token:
-            return [r for r in runs if r.data.tags.get(REPORT_TAG) != "1"]
-
-
-def select_runs(
-    client: MlflowClient, experiment: str, run_ids: list[str] | None = None, sweep: str | None = None
-) -> list[Run]:
-    """The runs to report: ``run_ids``, else a sweep's runs, else the newest per (model, ablation) tag.
-
-    Only FINISHED runs are read; report runs (tag ``gated_lpi.report=1``) never are.
-
-    Raises:
-        ConfigurationError: Unknown experiment, a given run that is not FINISHED, or nothing selected.
-    """
-    if run_ids:
-        runs = [client.get_run(rid) for rid in run_ids]
-        unfinished = [f"{r.info.run_id} ({r.info.status})" for r in runs if r.info.status != "FINISHED"]
-        if unfinished:
-            raise ConfigurationError(
-                f"The report reads FINISHED runs only; not finished: {', '.join(unfinished)}"
-            )
-        return runs
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        names = [e.name for e in client.search_experiments()]
-        raise ConfigurationError(f"No MLflow experiment {experiment!r}; known: {names}. Pass --experiment.")
-    finished = "attributes.status = 'FINISHED'"
-    if sweep is not None and ("'" in sweep or '"' in sweep):
-        raise ConfigurationError(f"--sweep {sweep!r}: a sweep tag value cannot contain quotes.")
-    if sweep is not None:
-        runs = _search(client, found.experiment_id, f"{finished} and tags.\"{SWEEP_TAG}\" = '{sweep}'")
-    else:
-        newest: dict[tuple[str, str], Run] = {}
-        for run in _search(client, found.experiment_id, finished):
-            tags = run.data.tags
-            if MODEL_TAG in tags:
-                newest.setdefault((tags[MODEL_TAG], tags.get(ABLATION_TAG, "none")), run)
-        runs = list(newest.values())
-    if not runs:
-        what = f"sweep {sweep!r}" if sweep is not None else "any model"
-        raise ConfigurationError(f"No FINISHED runs of {what} in experiment {experiment!r}.")
-    return runs
 
 
 def load_run(client: MlflowClient, tracking_uri: str, run: Run) -> RunData:

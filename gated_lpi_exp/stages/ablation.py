@@ -12,7 +12,7 @@ from gated_lpi_exp.attribution.aggregate import CheckpointAggregate, ScoreSums
 from gated_lpi_exp.config import AblationConfig
 from gated_lpi_exp.errors import ConfigurationError
 from gated_lpi_exp.interventions import ablate
-from gated_lpi_exp.metrics import drop_percent, hit_rate
+from gated_lpi_exp.metrics import MIN_BASE_HIT10, drop_percent, hit_rate
 from gated_lpi_exp.schemas import AblationResult, DataFrame
 from gated_lpi_exp.stages.evaluation import evaluate_checkpoint
 
@@ -109,17 +109,23 @@ def ablate_checkpoint(
 
 
 def ablation_metrics(table: DataFrame[AblationResult]) -> dict[str, float]:
-    """MLflow metrics for one step: ``ablation.hit_at_10.targeted``, ``ablation.drop_percent.random_mean`` ..."""
+    """MLflow metrics for one step, as fractions: ``ablation.hit_at_10.targeted``, ``ablation.drop.targeted``
+    (0.45 = HIT@10 fell by 45% of its base) ...
+
+    The drops are NaN (so not logged) when the base HIT@10 is below :data:`MIN_BASE_HIT10`: near chance the
+    ratio divides by almost nothing and one chart point of -1000% flattens every other.
+    """
     out = {}
     for condition in ("base", "targeted"):
         part = table[table["condition"] == condition]
         out[f"ablation.hit_at_10.{condition}"] = float(part["hit_at_10"].iloc[0])
-    out["ablation.drop_percent.targeted"] = float(
-        table.loc[table["condition"] == "targeted", "drop_percent"].iloc[0]
-    )
+    meaningful = out["ablation.hit_at_10.base"] >= MIN_BASE_HIT10
+    targeted = table.loc[table["condition"] == "targeted", "drop_percent"].iloc[0]
+    out["ablation.drop.targeted"] = float(targeted) / 100 if meaningful else float("nan")
     rand = table[table["condition"] == "random"]
     if len(rand):
         out["ablation.hit_at_10.random_mean"] = float(rand["hit_at_10"].mean())
-        out["ablation.drop_percent.random_mean"] = float(rand["drop_percent"].mean())
-        out["ablation.drop_percent.random_sd"] = float(rand["drop_percent"].std(ddof=0))
+        drops = rand["drop_percent"] / 100 if meaningful else rand["drop_percent"] * float("nan")
+        out["ablation.drop.random_mean"] = float(drops.mean())
+        out["ablation.drop.random_sd"] = float(drops.std(ddof=0))
     return out

@@ -12,7 +12,8 @@ two checkpoints both lie in the window: window summaries are read off the whole-
 number as restricting the checkpoints first and recomputing.
 
 Tables (:func:`compute_dynamics`): ``dynamics_curves`` and ``dynamics_summary`` for single-value metrics;
-``dynamics_layer_curves`` and ``dynamics_layer_summary`` (a ``layer`` column more) for per-layer metrics.
+``dynamics_layer_curves`` and ``dynamics_layer_summary`` (a ``layer`` column more) for per-layer metrics;
+``dynamics_lagged`` for the ``lagged_pair`` metrics on ``dynamics.lagged_pairs`` (:mod:`.lagged`).
 
 MLflow metric names (:func:`metric_name`, :func:`dynamics_metrics`), with ``<unit>`` in ``ffn | attn``:
 
@@ -20,7 +21,8 @@ MLflow metric names (:func:`metric_name`, :func:`dynamics_metrics`), with ``<uni
   metric (``j_stab.ffn``, ``r_t.attn``), ``<metric>.<unit>.layer<L>`` for each per-layer one;
 - whole range: ``<metric>.<unit>.mean`` for pair metrics (the curve's aggregate), ``<metric>.<unit>`` for
   profile metrics (``rho_avg.ffn``, ``sigma_rel.attn``);
-- named window ``<w>`` of ``dynamics.windows``: ``<metric>.<unit>.<w>``.
+- named window ``<w>`` of ``dynamics.windows``: ``<metric>.<unit>.<w>``;
+- lagged pair ``[a, b]``: ``<metric>.<unit>.<a>_<b>`` and its random baseline ``<metric>.<unit>.<a>_<b>.random``.
 
 Per-layer summaries stay in their table (one MLflow metric per layer and window would flood the UI).
 """
@@ -45,6 +47,7 @@ from gated_lpi_exp.schemas import (
     DynamicsSummary,
     LayerProfile,
 )
+from gated_lpi_exp.stages.lagged import lagged_metrics, lagged_overlaps
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +189,8 @@ def compute_dynamics(
         later step. ``dynamics_summary``: one row per (metric, unit, window) for window ``all`` and each
         named window; a window with fewer than 2 checkpoints has NaN values (a warning is logged) and its
         ``n_checkpoints``. ``dynamics_layer_curves`` / ``dynamics_layer_summary``: the same per layer, for
-        per-layer metrics (only when one is registered).
+        per-layer metrics (only when one is registered). ``dynamics_lagged``: one row per (``lagged_pair``
+        metric, configured pair, unit), only when ``cfg.lagged_pairs`` is set.
 
     Raises:
         ValueError: No aggregates, a repeated step, or a window named ``all`` / ``mean``.
@@ -208,7 +212,10 @@ def compute_dynamics(
                 rows["layer_summary" if np.ndim(value) else "summary"] += _summary_rows(
                     metric, unit, name, value, int(mask.sum())
                 )
-    return _tables(rows)
+    tables = _tables(rows)
+    if cfg.lagged_pairs:
+        tables["dynamics_lagged"] = lagged_overlaps(ordered, cfg.lagged_pairs, cfg.top_frac)
+    return tables
 
 
 def _curve_rows(spec: MetricSpec, unit: str, steps: np.ndarray, curves: dict[str, np.ndarray]) -> list[dict]:
@@ -270,4 +277,6 @@ def dynamics_metrics(tables: dict[str, pd.DataFrame]) -> tuple[dict[int, dict[st
         metric_name(row.metric, row.unit, row.window): float(row.value)
         for row in tables["dynamics_summary"].itertuples(index=False)
     }
+    if "dynamics_lagged" in tables:
+        totals |= lagged_metrics(tables["dynamics_lagged"])
     return per_step, totals

@@ -1,12 +1,10 @@
-"""What a run writes to MLflow: name, tags, params, resolved config, each checkpoint's metrics and
-arrays, figures."""
+"""What a run writes to MLflow: name, tags, params, its dataset input, resolved config, each checkpoint's
+metrics and arrays, figures."""
 
 from __future__ import annotations
 
 import subprocess
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from omegaconf import OmegaConf
@@ -16,21 +14,21 @@ from gated_lpi_exp.checkpoints.prefetch import FeedStats
 from gated_lpi_exp.checkpoints.resolve import Resolution
 from gated_lpi_exp.compat import DESCRIPTIONS as SCORING_DESCRIPTIONS
 from gated_lpi_exp.config import RunConfig
-from gated_lpi_exp.data import dataset_hash
+from gated_lpi_exp.data import cleaning_report, dataset_hash
 from gated_lpi_exp.metrics import metric_versions
-from gated_lpi_exp.plots import (
-    plot_ablation,
-    plot_concentration,
-    plot_hit_curves,
-    plot_jaccard,
-    plot_layer_distributions,
-    plot_layer_importance_over_steps,
-)
+from gated_lpi_exp.plots import FIGURES, FigureSettings, model_colors
 from gated_lpi_exp.schemas import CheckpointTable
 from gated_lpi_exp.stages.ablation import ablation_metrics
 from gated_lpi_exp.stages.attribution import aggregate_arrays
 from gated_lpi_exp.stages.evaluation import hit_metrics, summarise_hits
 from gated_lpi_exp.storage.results import CheckpointResult
+from gated_lpi_exp.tracking.describe import (
+    dataset_name,
+    dataset_source,
+    relation_label,
+    resolved_config,
+    resolved_params,
+)
 from gated_lpi_exp.tracking.names import (
     ABLATION_TAG,
     COMPAT_TAG,
@@ -39,22 +37,29 @@ from gated_lpi_exp.tracking.names import (
     MODEL_TAG,
     N_CHECKPOINTS_PARAM,
     SCORING_PARAM,
+    SOURCE_NAME_TAG,
     VERSION_TAG,
 )
-from gated_lpi_exp.tracking.tracker import Tracker, flatten
+from gated_lpi_exp.tracking.tracker import Tracker
+
+ARRAYS_README = """# attribution/step<N>.npz
+
+The mean Gated-LPI score (nats of log-probability of the gold token) of every unit at checkpoint step N,
+averaged over the run's examples; numpy arrays, read with `numpy.load(path)`:
+
+- `ffn` [layers, FFN neurons] (MoE: expert-major, expert e's neurons at e*width ... (e+1)*width - 1)
+- `attn` [layers, attention neurons], `heads` [layers, heads]
+- `ffn_layer`, `attn_layer` [layers]: each layer's importance
+
+The tables under `tables/` (`top_units`, `layer_profiles`, `head_scores`) hold the readable summaries.
+"""
 
 
 def run_name(cfg: RunConfig) -> str:
     """``tracking.run_name``, else ``<model>-<relations>-<ablation>``."""
     if cfg.tracking.run_name:
         return cfg.tracking.run_name
-    rel = "+".join(cfg.relations.names) if cfg.relations.names else "+".join(cfg.relations.categories)
-    if (
-        set(cfg.relations.categories) == {"linguistic", "commonsense", "factual", "bias"}
-        and not cfg.relations.names
-    ):
-        rel = "all"
-    return f"{cfg.model.name}-{rel}-{cfg.ablation.name}"
+    return f"{cfg.model.name}-{relation_label(cfg)}-{cfg.ablation.name}"
 
 
 def run_tags(cfg: RunConfig, hydra_tags: dict[str, str] | None) -> dict[str, str]:
@@ -63,6 +68,7 @@ def run_tags(cfg: RunConfig, hydra_tags: dict[str, str] | None) -> dict[str, str
         FAMILY_TAG: cfg.model.family,
         ABLATION_TAG: cfg.ablation.name,
         VERSION_TAG: __version__,
+        SOURCE_NAME_TAG: "gated_lpi_exp",
     }
     if cfg.attribution.compat != "none":
         tags[COMPAT_TAG] = cfg.attribution.compat
@@ -77,9 +83,10 @@ def log_run_params(
     samples: pd.DataFrame,
     assignment: list[list[int]],
 ) -> None:
-    """Params (flattened config with resolved values, revisions, dataset hash, package and metric versions,
-    which process took which checkpoints) and the resolved-config artifacts."""
-    params = flatten(logged_config(cfg))
+    """Params (the config with resolved values, revisions, dataset hash, package and metric versions, which
+    process took which checkpoints), the examples as the run's dataset input, and the resolved-config
+    artifacts."""
+    params = resolved_params(cfg)
     params.update({f"metrics.{name}.version": version for name, version in metric_versions().items()})
     params.update(
         {
@@ -88,19 +95,24 @@ def log_run_params(
             or "none",
             N_CHECKPOINTS_PARAM: len(series.checkpoints),
             "run.missing_steps": ",".join(map(str, series.missing_steps)) or "none",
+            "run.step_mapping": ", ".join(f"{a}->{b}" for a, b in series.substitutions.items() if a != b)
+            or "none",
             "run.processes": len(assignment),
             "run.assignment": "; ".join(
                 f"{rank}: {','.join(map(str, steps)) or '-'}" for rank, steps in enumerate(assignment)
             ),
             DATA_HASH_PARAM: dataset_hash(samples),
-            "data.n_examples": len(samples),
+            **data_params(samples),
             "package.version": __version__,
             "package.git_commit": git_commit(),
             SCORING_PARAM: SCORING_DESCRIPTIONS[cfg.attribution.compat],
         }
     )
     tracker.log_params(params)
-    tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(logged_config(cfg))), "config/resolved.yaml")
+    tracker.log_dataset(samples, dataset_name(cfg), dataset_hash(samples), dataset_source(cfg))
+    tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(resolved_config(cfg))), "config/resolved.yaml")
+    if cfg.attribution.enabled:
+        tracker.log_text(ARRAYS_README, "attribution/README.md")
     table = pd.DataFrame(
         [
             dict(step=c.step, tokens=c.tokens, source=c.source, revision=c.revision, commit=c.commit)
@@ -109,18 +121,20 @@ def log_run_params(
     )
     tracker.log_table(CheckpointTable.check(table), "checkpoints")
     tracker.log_table(samples, "samples")
+    if "changes" in samples.attrs:
+        tracker.log_table(cleaning_report(samples), "cleaning")
 
 
-def logged_config(cfg: RunConfig) -> dict[str, Any]:
-    """The run's config as params and ``config/resolved.yaml`` show it: with a project suite, every suite
-    field left at its "0 = the size preset" placeholder holds the value the suite was built with; other
-    models log no ``model.suite`` block (it describes nothing they use)."""
-    tree = asdict(cfg)
-    if cfg.model.kind == "suite":
-        tree["model"]["suite"] = asdict(cfg.model.suite.resolved())
-    else:
-        del tree["model"]["suite"]
-    return tree
+def data_params(samples: pd.DataFrame) -> dict[str, int]:
+    """``data.n_examples`` and, from the cleaning report, ``data.n_duplicates`` / ``data.n_conflicts``: the
+    samples that repeat an earlier subject with the same / another object (kept or dropped, as
+    ``relations.duplicates`` says)."""
+    kinds = [c["kind"] for c in samples.attrs.get("changes", [])]
+    return {
+        "data.n_examples": len(samples),
+        "data.n_duplicates": kinds.count("duplicate"),
+        "data.n_conflicts": kinds.count("conflict"),
+    }
 
 
 def log_walk(tracker: Tracker, stats: list[FeedStats]) -> None:
@@ -144,23 +158,18 @@ def log_walk(tracker: Tracker, stats: list[FeedStats]) -> None:
 
 
 def log_figures(cfg: RunConfig, tables: dict[str, pd.DataFrame], tracker: Tracker) -> None:
-    """The paper's figures for this run (those whose tables exist)."""
+    """Every figure of :data:`gated_lpi_exp.plots.FIGURES` whose table this run has, as
+    ``figures/<stem>.png``."""
     name = cfg.model.name
-    figures = {"figures/hit_curves.png": plot_hit_curves({name: tables["hit_summary"]})}
-    if "dynamics_curves" in tables:
-        curves = {name: tables["dynamics_curves"]}
-        figures["figures/fig1_jaccard.png"] = plot_jaccard(curves)
-        figures["figures/r_t_concentration.png"] = plot_concentration(curves)
-    if "layer_profiles" in tables:
-        profiles = {name: tables["layer_profiles"]}
-        figures["figures/fig2_layer_importance.png"] = plot_layer_importance_over_steps(profiles)
-        figures["figures/fig3_ffn_layers.png"] = plot_layer_distributions(profiles, units=("ffn",))
-        figures["figures/fig4_attn_layers.png"] = plot_layer_distributions(profiles, units=("attn",))
-    if "ablation" in tables:
-        labels = {cfg.ablation.name: cfg.ablation.display_name}
-        figures["figures/fig5_ablation.png"] = plot_ablation({name: tables["ablation"]}, labels=labels)
-    for path, fig in figures.items():
-        tracker.log_figure(fig, path)
+    colors = model_colors([name])
+    settings = FigureSettings(
+        top_frac=cfg.dynamics.top_frac, ablation_labels={cfg.ablation.name: cfg.ablation.display_name}
+    )
+    for spec in FIGURES:
+        if spec.table in tables:
+            more = {t: {name: tables[t]} for t in spec.extras if t in tables}
+            fig = spec.render({name: tables[spec.table]}, colors, settings, more)
+            tracker.log_figure(fig, f"figures/{spec.stem}.png")
 
 
 def log_checkpoint(tracker: Tracker, cfg: RunConfig, result: CheckpointResult) -> None:

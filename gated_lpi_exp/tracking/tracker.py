@@ -1,4 +1,5 @@
-"""MLflow behind one small service: a run context, flattened params, step metrics, tables and figures."""
+"""MLflow behind one small service: a run context, flattened params, step metrics, tables, figures and the
+run's dataset input."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import logging
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,9 +22,16 @@ from mlflow.tracking import MlflowClient
 
 from gated_lpi_exp.config import TrackingConfig
 from gated_lpi_exp.errors import TrackingError
-from gated_lpi_exp.tracking.names import RESUMED_BY_TAG
+from gated_lpi_exp.tracking.names import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    NOTE_TAG,
+    RESUMED_BY_TAG,
+    SAVED_VIEW_TAG,
+)
 from gated_lpi_exp.tracking.server import Degraded, bound_http_retries, call_with_deadline, server_reachable
 from gated_lpi_exp.tracking.spool import Spool, replay
+from gated_lpi_exp.tracking.ui import EXPERIMENT_NOTE, browse_hint, saved_view, ui_path
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +97,7 @@ class Tracker:
         try:
             found = self._call(lambda: self.client.get_experiment_by_name(name))
             if found is not None:
+                self._describe_experiment(found.experiment_id, found.tags)
                 return found.experiment_id
             location = None
             if not self.remote:
@@ -95,9 +106,22 @@ class Tracker:
                     if "://" in artifact_location
                     else Path(artifact_location).resolve().as_uri()
                 )
-            return self._call(lambda: self.client.create_experiment(name, artifact_location=location))
+            created = self._call(lambda: self.client.create_experiment(name, artifact_location=location))
+            self._describe_experiment(created, {})
+            return created
         except Exception as exc:
             raise TrackingError(f"Could not open MLflow experiment {name!r} at {self.uri}: {exc}") from exc
+
+    def _describe_experiment(self, experiment_id: str, tags: Mapping[str, str]) -> None:
+        """Mark the experiment as model development (not GenAI) and describe it, unless a user already did."""
+        wanted = {
+            EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+            NOTE_TAG: EXPERIMENT_NOTE,
+            SAVED_VIEW_TAG: saved_view(),
+        }
+        for key, value in wanted.items():
+            if key not in tags:
+                self._call(partial(self.client.set_experiment_tag, experiment_id, key, value))
 
     @property
     def degraded(self) -> bool:
@@ -105,28 +129,68 @@ class Tracker:
         return self.spool is not None
 
     @contextmanager
-    def run(self, run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
-        """Open a run; it ends FINISHED, or FAILED (keeping everything logged) when the body raises."""
-        from mlflow.tracking.context.registry import resolve_tags
+    def run(
+        self,
+        run_name: str,
+        tags: Mapping[str, str] | None = None,
+        *,
+        parent_run_id: str | None = None,
+        description: str | None = None,
+        system_metrics: bool = False,
+    ) -> Iterator[str]:
+        """Open a run; it ends FINISHED, or FAILED (keeping everything logged) when the body raises.
 
-        try:
-            run = self._call(
-                lambda: self.client.create_run(
-                    self.experiment_id, run_name=run_name, tags=resolve_tags(dict(tags or {}))
-                )
-            )
-        except Exception as exc:
-            raise TrackingError(f"Could not start an MLflow run at {self.uri}: {exc}") from exc
-        self.run_id = run.info.run_id
+        Args:
+            run_name: The run's name in the UI.
+            tags: Tags set when the run starts.
+            parent_run_id: Nest the run under this one (the parent run of a ``-m`` sweep).
+            description: The run's description (``mlflow.note.content``, shown at the top of its page).
+            system_metrics: Also log CPU, memory (and GPU, where ``pynvml`` is installed) use every few
+                seconds, as ``system/*`` metrics.
+        """
+        run_id = self._start(run_name, tags, parent_run_id, description)
+        monitor = _system_metrics(run_id, self.uri) if system_metrics else None
         status = "FAILED"
         try:
-            yield self.run_id
+            yield run_id
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
             raise
         finally:
+            if monitor is not None:
+                monitor.finish()
             self._end(status)
+
+    def _start(
+        self,
+        run_name: str,
+        tags: Mapping[str, str] | None,
+        parent_run_id: str | None,
+        description: str | None,
+    ) -> str:
+        from mlflow.tracking.context.registry import resolve_tags
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        extra = dict(tags or {})
+        if parent_run_id:
+            extra[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        if description:
+            extra[NOTE_TAG] = description
+        try:
+            run = self._call(
+                lambda: self.client.create_run(
+                    self.experiment_id, run_name=run_name, tags=resolve_tags(extra)
+                )
+            )
+        except Exception as exc:
+            raise TrackingError(f"Could not start an MLflow run at {self.uri}: {exc}") from exc
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def run_url(self, run_id: str) -> str:
+        """Where a person opens the run (see :func:`browse_hint`)."""
+        return browse_hint(self.uri, ui_path(self.experiment_id, run_id))
 
     def _end(self, status: str) -> None:
         if self.spool is not None:
@@ -248,8 +312,40 @@ class Tracker:
             )
 
     def log_table(self, table: pd.DataFrame, name: str, folder: str = "tables") -> None:
-        """Write ``table`` as ``<folder>/<name>.parquet`` in the run's artifacts."""
+        """Write ``table`` as ``<folder>/<name>.parquet`` (typed, full precision, for programs) and
+        ``<folder>/<name>.csv`` (the same rows with 6 significant digits, which the MLflow UI shows as a
+        table) in the run's artifacts."""
         self._artifact(lambda path: table.to_parquet(path, index=False), f"{name}.parquet", folder)
+        self._artifact(
+            lambda path: table.to_csv(path, index=False, float_format="%.6g"), f"{name}.csv", folder
+        )
+
+    def log_dataset(self, samples: pd.DataFrame, name: str, digest: str, source: str) -> None:
+        """Record the run's examples as its input dataset (the UI's Dataset column and run page).
+
+        Args:
+            samples: The examples.
+            name: Dataset name shown in the UI.
+            digest: Their fingerprint (equal digests = the same examples).
+            source: Where they were read from: a folder or a URL.
+        """
+        from mlflow.data.pandas_dataset import from_pandas
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        # MLflow resolves the source: a URL, or a local folder. Its warnings (a folder is both a "local" and
+        # a "file" source; integer columns in the schema of a model input) do not apply to examples.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = from_pandas(samples, source=source, name=name, digest=digest)
+            entity = DatasetInput(
+                dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, "evaluation")]
+            )
+
+        def unrecorded(_: Spool) -> None:  # the dataset's digest and name are in the run's params as well
+            log.warning("the run's input dataset %s is not recorded: the tracking server is down", name)
+
+        self._send(lambda: self.client.log_inputs(self.run_id, datasets=[entity]), unrecorded)
 
     def log_arrays(self, arrays: dict, path: str) -> None:
         """Write named numpy arrays as one compressed ``.npz`` artifact at ``path``."""
@@ -281,7 +377,15 @@ class NullTracker(Tracker):
         self.run_id = ""
 
     @contextmanager
-    def run(self, run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
+    def run(
+        self,
+        run_name: str,
+        tags: Mapping[str, str] | None = None,
+        *,
+        parent_run_id: str | None = None,
+        description: str | None = None,
+        system_metrics: bool = False,
+    ) -> Iterator[str]:
         yield ""
 
     def end_orphan(self, run_id: str, status: str, resumed_by: str) -> bool:
@@ -290,8 +394,28 @@ class NullTracker(Tracker):
     def _send(self, request: Callable[[], object], keep: Callable[[Spool], None]) -> None:
         pass
 
+    def log_dataset(self, samples: pd.DataFrame, name: str, digest: str, source: str) -> None:
+        pass
+
+    def run_url(self, run_id: str) -> str:
+        return ""
+
     def _artifact(self, write: Callable[[Path], object], name: str, folder: str | None) -> None:
         pass
+
+
+def _system_metrics(run_id: str, uri: str):
+    """MLflow's monitor of the machine's CPU, memory, disk, network (and GPU) use, logging ``system/*``
+    metrics into ``run_id`` every 10 s; None, with a warning, where it cannot run."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, tracking_uri=uri)
+        monitor.start()
+    except Exception as exc:  # noqa: BLE001 - e.g. psutil missing: the run goes on without them
+        log.warning("system metrics are not logged (%s)", exc)
+        return None
+    return monitor
 
 
 def _sqlite_lock(uri: str):
