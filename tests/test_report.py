@@ -162,10 +162,10 @@ def test_report_end_to_end(store, tmp_path):
     assert ffn[3].split()[0] == f"{100 * lagged[lagged.unit == 'ffn'].value.item():.1f}"
     random_ffn = _row(md, "J_lag FFN (%), steps 0 vs 30: random sets")
     assert random_ffn[3] == f"{100 * lagged[lagged.unit == 'ffn'].random_baseline.item():.1f}"
-    assert (
+    matched = (
         "Lagged pairs matched to the nearest analysed checkpoints: 10 vs 28 -> tiny_dense: steps 10 vs 30"
-        in md
     )
+    assert md_escape(matched) in md  # report.md shows values as text (the arrow's '>' as an entity)
     # Table 3: σ_rel is descriptive too; its rows are the registry's profile metrics.
     s = _row(md, "σ_rel FFN, all checkpoints")
     assert s[1] == "—" and s[2] == _expected(store["summaries"]["tiny_dense"], "sigma_rel", "ffn", 1, 2)
@@ -185,7 +185,9 @@ def test_report_end_to_end(store, tmp_path):
     # Next to every paper comparison: which choices the runs used, unlike the paper's marked.
     choices = [line for line in md.splitlines() if line.startswith("*Choices of these runs")]
     assert len(choices) == 3 and "relations.source=bundled ≠" in choices[2]
-    assert "ablation.rank_by=signed" in choices[2] and "ablation.rank_by" not in choices[0]
+    assert (
+        md_escape("ablation.rank_by=signed") in choices[2] and md_escape("ablation.rank_by") not in choices[0]
+    )
     assert _row(md, "top-1 head: targeted")[2:4] == ["not computed in this run"] * 2
     # Figures: 7 inline PNGs in the HTML, the same files next to the Markdown.
     assert html.count("data:image/png;base64,") == 7 and "src='http" not in html
@@ -386,7 +388,8 @@ def test_runs_measured_under_different_conditions_are_split_into_sections(tmp_pa
     assert main(["--tracking-uri", uri, "--out", str(tmp_path / "r"), "--runs", moe, dense]) == 0
     md = (tmp_path / "r" / "report.md").read_text()
     assert "not measured under the same conditions" in md and "data.hash, relations.categories" in md
-    assert "attribution.batch_size" not in md.split("## Section 1")[0]  # speed settings are no condition
+    speed = md_escape("attribution.batch_size")  # report.md shows names as text: '_' escaped
+    assert speed not in md.split("## Section 1")[0]  # speed settings are no condition
     sections = md.split("## Section ")[1:]
     assert len(sections) == 2 and sections[0].startswith("1 of 2: data.hash=h381")
     for section, (mine, other) in zip(sections, ((dense, moe), (moe, dense)), strict=True):

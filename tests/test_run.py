@@ -184,7 +184,7 @@ def test_the_default_stages_on_a_micro_suite_exercise_every_stage(micro_suites, 
     note = logged.data.tags["mlflow.note.content"]
     kind = "MoE" if moe else "dense"
     assert note.startswith(f"{suite} ({kind}, suite {suite}), 7 checkpoints (steps 0–240), on 36 examples")
-    assert "top-10 heads" in note and logged.data.tags["mlflow.source.name"] == "gated_lpi_exp"
+    assert "top-1 head" in note and logged.data.tags["mlflow.source.name"] == "gated_lpi_exp"
     for table in ("hit_summary", "top_units", "layer_profiles", "dynamics_summary", "ablation"):
         assert len(result.tables[table]) > 0, table
     hits = result.tables["hit_summary"]

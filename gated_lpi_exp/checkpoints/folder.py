@@ -120,7 +120,9 @@ def load_folder_tokenizer(folder: str | Path, *, trust_remote_code: bool = False
     without the repository's tokenizer class), with a pad token (the EOS token when it has none)."""
     folder = Path(folder)
     tok: PreTrainedTokenizerBase
-    if is_native_olmo(read_config(folder)):
+    if (folder / "config.json").is_file() and is_native_olmo(
+        read_config(folder)
+    ):  # a tokenizer alone: no config
         tok = _native_tokenizer(folder)
     else:
         tok = AutoTokenizer.from_pretrained(
