@@ -43,6 +43,16 @@ def _choice(section: str, key: str, value: Any, valid: Iterable[Any]) -> None:
         )
 
 
+def _at_least(section: str, key: str, value: Any, low: int | float, *, optional: bool = False) -> None:
+    """Raise unless ``value`` is a number >= ``low`` (or None when ``optional``); the message names the range."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
+        allowed = f"a number >= {low}" + (" or null" if optional else "")
+        name = f"{section}.{key}" if section else key
+        raise ConfigurationError(f"{name}={value!r} is not valid; use {allowed}.")
+
+
 @dataclass
 class ModelConfig:
     """Which model family and checkpoint series to analyse, and how to load it."""
@@ -80,6 +90,10 @@ class ModelConfig:
     """``sdpa`` or ``eager``; attribution reads the ``o_proj`` input, which needs neither."""
     trust_remote_code: bool = False
     """Run code shipped with a hub repository. Off unless set explicitly."""
+    verify_checksums: bool = True
+    """Check each local checkpoint's files against the sha256 its series manifest recorded before loading
+    it. Hashing is remembered per file version, so only new or changed files are read; set false to skip it
+    for very large copies of hub checkpoints (hub downloads are checked against the hub's own hashes)."""
     series_end: int | None = None
     """Last pre-training step of the series as the paper analyses it (1.2M OLMoE, 600K OLMo-7B): the end of
     the ``checkpoints=paper`` grid. None: the series' last checkpoint."""
@@ -173,6 +187,14 @@ class CheckpointsConfig:
             raise ConfigurationError(f"checkpoints.every={self.every} must be a positive number of steps.")
         if self.limit is not None and self.limit < 1:
             raise ConfigurationError(f"checkpoints.limit={self.limit} must be at least 1.")
+        for step in self.steps:
+            _at_least("checkpoints", "steps[]", step, 0)
+        _at_least("checkpoints", "start", self.start, 0, optional=True)
+        _at_least("checkpoints", "stop", self.stop, 0, optional=True)
+        if self.start is not None and self.stop is not None and self.start > self.stop:
+            raise ConfigurationError(
+                f"checkpoints.start={self.start} is after checkpoints.stop={self.stop}; use start <= stop."
+            )
 
 
 @dataclass
@@ -194,6 +216,9 @@ class RelationsConfig:
     each repeat is listed in the run's ``cleaning`` table."""
     max_per_relation: int | None = None
     """Keep at most this many samples per relation (quick runs); None keeps all."""
+    multi_token_warn: float = 0.1
+    """Warn about a relation when more than this share of its objects are several tokens under the series'
+    tokenizer (each is scored on its first token; every relation's count is logged either way)."""
 
     def __post_init__(self) -> None:
         for cat in self.categories:
@@ -203,8 +228,16 @@ class RelationsConfig:
                 "relations selects nothing: set relations.categories or relations.names."
             )
         _choice("relations", "duplicates", self.duplicates, ("keep", "drop"))
-        if not (self.template.startswith("zs:") or self.template.startswith("std:")):
-            raise ConfigurationError(f"relations.template={self.template!r}: use zs:N or std:N.")
+        kind, _, index = self.template.partition(":")
+        if kind not in ("zs", "std") or not index.isdigit():
+            raise ConfigurationError(
+                f"relations.template={self.template!r} is not valid; use zs:N or std:N with N = 0, 1, ..."
+            )
+        _at_least("relations", "max_per_relation", self.max_per_relation, 1, optional=True)
+        if not 0.0 <= self.multi_token_warn <= 1.0:
+            raise ConfigurationError(
+                f"relations.multi_token_warn={self.multi_token_warn} is not valid; use a share in [0, 1]."
+            )
 
 
 @dataclass
@@ -268,6 +301,7 @@ class AttributionConfig:
             self.attn_positions = self.compat == "released_code"
         if self.batch_size < 1 or self.memory_budget_mb < 1:
             raise ConfigurationError("attribution.batch_size and attribution.memory_budget_mb must be >= 1.")
+        _at_least("attribution", "top_n_logged", self.top_n_logged, 1)
         if not 1 <= self.min_memory_budget_mb <= self.memory_budget_mb:
             raise ConfigurationError(
                 f"attribution.min_memory_budget_mb={self.min_memory_budget_mb} must be between 1 and "
@@ -305,12 +339,15 @@ class DynamicsConfig:
         if not 0.0 < self.top_frac <= 1.0:
             raise ConfigurationError(f"dynamics.top_frac={self.top_frac} must be in (0, 1].")
         for name, bounds in self.windows.items():
-            if len(bounds) != 2:
-                raise ConfigurationError(f"dynamics.windows.{name}={bounds} must be [start, stop].")
+            check_window(name, bounds)
         for pair in self.lagged_pairs:
-            if len(pair) != 2 or min(pair) < 0:
+            steps = list(pair) if isinstance(pair, list | tuple) else []
+            if len(steps) != 2 or not all(
+                isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in steps
+            ):
                 raise ConfigurationError(
-                    f"dynamics.lagged_pairs entry {pair} must be two training steps [a, b], both >= 0."
+                    f"dynamics.lagged_pairs entry {pair!r} is not valid; use two training steps [a, b], both "
+                    ">= 0, e.g. [[100000, 300000]]."
                 )
 
 
@@ -388,8 +425,11 @@ class AblationConfig:
             )
         if self.unit == "head" and self.count < 1:
             raise ConfigurationError("ablation.unit=head needs ablation.count >= 1.")
-        if self.unit == "ffn_neuron" and not 0.0 < self.fraction <= 1.0:
-            raise ConfigurationError("ablation.unit=ffn_neuron needs 0 < ablation.fraction <= 1.")
+        if self.unit == "ffn_neuron" and not 0.0 < self.fraction < 1.0:
+            raise ConfigurationError(
+                f"ablation.fraction={self.fraction} is not valid; ablation.unit=ffn_neuron needs 0 < fraction "
+                "< 1 (a fraction of 1 would zero every neuron, and the random control the same set)."
+            )
         if self.random_seeds < 0:
             raise ConfigurationError("ablation.random_seeds must be >= 0.")
 
@@ -410,12 +450,19 @@ class TrackingConfig:
     on_unreachable: str = "fail"
     """A tracking server that does not answer: ``fail`` before any compute, or ``local`` (log to
     ``sqlite:///mlflow.db`` here instead, and say so)."""
+    timeout_s: float = 30.0
+    """How long one call may keep retrying a tracking server that stopped answering during a run. After
+    that the run goes on and logs to a local spool, replayed into the run when the server answers again
+    (see docs/scaling.md)."""
     system_metrics: bool = False
     """Also log the machine's CPU, memory, disk and network use (and GPU use, where ``pynvml`` is
     installed) every 10 s as ``system/*`` metrics, shown in the run's System metrics tab."""
 
     def __post_init__(self) -> None:
         _choice("tracking", "on_unreachable", self.on_unreachable, ("fail", "local"))
+        if not self.uri or not self.experiment:
+            raise ConfigurationError("tracking.uri and tracking.experiment must not be empty.")
+        _at_least("tracking", "timeout_s", self.timeout_s, 1)
 
 
 @dataclass
@@ -482,6 +529,7 @@ class RunConfig:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
+        _at_least("", "seed", self.seed, 0)
         if not self.attribution.enabled and self.ablation.enabled:
             # Units are ranked by their attribution, so without it there is nothing to ablate.
             logging.getLogger(__name__).warning(
@@ -489,6 +537,20 @@ class RunConfig:
                 self.ablation.name,
             )
             self.ablation = AblationConfig()
+
+
+def check_window(name: str, bounds: Any) -> None:
+    """Raise ConfigurationError unless ``bounds`` is ``[start, stop]``: steps >= 0 or null, start < stop."""
+    ok = isinstance(bounds, list | tuple) and len(bounds) == 2
+    ok = ok and all(b is None or (isinstance(b, int) and not isinstance(b, bool) and b >= 0) for b in bounds)
+    if ok and None not in bounds and bounds[0] >= bounds[1]:
+        ok = False
+    if not ok:
+        raise ConfigurationError(
+            f"dynamics.windows.{name}={bounds!r} is not valid; use [start, stop] with training steps >= 0 "
+            "(start inclusive, stop exclusive, start < stop) or null for an open end, e.g. [0, 200] or "
+            "[200, null]."
+        )
 
 
 def check_grid(grid: list[list[Any]]) -> None:

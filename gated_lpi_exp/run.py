@@ -16,21 +16,23 @@ import pandas as pd
 import torch
 
 from gated_lpi_exp.attribution.aggregate import CheckpointAggregate, ScoreSums
-from gated_lpi_exp.checkpoints.loading import resolve_series
+from gated_lpi_exp.checkpoints.loading import load_tokenizer, resolve_series
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.compat import compat_mode
 from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.data import dataset_hash, load_relations, select_relations
+from gated_lpi_exp.data.batches import token_fingerprint
 from gated_lpi_exp.execution.attempts import attempt
+from gated_lpi_exp.execution.preflight import check_before_compute
 from gated_lpi_exp.execution.process_group import ProcessGroup
 from gated_lpi_exp.execution.stage_guards import attribution_stage, evaluation_stage
-from gated_lpi_exp.execution.walk import walk_all
+from gated_lpi_exp.execution.walk import tokenizer_files, walk_all
 from gated_lpi_exp.schemas import RelationSamples
 from gated_lpi_exp.stages.ablation import ablate_checkpoint
 from gated_lpi_exp.stages.attribution import head_scores, top_units
 from gated_lpi_exp.stages.dynamics import compute_dynamics, dynamics_metrics, layer_profiles
 from gated_lpi_exp.stages.evaluation import hit_metrics, summarise_hits
-from gated_lpi_exp.storage.results import CheckpointResult, ResultStore
+from gated_lpi_exp.storage.results import CheckpointResult, ResultStore, result_root
 from gated_lpi_exp.storage.run_state import RunState
 from gated_lpi_exp.tracking.describe import run_description
 from gated_lpi_exp.tracking.run_logging import log_figures, log_run_params, run_name, run_tags
@@ -89,10 +91,17 @@ def run(
     n_relations = samples["relation"].nunique()
     log.info("data: %d examples, %d relations (%s)", len(samples), n_relations, cfg.relations.source)
     # A dead tracking server fails here, before any compute. Only process 0 logs.
-    tracker = group.agree(lambda: Tracker(cfg.tracking) if group.is_main else NullTracker())
+    spool = result_root(cfg) / "spool"
+    tracker = group.agree(lambda: Tracker(cfg.tracking, spool) if group.is_main else NullTracker())
     series = group.agree(lambda: resolve_series(cfg.model, cfg.checkpoints, progress=cfg.progress))
     log.info("checkpoints: %d of %d (%s)", len(series.checkpoints), len(series.available), cfg.model.source)
-    store = ResultStore(cfg, dataset_hash(samples))
+    # The series' tokenizer, once: the settings are checked against it and the model before any compute
+    # (a hub series: from the first checkpoint's tokenizer and config files, downloaded without weights).
+    first = series.checkpoints[0]
+    with tokenizer_files(cfg, first) as folder:
+        tokenizer = load_tokenizer(cfg.model, first, folder)
+        checked = check_before_compute(cfg, first, tokenizer, samples, folder)
+    store = ResultStore(cfg, dataset_hash(samples), token_fingerprint(tokenizer, samples))
     state = RunState(store.root, store.describe_run(series.checkpoints, cfg.tracking.experiment))
     plan = group.plan(series.checkpoints, cfg.execution.shard)
 
@@ -112,7 +121,8 @@ def run(
         attempt(state, tracker, run_id) if group.is_main else nullcontext(),
     ):
         log_run_params(tracker, cfg, series, samples, [[c.step for c in part] for part in plan])
-        results = walk_all(cfg, series.checkpoints, analyse, store, state, tracker, group)
+        tracker.log_params(checked)
+        results = walk_all(cfg, series.checkpoints, analyse, store, state, tracker, group, tokenizer)
         if results is None:  # not process 0: its results reach process 0 through the result store
             return RunResult("", series.checkpoints, {})
         tables, final = summarise_run(cfg, results, tracker)

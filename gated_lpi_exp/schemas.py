@@ -224,7 +224,9 @@ class CleaningChanges(Schema):
     file: Series[str]
     relation: Series[str]
     subject: Series[str]  # "" for a change to the relation's template
-    kind: Series[str] = pa.Field(isin=["escape", "unicode", "whitespace", "empty", "duplicate", "conflict"])
+    kind: Series[str] = pa.Field(
+        isin=["escape", "invisible", "unicode", "whitespace", "empty", "duplicate", "conflict", "multi_token"]
+    )
     detail: Series[str]
 
 

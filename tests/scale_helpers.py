@@ -44,9 +44,23 @@ def overrides(series: Path, work: Path, *extra: str) -> list[str]:
         f"tracking.uri=sqlite:///{work}/mlflow.db",
         f"tracking.artifact_location={work}/mlruns",
         f"attribution.cache_dir={work}/cache",
+        "ablation=top1_head",  # the series has 8 heads: the default top10_heads would mask them all
         "progress=false",
         *extra,
     ]
+
+
+def result_store(cfg):
+    """The result store a run of ``cfg`` uses (keyed by its data and the series' tokenizer)."""
+    from gated_lpi_exp.checkpoints.loading import load_tokenizer, resolve_series
+    from gated_lpi_exp.data import dataset_hash
+    from gated_lpi_exp.data.batches import token_fingerprint
+    from gated_lpi_exp.run import load_samples
+    from gated_lpi_exp.storage.results import ResultStore
+
+    samples = load_samples(cfg)
+    tokenizer = load_tokenizer(cfg.model, resolve_series(cfg.model, cfg.checkpoints).checkpoints[0])
+    return ResultStore(cfg, dataset_hash(samples), token_fingerprint(tokenizer, samples))
 
 
 def cli_env(**extra: str) -> dict[str, str]:

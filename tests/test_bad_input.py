@@ -16,17 +16,15 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file, save_file
-from scale_helpers import bundled_tokenizer, cli_env, make_series, overrides, runs_of
+from scale_helpers import bundled_tokenizer, cli_env, make_series, overrides, result_store, runs_of
 
 from gated_lpi_exp.checkpoints.loading import load_checkpoint, load_tokenizer, resolve_series
-from gated_lpi_exp.checkpoints.manifest import Manifest, ManifestEntry, write_manifest
+from gated_lpi_exp.checkpoints.manifest import Manifest, ManifestEntry, read_manifest, write_manifest
 from gated_lpi_exp.compose import compose_run_config
-from gated_lpi_exp.data import dataset_hash
 from gated_lpi_exp.errors import AttributionError
 from gated_lpi_exp.execution.retry import retry_out_of_memory
 from gated_lpi_exp.run import load_samples, run
 from gated_lpi_exp.stages.attribution import attribute_checkpoint
-from gated_lpi_exp.storage.results import ResultStore
 from gated_lpi_exp.testing import random_olmo
 
 DRIVER = textwrap.dedent(
@@ -87,6 +85,9 @@ def inputs(tmp_path_factory):
     tensors = load_file(nan / "step10" / "model.safetensors")
     tensors["model.layers.1.mlp.down_proj.weight"][0, 0] = float("nan")
     save_file(tensors, nan / "step10" / "model.safetensors", metadata={"format": "pt"})
+    manifest = read_manifest(nan)  # a series saved with its NaN: the manifest records the NaN weights
+    manifest.checkpoints[1].files = {}
+    write_manifest(nan, manifest)
     pickled = root / "pickled"
     model = random_olmo(vocab_size=len(bundled_tokenizer()))
     (pickled / "step0").mkdir(parents=True)
@@ -123,6 +124,13 @@ def test_bad_input_fails_with_one_clear_message_and_keeps_what_was_computed(inpu
         "tracking_down": [*base, f"tracking.uri=http://127.0.0.1:{port}", f"execution.result_dir={work}/never"],
         "tracking_local": [*base, f"tracking.uri=http://127.0.0.1:{port}", "tracking.on_unreachable=local",
                            "attribution.enabled=false", "checkpoints.limit=1"],
+        "max_per_relation": [*base, "relations.max_per_relation=0"],
+        "seed": [*base, "seed=-1"],
+        "window_reversed": [*base, "++dynamics.windows={early:[200,0]}"],
+        "window_not_steps": [*base, "++dynamics.windows={early:[a,b]}"],
+        "top_n": [*base, "attribution.top_n_logged=-1"],
+        "every_head": [*base, "ablation=top10_heads"],
+        "ks_over_vocab": [*base, "evaluation.ks=[1,100000]"],
     }  # fmt: skip
     expected = {
         "unknown_model": (1, ["Could not find 'model/nope'", "Available options in 'model'", "tiny_moe"]),
@@ -141,6 +149,14 @@ def test_bad_input_fails_with_one_clear_message_and_keeps_what_was_computed(inpu
         "pickle_weights": (2, ["only pickle-format weights (pytorch_model.bin)", "safetensors"]),
         "tracking_down": (2, [f"127.0.0.1:{port} does not answer", "tracking.on_unreachable=local"]),
         "tracking_local": (0, [f"127.0.0.1:{port} does not answer; logging locally to sqlite:///mlflow.db"]),
+        "max_per_relation": (2, ["relations.max_per_relation=0 is not valid; use a number >= 1 or null."]),
+        "seed": (2, ["seed=-1 is not valid; use a number >= 0."]),
+        "window_reversed": (2, ["dynamics.windows.early=[200, 0] is not valid", "start < stop"]),
+        "window_not_steps": (2, ["dynamics.windows.early=['a', 'b'] is not valid", "steps >= 0"]),
+        "top_n": (2, ["attribution.top_n_logged=-1 is not valid; use a number >= 1."]),
+        "every_head": (0, ["ablation.count=10 would zero every one of the 8 heads of random, so targeted "
+                           "and random sets would be the same; clamped to 7 heads", "ablation=top1_head"]),
+        "ks_over_vocab": (2, ["evaluation.ks=[1, 100000] asks for HIT@100000 but random has"]),
     }  # fmt: skip
     results = _cli_cases(cases, cwd=work.parent)
     assert sorted(results) == sorted(cases)
@@ -150,13 +166,15 @@ def test_bad_input_fails_with_one_clear_message_and_keeps_what_was_computed(inpu
         assert "Traceback" not in text, f"{name}:\n{text}"
         for message in messages:
             assert message in text, f"{name}: {message!r} not in\n{text}"
+    # Settings that cannot fit the model fail before any compute (no stage ran, no MLflow run opened).
+    assert "attribution of" not in results["ks_over_vocab"][1] and "step 0" not in results["ks_over_vocab"][1]
     # A dead server fails before any compute; with on_unreachable=local the run lands in ./mlflow.db.
     assert "checkpoints:" not in results["tracking_down"][1] and not (work / "never").exists()
     assert len(runs_of(f"sqlite:///{work.parent}/mlflow.db")[1]) == 1
 
     # Nothing computed is lost: the checkpoint before the non-finite one is in the result store ...
     nan_cfg = compose_run_config(overrides(inputs["nan"], work))
-    nan_store = ResultStore(nan_cfg, dataset_hash(load_samples(nan_cfg)))
+    nan_store = result_store(nan_cfg)
     assert nan_store.get(resolve_series(nan_cfg.model, nan_cfg.checkpoints).checkpoints[0]) is not None
     # ... and once the damaged checkpoint is replaced, a rerun resumes after the two finished ones.
     shutil.copy2(inputs["good"] / "step20" / "model.safetensors", inputs["damaged"] / "step20")

@@ -88,20 +88,41 @@ def test_local_manifest_round_trip(tmp_path):
     assert series[1].source == str(tmp_path / "step5") and series[1].tokens == 50
 
 
-def test_incomplete_damaged_or_inconsistent_manifests_fail_clearly(tmp_path):
+def test_an_incomplete_or_damaged_manifest_and_a_missing_folder_are_handled_clearly(tmp_path, caplog):
     _write_series(tmp_path / "a", [0, 10], complete=False)
     with pytest.raises(CheckpointError, match="incomplete"):
         list_local_checkpoints(tmp_path / "a")
-    _write_series(tmp_path / "b", [0, 10])
-    (tmp_path / "b" / "step10").rmdir()
     with pytest.raises(CheckpointError, match="does not exist"):
-        list_local_checkpoints(tmp_path / "b")
+        list_local_checkpoints(tmp_path / "nowhere")
     _write_series(tmp_path / "c", [0])
     (tmp_path / "c" / "manifest.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="Damaged manifest"):
         read_manifest(tmp_path / "c")
-    with pytest.raises(CheckpointError, match="does not exist"):
-        list_local_checkpoints(tmp_path / "nowhere")
+    with caplog.at_level("WARNING"):
+        assert [c.step for c in list_local_checkpoints(tmp_path / "c")] == [0]  # from the step folders
+    assert f"Damaged manifest {tmp_path / 'c' / 'manifest.json'}" in caplog.text
+    assert "delete" not in caplog.text.lower()
+
+
+def test_a_missing_step_folder_is_skipped_with_a_warning_unless_that_step_is_required(tmp_path, caplog):
+    _write_series(tmp_path / "b", [0, 10, 20])
+    (tmp_path / "b" / "step10").rmdir()
+    with caplog.at_level("WARNING"):
+        series = list_local_checkpoints(tmp_path / "b")
+    assert [c.step for c in series] == [0, 20]
+    assert "lists steps 10 (step10) whose folders are missing; skipping them" in caplog.text
+    assert "delete" not in caplog.text.lower()
+    assert [c.step for c in select_checkpoints(series, select="steps", steps=[0, 20]).checkpoints] == [0, 20]
+    with pytest.raises(CheckpointError, match="Steps not in the series: \\[10\\]"):
+        select_checkpoints(series, select="steps", steps=[10, 20], missing="fail")
+
+
+def test_a_manifest_changed_on_disk_is_damaged_not_read_as_other_steps(tmp_path):
+    _write_series(tmp_path, [0, 10])
+    path = tmp_path / "manifest.json"
+    path.write_text(path.read_text().replace('"step": 10', '"step": 19'))
+    with pytest.raises(CheckpointError, match="does not match its sha256"):
+        read_manifest(tmp_path)
 
 
 def test_folders_without_manifest_are_scanned(tmp_path, caplog):

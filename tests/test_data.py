@@ -398,6 +398,76 @@ def test_real_pinned_digest_of_an_upstream_file(tmp_path, upstream):
     assert list(cleaning_report(df)["kind"]) == ["escape", "escape"]
 
 
+# --- objects: characters that print nothing, objects of several tokens -----------------------------------
+
+
+def test_invisible_characters_are_removed_and_objects_left_with_nothing_are_dropped(tmp_path):
+    samples = [
+        ("Fr\u200bance", "Paris"),  # zero-width space inside a subject
+        ("\u202eSpain\u202c", "Madrid"),  # bidi override and pop
+        ("Peru", "Li\u00adma\ufeff"),  # soft hyphen, byte-order mark
+        ("Chile", "\u200b"),
+        ("Cuba", "\u0000"),
+        ("Iraq", "\u202e"),
+        ("Oman", "\ud800"),  # a lone surrogate
+        ("Iran", "\u0301"),  # a combining mark with nothing to combine with
+        ("India", "Ne\u200cw Delhi"),  # a joiner between letters is kept
+    ]
+    _write(tmp_path / "factual" / "caps.json", _relation_doc("caps", samples))
+    df = load_relations(tmp_path)
+    assert list(zip(df["subject"], df["object"], strict=True)) == [
+        ("France", "Paris"),
+        ("Spain", "Madrid"),
+        ("Peru", "Lima"),
+        ("India", "Ne\u200cw Delhi"),
+    ]
+    report = cleaning_report(df)
+    assert sorted(report.loc[report["kind"] == "empty", "subject"]) == [
+        "Chile",
+        "Cuba",
+        "Iran",
+        "Iraq",
+        "Oman",
+    ]
+    assert all("no visible character" in d for d in report.loc[report["kind"] == "empty", "detail"])
+    invisible = report[report["kind"] == "invisible"]
+    assert sorted(invisible["subject"]) == ["France", "Peru", "Spain"]
+    assert "'Fr\\u200bance' -> 'France'" in invisible["detail"].iloc[0]
+
+
+def test_multi_token_objects_are_counted_per_relation_noted_and_warned_about(bundled, caplog):
+    from gated_lpi_exp.data.objects import multi_token_objects, note_multi_token_objects
+    from gated_lpi_exp.testing import word_tokenizer
+
+    df = select_relations(bundled, names=["country_capital_city", "word_first_letter"])
+    capital_rows = df.index[df["relation"] == "country_capital_city"][:3]
+    df.loc[capital_rows, "object"] = ["New Delhi", "Buenos Aires", "Kuala Lumpur"]
+    words = {w for text in df["prompt"].tolist() + df["object"].tolist() for w in text.split()}
+    counts = multi_token_objects(word_tokenizer(sorted(words)), df)
+    by_relation = {c.relation: (c.multi_token, c.samples) for c in counts}
+    capitals = (df["relation"] == "country_capital_city").sum()
+    assert by_relation == {
+        "country_capital_city": (3, capitals),
+        "word_first_letter": (0, by_relation["word_first_letter"][1]),
+    }
+    (capital,) = [c for c in counts if c.relation == "country_capital_city"]
+    assert capital.example == "'New Delhi' -> 'New' | 'Delhi'"
+    with caplog.at_level("WARNING"):
+        params = note_multi_token_objects(df, counts, warn_share=0.0)
+    assert params == {
+        "data.multi_token_objects": 3,
+        "data.multi_token_objects.country_capital_city": 3,
+        "data.multi_token_objects.word_first_letter": 0,
+    }
+    assert "country_capital_city: 3 of" in caplog.text and "scored on its first token" in caplog.text
+    noted = cleaning_report(df).query("kind == 'multi_token'")
+    assert list(noted["relation"]) == ["country_capital_city"]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        note_multi_token_objects(df, counts, warn_share=0.5)  # below the threshold: noted, not warned
+    assert caplog.text == ""  # 3 of 38 is below a half
+
+
 # --- the paper's 12 upstream files, rebuilt from their facts ------------------------------------------------
 
 # Facts about the upstream files at the pinned commit (counted from them; the data itself is not copied):

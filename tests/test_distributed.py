@@ -79,7 +79,7 @@ def test_submitit_sweep_jobs_share_the_attribution(series, tmp_path):
         tmp_path,
         "hydra/launcher=local",
         f"hydra.sweep.dir={tmp_path}/sweep",
-        "ablation=top1_head,top10_heads",
+        "ablation=top1_head,top1pct_ffn",
         "ablation.random_seeds=1",
         "checkpoints.limit=3",
     )
@@ -87,7 +87,7 @@ def test_submitit_sweep_jobs_share_the_attribution(series, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:]
     client, runs = runs_of(f"sqlite:///{tmp_path}/mlflow.db")
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
-    assert {r.data.tags["gated_lpi.ablation"] for r in runs} == {"top1_head", "top10_heads"}
+    assert {r.data.tags["gated_lpi.ablation"] for r in runs} == {"top1_head", "top1pct_ffn"}
     assert len({r.data.tags["gated_lpi.sweep"] for r in runs}) == 1
     # The jobs, separate processes, found one parent run; the launching process closed it at the end.
     (parent,) = {r.data.tags["mlflow.parentRunId"] for r in runs}

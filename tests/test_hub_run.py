@@ -20,8 +20,10 @@ from huggingface_hub import scan_cache_dir
 from scale_helpers import CLI, assert_same_numbers, cli_env, make_series, overrides, run_cli, runs_of
 from test_distributed import _accelerate
 
+from gated_lpi_exp.checkpoints.loading import load_tokenizer, resolve_series
 from gated_lpi_exp.compose import compose_run_config
 from gated_lpi_exp.data import dataset_hash
+from gated_lpi_exp.data.batches import token_fingerprint
 from gated_lpi_exp.errors import CheckpointError
 from gated_lpi_exp.run import load_samples, run
 from gated_lpi_exp.storage.results import ResultStore
@@ -151,7 +153,11 @@ def test_a_download_that_fails_for_good_skips_its_checkpoint_or_stops_the_run(
         )
         with pytest.raises(CheckpointError, match=r"step 20.*does not match the hash it advertises.*Fix"):
             run(stop)
-    store = ResultStore(stop, dataset_hash(load_samples(stop)))
+    # The series' tokenizer from its local copy: the hub serves the same files, and the key is by content.
+    local = compose_run_config(overrides(series, tmp_path / "local"))
+    tokenizer = load_tokenizer(local.model, resolve_series(local.model, local.checkpoints).checkpoints[0])
+    samples = load_samples(stop)
+    store = ResultStore(stop, dataset_hash(samples), token_fingerprint(tokenizer, samples))
     finished = [c.step for c in result.checkpoints if store.has(c)]
     assert finished == [0, 10]  # the checkpoints before the failure are kept for a rerun
 

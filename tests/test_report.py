@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from gated_lpi_exp.attribution.aggregate import CheckpointAggregate
 from gated_lpi_exp.config import DynamicsConfig, TrackingConfig
 from gated_lpi_exp.report import main
+from gated_lpi_exp.report.render import md_escape
 from gated_lpi_exp.report.runs import Column, RunData, make_columns
 from gated_lpi_exp.report.sections import split_sections
 from gated_lpi_exp.report.select import select_runs
@@ -119,8 +120,10 @@ def store(tmp_path_factory):
 
 
 def _row(markdown: str, label: str) -> list[str]:
-    line = next(x for x in markdown.splitlines() if x.startswith(f"| {label} |"))
-    return [c.strip() for c in line.strip().strip("|").split("|")]
+    """The cells of the row labelled ``label``, with report.md's Markdown escapes undone."""
+    line = next(x for x in markdown.splitlines() if x.startswith(f"| {md_escape(label)} |"))
+    cells = re.split(r"(?<!\\)\|", line.strip().strip("|"))
+    return [re.sub(r"\\(.)", r"\1", c).strip() for c in cells]
 
 
 def _expected(summary: pd.DataFrame, metric: str, unit: str, scale: float, digits: int) -> str:
@@ -159,10 +162,10 @@ def test_report_end_to_end(store, tmp_path):
     assert ffn[3].split()[0] == f"{100 * lagged[lagged.unit == 'ffn'].value.item():.1f}"
     random_ffn = _row(md, "J_lag FFN (%), steps 0 vs 30: random sets")
     assert random_ffn[3] == f"{100 * lagged[lagged.unit == 'ffn'].random_baseline.item():.1f}"
-    assert (
+    matched = (
         "Lagged pairs matched to the nearest analysed checkpoints: 10 vs 28 -> tiny_dense: steps 10 vs 30"
-        in md
     )
+    assert md_escape(matched) in md  # report.md shows values as text (the arrow's '>' as an entity)
     # Table 3: σ_rel is descriptive too; its rows are the registry's profile metrics.
     s = _row(md, "σ_rel FFN, all checkpoints")
     assert s[1] == "—" and s[2] == _expected(store["summaries"]["tiny_dense"], "sigma_rel", "ffn", 1, 2)
@@ -185,13 +188,15 @@ def test_report_end_to_end(store, tmp_path):
     # Next to every paper comparison: which choices the runs used, unlike the paper's marked.
     choices = [line for line in md.splitlines() if line.startswith("*Choices of these runs")]
     assert len(choices) == 3 and "relations.source=bundled ≠" in choices[2]
-    assert "ablation.rank_by=signed" in choices[2] and "ablation.rank_by" not in choices[0]
+    assert (
+        md_escape("ablation.rank_by=signed") in choices[2] and md_escape("ablation.rank_by") not in choices[0]
+    )
     assert _row(md, "top-1 head: targeted")[2:4] == ["not computed in this run"] * 2
     # Figures: 8 inline PNGs in the HTML, the same files next to the Markdown.
     assert html.count("data:image/png;base64,") == 8 and "src='http" not in html
     images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", md)
     assert len(images) == 8 and all((out / name).stat().st_size > 5_000 for name in images)
-    assert "Not computed in this run: tiny_dense." in md  # Fig. 5 has only tiny_moe
+    assert md_escape("Not computed in this run: tiny_dense.") in md  # Fig. 5 has only tiny_moe
 
 
 @pytest.mark.slow
@@ -289,6 +294,37 @@ def test_best_mark_follows_the_registry_direction():
     )
 
 
+def test_markdown_report_escapes_markup_in_names_and_data(tmp_path):
+    """A relation, model or run name carrying HTML or Markdown shows as text in report.md, never as
+    markup, links, images or a script."""
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    tracker = Tracker(TrackingConfig(uri=uri, artifact_location=str(tmp_path / "artifacts")))
+    evil = "<script>alert(1)</script>[x](http://evil.example) *b* |c|"
+    aggs = _aggregates(3, 2)
+    dynamics = compute_dynamics(aggs, DynamicsConfig(top_frac=0.1, windows=WINDOWS))
+    tags = {"gated_lpi.model": evil, "gated_lpi.family": "olmoe", "gated_lpi.ablation": "top10_heads"}
+    with tracker.run(evil, tags=tags):
+        tracker.log_params({"model.name": evil, "relations.categories": ["factual"], "relations.names": [evil],
+                            "dynamics.top_frac": 0.1, "ablation.name": "top10_heads"})  # fmt: skip
+        tracker.log_table(_hits(), "hit_summary")
+        tracker.log_table(layer_profiles(aggs), "layer_profiles")
+        for name in ("dynamics_curves", "dynamics_summary"):
+            tracker.log_table(dynamics[name], name)
+        tracker.log_table(_ablation(), "ablation")
+    out = tmp_path / "report"
+    assert main(["--tracking-uri", uri, "--out", str(out)]) == 0
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    for text in (md, page):
+        assert "<script" not in text and "&lt;script&gt;" in text
+    assert (
+        not re.search(r"(?<!\\)\]\(http://evil", md)
+        and "\\[x\\]" in md
+        and "\\*b\\*" in md
+        and "\\|c\\|" in md
+    )
+    assert md_escape("a|b\nc") == "a\\|b c"
+
+
 def test_drops_computed_only_near_chance_are_said_to_be_so_not_missing():
     near_chance = _ablation().assign(hit_at_10=lambda t: t["hit_at_10"] * 0.1)  # base HIT@10 0.05 and 0.01
     run = _fake_run("a" * 32, "olmoe", "top10_heads", 1)
@@ -355,7 +391,8 @@ def test_runs_measured_under_different_conditions_are_split_into_sections(tmp_pa
     assert main(["--tracking-uri", uri, "--out", str(tmp_path / "r"), "--runs", moe, dense]) == 0
     md = (tmp_path / "r" / "report.md").read_text()
     assert "not measured under the same conditions" in md and "data.hash, relations.categories" in md
-    assert "attribution.batch_size" not in md.split("## Section 1")[0]  # speed settings are no condition
+    speed = md_escape("attribution.batch_size")  # report.md shows names as text: '_' escaped
+    assert speed not in md.split("## Section 1")[0]  # speed settings are no condition
     sections = md.split("## Section ")[1:]
     assert len(sections) == 2 and sections[0].startswith("1 of 2: data.hash=h381")
     for section, (mine, other) in zip(sections, ((dense, moe), (moe, dense)), strict=True):

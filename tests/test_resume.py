@@ -14,13 +14,12 @@ import time
 import numpy as np
 import pytest
 import torch
-from scale_helpers import CLI, assert_same_numbers, cli_env, make_series, overrides, runs_of
+from scale_helpers import CLI, assert_same_numbers, cli_env, make_series, overrides, result_store, runs_of
 
 from gated_lpi_exp.checkpoints.loading import resolve_series
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.compose import compose_run_config
-from gated_lpi_exp.data import dataset_hash
-from gated_lpi_exp.run import load_samples, run
+from gated_lpi_exp.run import run
 from gated_lpi_exp.storage.results import ResultStore
 
 STEPS = [0, 10, 20, 30, 40, 50, 60, 70]
@@ -61,7 +60,7 @@ def test_a_killed_run_resumes_without_recomputing_and_ends_with_the_same_numbers
     assert proc.wait(timeout=30) == -signal.SIGKILL
 
     cfg = compose_run_config(args)
-    store = ResultStore(cfg, dataset_hash(load_samples(cfg)))
+    store = result_store(cfg)
     ckpts = {c.step: c for c in resolve_series(cfg.model, cfg.checkpoints).checkpoints}
     finished = {s for s in STEPS if store.path(ckpts[s]).is_file()}  # stored, so reusable
     assert _finished_steps(state_dir) <= finished and 1 <= len(finished) < len(STEPS), finished
@@ -110,10 +109,11 @@ WRITER = textwrap.dedent(
     while len(list(Path(root).glob("ready-*"))) < 2:  # start writing together
         time.sleep(0.01)
     cfg = compose_run_config([f"execution.result_dir={root}"])
-    store = ResultStore(cfg, data_hash="same-data")
+    store = ResultStore(cfg, data_hash="same-data", tokens_hash="same-tokens")
     ckpt = Checkpoint(step=7, source="hub/model", revision="step7")
     rng = np.random.default_rng(0)  # both writers write the same content, as two runs would
-    sums = {"r": ScoreSums({k: rng.normal(size=(2, 4, 5000)) for k in UNIT_KINDS}, np.array([3, 2]))}
+    shapes = {k: (2, 4) if k.endswith("_layer") else (2, 4, 5000) for k in UNIT_KINDS}
+    sums = {"r": ScoreSums({k: rng.normal(size=shapes[k]) for k in UNIT_KINDS}, np.array([3, 2]))}
     hits = pd.DataFrame(dict(step=7, relation="r", category="factual", sample_id=range(5), target_id=1,
                              gold_rank=range(1, 6)))
     result = CheckpointResult(ckpt, hits)
@@ -137,7 +137,7 @@ def test_two_processes_writing_the_same_entry_leave_it_whole(tmp_path):
     outputs = [p.communicate(timeout=180)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     cfg = compose_run_config([f"execution.result_dir={tmp_path}"])
-    got = ResultStore(cfg, data_hash="same-data").get(
+    got = ResultStore(cfg, data_hash="same-data", tokens_hash="same-tokens").get(
         Checkpoint(step=7, source="hub/model", revision="step7")
     )
     rng = np.random.default_rng(0)

@@ -64,6 +64,12 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
     assert params["run.revisions"] == "step0,step10,step30"
     assert len(params["data.hash"]) >= 16 and params["package.version"]
     assert "package.git_commit" in params and params["attribution.norm"] == "frozen"
+    # One word per object under this tokenizer: no object is scored on a first piece only.
+    assert (
+        params["data.multi_token_objects"] == "0"
+        and params["data.multi_token_objects.country_language"] == "0"
+    )
+    assert params["model.n_heads_total"] == "8"
     assert params["run.step_mapping"] == "none"
     assert (params["data.n_duplicates"], params["data.n_conflicts"]) == ("0", "0")  # the bundled set is clean
     assert not any(k.startswith("model.suite.") for k in params)  # a local series has no suite recipe
@@ -131,7 +137,8 @@ def test_end_to_end_run_logs_everything_and_a_second_run_reuses_attribution(seri
 
     caplog.clear()
     with caplog.at_level("INFO", logger="gated_lpi_exp"):
-        second = run(_cfg(series, tmp_path, "tracking.run_name=again"))
+        # Another ablation setting (a new result entry), the same attribution inputs (cached per relation).
+        second = run(_cfg(series, tmp_path, "tracking.run_name=again", "ablation=top1_head"))
     assert "attribution of 0 relations computed, 12 from cache" in caplog.text
     pd.testing.assert_frame_equal(second.tables["layer_profiles"], result.tables["layer_profiles"])
 
@@ -161,13 +168,16 @@ def micro_suites(tmp_path_factory):
 
 
 @pytest.mark.parametrize("suite", ["micro_moe", "micro_neox"])
-def test_the_default_run_on_a_micro_suite_exercises_every_stage(micro_suites, tmp_path, suite):
-    """The default stages, end to end, on a MoE suite and on a second dense family (GPT-NeoX)."""
+def test_the_default_stages_on_a_micro_suite_exercise_every_stage(micro_suites, tmp_path, suite):
+    """The default stages, end to end, on a MoE suite and on a second dense family (GPT-NeoX), with one
+    head masked: the micro suites have 8 heads, all of which the default ``top10_heads`` would mask
+    (refused before compute, see test_bad_input)."""
     cfg = compose_run_config(
         [
             f"model={suite}",
             f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
             "relations.max_per_relation=3",
+            "ablation=top1_head",
             "progress=false",
         ]
     )
@@ -187,7 +197,7 @@ def test_the_default_run_on_a_micro_suite_exercises_every_stage(micro_suites, tm
     note = logged.data.tags["mlflow.note.content"]
     kind = "MoE" if moe else "dense"
     assert note.startswith(f"{suite} ({kind}, suite {suite}), 7 checkpoints (steps 0–240), on 36 examples")
-    assert "top-10 heads" in note and logged.data.tags["mlflow.source.name"] == "gated_lpi_exp"
+    assert "top-1 head" in note and logged.data.tags["mlflow.source.name"] == "gated_lpi_exp"
     for table in ("hit_summary", "top_units", "layer_profiles", "dynamics_summary", "ablation"):
         assert len(result.tables[table]) > 0, table
     hits = result.tables["hit_summary"]

@@ -162,18 +162,28 @@ def test_resumes_interrupted_build(built, tmp_path):
     assert [e.train_loss for e in manifest.checkpoints] == [e.train_loss for e in expected]
 
 
-def test_damaged_suite_names_the_fix(built, tmp_path):
-    spec = micro("olmo", tmp_path)
-    root = suite_dir(spec)
-    shutil.copytree(built["olmo"], root)
-    (root / "manifest.json").write_text('{"format": "gated_lpi_exp.suite/1", "checkpoints": [')
-    with pytest.raises(CheckpointError, match="Delete"):
-        build_suite(spec, progress=False)
-    shutil.rmtree(root)
-    shutil.copytree(built["olmo"], root)
-    shutil.rmtree(root / read_manifest(root).checkpoints[2].path)
-    with pytest.raises(CheckpointError, match="Delete"):
-        build_suite(spec, progress=False)
+def test_a_damaged_or_changed_suite_is_reported_and_rebuilt_to_the_same_files(tmp_path, caplog):
+    """A suite is the tool's own cache: a damaged manifest, a missing step folder or a changed weight file is
+    reported and the suite is built again, bit for bit (so results stored for it keep their keys)."""
+    spec = micro("olmoe", tmp_path, steps=20, num_checkpoints=3)
+    root = build_suite(spec, progress=False)
+    recorded = {e.path: e.files for e in read_manifest(root).checkpoints}
+    assert all("model.safetensors" in files for files in recorded.values())
+    damages = {
+        "manifest": lambda: (root / "manifest.json").write_text('{"format": "gated_lpi_exp.suite/1", "check'),
+        "missing folder": lambda: shutil.rmtree(root / "step1"),
+        "changed weights": lambda: (root / "step20" / "model.safetensors").write_bytes(
+            (root / "step20" / "model.safetensors").read_bytes()[:-4] + b"\0\0\0\0"
+        ),
+    }
+    for name, damage in damages.items():
+        damage()
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert build_suite(spec, progress=False) == root, name
+        assert f"The suite in {root} cannot be used" in caplog.text and "Building it again" in caplog.text
+        assert "delete" not in caplog.text.lower(), name
+        assert {e.path: e.files for e in read_manifest(root).checkpoints} == recorded, name
 
 
 def test_spec_hash_and_location(monkeypatch, tmp_path):

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import multiprocessing
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from contextlib import nullcontext
 
 import mlflow
@@ -71,37 +77,62 @@ def test_unreachable_server_fails_before_compute_or_falls_back(tmp_path):
     assert tracker.uri == "sqlite:///mlflow.db"
 
 
+def _start_server(tmp_path, port: int) -> subprocess.Popen:
+    """A real ``mlflow server`` on 127.0.0.1:``port`` with its store under ``tmp_path`` (reused on restart)."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination",
+         str(tmp_path / "srv-art"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.time() + 300  # a loaded 2-core machine takes minutes to import and migrate
+    while not server_reachable(f"http://127.0.0.1:{port}", timeout=1.0):
+        assert server.poll() is None, "mlflow server exited"
+        assert time.time() < deadline, "mlflow server did not come up in 300 s"
+        time.sleep(0.5)
+    _wait_until_the_stores_answer(f"http://127.0.0.1:{port}", server, deadline)
+    return server
+
+
+def _wait_until_the_stores_answer(uri: str, server: subprocess.Popen, deadline: float) -> None:
+    """One real request to the tracking store and one to the artifact store, with a long timeout: a fresh
+    server opens its stores on their first request, which on a loaded machine can take longer than the
+    seconds the timed parts of the tests allow (``/health`` answers before that)."""
+    for path in ("/api/2.0/mlflow/experiments/search?max_results=1", "/api/2.0/mlflow-artifacts/artifacts"):
+        while True:
+            assert server.poll() is None, "mlflow server exited"
+            try:
+                with urllib.request.urlopen(uri + path, timeout=120) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            assert time.time() < deadline, f"mlflow server did not answer {path} in 300 s"
+            time.sleep(0.5)
+
+
+def _signal(server: subprocess.Popen, sig: int) -> None:
+    """Signal the server and the uvicorn worker it starts (its own process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, sig)
+
+
+def _stop(server: subprocess.Popen) -> None:
+    _signal(server, signal.SIGCONT)
+    _signal(server, signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        _signal(server, signal.SIGKILL)
+        server.wait(timeout=30)
+
+
 @pytest.mark.slow
 def test_full_run_logged_over_http_to_a_real_mlflow_server(tmp_path):
     port = _free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path}/server.db",
-            "--artifacts-destination",
-            str(tmp_path / "srv-art"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=tmp_path,
-    )
+    server = _start_server(tmp_path, port)
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while not server_reachable(uri, timeout=1.0):
-            assert server.poll() is None, "mlflow server exited"
-            assert time.time() < deadline, "mlflow server did not come up in 90 s"
-            time.sleep(0.5)
         tracker = Tracker(TrackingConfig(uri=uri, experiment="over_http"))
         with tracker.run("http-run") as run_id:
             tracker.log_params({"model.name": "tiny"})
@@ -119,8 +150,7 @@ def test_full_run_logged_over_http_to_a_real_mlflow_server(tmp_path):
         assert any((tmp_path / "srv-art").rglob("checkpoints.parquet"))
         _full_run_over_http(uri, tmp_path)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        _stop(server)
 
 
 def _full_run_over_http(uri: str, tmp_path) -> None:
@@ -148,6 +178,98 @@ def _full_run_over_http(uri: str, tmp_path) -> None:
         )
         pd.testing.assert_frame_equal(pd.read_parquet(local), result.tables[table].reset_index(drop=True))
     assert {a.path for a in client.list_artifacts(result.run_id, "figures")} >= {"figures/fig1_jaccard.png"}
+
+
+def _hung_server_spools_then_replays(uri: str, server: subprocess.Popen, tmp_path) -> None:
+    """A server that stops answering mid-run (SIGSTOP) costs ``timeout_s``; what is logged meanwhile is
+    spooled, and replayed into the run when the server answers again before the run ends."""
+    tracker = Tracker(TrackingConfig(uri=uri, experiment="hung", timeout_s=5), spool_root=tmp_path / "spool")
+    with tracker.run("hung-run") as run_id:
+        tracker.log_metrics({"hit_at_10": 0.1}, step=0)
+        _signal(server, signal.SIGSTOP)
+        started = time.monotonic()
+        tracker.log_metrics({"hit_at_10": 0.2}, step=10)
+        tracker.log_table(pd.DataFrame({"step": [0, 10]}), "checkpoints")
+        assert tracker.degraded and time.monotonic() - started < 20  # 5 s budget, on a busy machine
+        assert (tmp_path / "spool" / run_id / "calls.jsonl").is_file()
+        _signal(server, signal.SIGCONT)
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [m.value for m in client.get_metric_history(run_id, "hit_at_10")] == [0.1, 0.2]
+    assert [a.path for a in client.list_artifacts(run_id, "tables")] == [
+        "tables/checkpoints.csv",
+        "tables/checkpoints.parquet",
+    ]
+    assert not (tmp_path / "spool" / run_id).exists()
+
+
+def _finished_steps(state_dir) -> set[int]:
+    for path in state_dir.glob("*.json"):
+        try:
+            return {int(s) for s in json.loads(path.read_text())["checkpoints"]}
+        except (json.JSONDecodeError, KeyError):
+            pass
+    return set()
+
+
+@pytest.mark.slow
+def test_a_tracking_server_killed_mid_run_costs_seconds_and_the_next_run_completes_the_record(tmp_path):
+    """The issue's scenario with a real server: killed mid-run, the run ends within a minute with one
+    message (exit 2), every checkpoint in the result store; with the server back, the same command reuses
+    them all, logs a complete run, replays the spool into the orphaned run and ends it FAILED."""
+    from scale_helpers import CLI, STEPS, cli_env, make_series, overrides, result_store, run_cli
+
+    from gated_lpi_exp.checkpoints.loading import resolve_series
+    from gated_lpi_exp.compose import compose_run_config
+
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _start_server(tmp_path, port)
+    try:
+        _hung_server_spools_then_replays(uri, server, tmp_path)
+        work = tmp_path / "work"
+        plain = [
+            a for a in overrides(make_series(tmp_path / "series"), work) if not a.startswith("tracking.")
+        ]
+        args = [*plain, f"tracking.uri={uri}", "tracking.experiment=killed", "tracking.timeout_s=5",
+                "relations=all"]  # fmt: skip
+        proc = subprocess.Popen([*CLI, *args], cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        deadline = time.time() + 240
+        while not _finished_steps(work / "cache" / "runs"):
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.time() < deadline, "no checkpoint finished in 240 s"
+            time.sleep(0.05)
+        _signal(server, signal.SIGKILL)
+        server.wait(timeout=30)
+        killed_at = time.monotonic()
+        output = proc.communicate(timeout=120)[0]
+        assert time.monotonic() - killed_at < 60, "a dead tracking server held the run for a minute or more"
+        assert proc.returncode == 2, output[-3000:]
+        assert "Traceback" not in output
+        assert "stopped answering" in output and "Everything computed is in the result store" in output
+        cfg = compose_run_config(args)
+        store = result_store(cfg)
+        assert all(store.path(c).is_file() for c in resolve_series(cfg.model, cfg.checkpoints).checkpoints)
+
+        server = _start_server(tmp_path, port)
+        again = run_cli(args, cwd=tmp_path)
+        assert again.returncode == 0, again.stdout[-3000:]
+        client, runs = (
+            MlflowClient(uri),
+            MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("killed").experiment_id]),
+        )
+        (new,) = [r for r in runs if r.info.status == "FINISHED"]
+        (orphan,) = [r for r in runs if r.info.run_id != new.info.run_id]
+        assert orphan.info.status == "FAILED" and orphan.data.tags["gated_lpi.resumed_by"] == new.info.run_id
+        assert new.data.tags["gated_lpi.resumed_from"] == orphan.info.run_id
+        assert new.data.metrics["resume.n_reused"] == len(STEPS)  # nothing recomputed
+        assert sorted(m.step for m in client.get_metric_history(new.info.run_id, "hit_at_10")) == STEPS
+        replayed = sorted(m.step for m in client.get_metric_history(orphan.info.run_id, "hit_at_10"))
+        assert replayed == STEPS  # logged live before the kill, or kept in the spool and replayed
+        assert not (work / "cache" / "spool" / orphan.info.run_id).exists()
+    finally:
+        _stop(server)
 
 
 def test_the_experiment_is_set_up_for_model_development_and_keeps_it(tmp_path):

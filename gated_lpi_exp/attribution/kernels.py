@@ -10,8 +10,9 @@ exceeds 1 and no online max is needed; the caller recomputes the rare pairs whos
 Backends (``GATED_LPI_KERNEL`` or :func:`use_kernel`; default ``auto``):
 
 - ``native``: a small C++ kernel (GCC vector extensions, a polynomial ``exp``), built once with the
-  system compiler into the user cache and called through ``ctypes`` from ``torch.get_num_threads()``
-  threads. CPU only. About 3x the exp rate of the inductor kernel below (see ``python -m
+  system compiler into a private folder of the user cache and loaded only after its owner, mode and
+  sha256 are checked (:mod:`gated_lpi_exp.attribution.native_lib`); called through ``ctypes`` from
+  ``torch.get_num_threads()`` threads. CPU only. About 3x the exp rate of the inductor kernel below (see ``python -m
   gated_lpi_exp.bench``), because inductor's ``exp`` is SLEEF's 1-ulp version and its sums are cascaded.
 - ``compiled``: the same formula through ``torch.compile`` (inductor: C++/OpenMP on CPU, Triton on GPU).
 - ``eager``: no fusion; the caller materialises logits in budget-sized chunks (the reference path).
@@ -29,7 +30,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +38,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from gated_lpi_exp.attribution.native_lib import build_or_load, kernel_dir
 
 log = logging.getLogger(__name__)
 
@@ -248,20 +250,31 @@ def _build_compiled(device: str) -> Callable[..., Tensor]:
     return fn
 
 
-def _build_native():
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-    if cxx is None:
-        raise RuntimeError("no C++ compiler (set CXX or install g++)")
+def native_candidates() -> list[tuple[tuple[str, ...], str]]:
+    """``(flags, file stem)`` of each native build tried, best first (the stem names the library file)."""
+    cxx = _compiler()
     fingerprint = _cpu_fingerprint()
-    last_error = None
+    out = []
     for arch in (("-march=native",), ()):
         flags = (*_NATIVE_FLAGS, *arch)
-        key = hashlib.sha256("\0".join((_NATIVE_SOURCE, cxx, *flags, fingerprint)).encode()).hexdigest()[:16]
-        path = _cache_dir() / f"expsum-{key}.so"
+        key = hashlib.sha256("\0".join((_NATIVE_SOURCE, cxx or "", *flags, fingerprint)).encode()).hexdigest()
+        out.append((flags, f"expsum-{key[:16]}"))
+    return out
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+
+
+def _build_native():
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler (set CXX or install g++)")
+    folder = kernel_dir()
+    last_error = None
+    for flags, stem in native_candidates():
         try:
-            if not path.exists():
-                _compile(cxx, flags, path)
-            lib = ctypes.CDLL(str(path))
+            lib = build_or_load(folder, stem, _NATIVE_SOURCE, [cxx, *flags, "{src}", "-o", "{out}"])
             lib.expsum.restype = None
             lib.expsum.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 6
             _check_native(lib)
@@ -269,19 +282,6 @@ def _build_native():
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             last_error = exc
     raise RuntimeError(str(last_error))
-
-
-def _compile(cxx: str, flags: tuple[str, ...], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        src, lib = Path(tmp) / "expsum.cpp", Path(tmp) / path.name
-        src.write_text(_NATIVE_SOURCE)
-        done = subprocess.run(
-            [cxx, *flags, str(src), "-o", str(lib)], capture_output=True, text=True, timeout=120
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"{cxx} failed: {done.stderr.strip()[:500]}")
-        os.replace(lib, path)  # atomic: concurrent builders each write their own temporary file
 
 
 def _check_native(lib) -> None:
@@ -293,13 +293,6 @@ def _check_native(lib) -> None:
     want = _compiled_formula(q.double(), proj.double(), a.double(), c.double(), shift.double(), None)
     if not torch.allclose(got.double(), want, rtol=1e-5, atol=0):
         raise RuntimeError("native exp-sum disagrees with its reference formula")
-
-
-def _cache_dir() -> Path:
-    if os.environ.get("GATED_LPI_CACHE"):
-        return Path(os.environ["GATED_LPI_CACHE"]).expanduser() / "kernels"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
-    return base / "gated_lpi_exp" / "kernels"
 
 
 def _cpu_fingerprint() -> str:

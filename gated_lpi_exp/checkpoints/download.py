@@ -118,8 +118,16 @@ class Downloader:
             self._ledgers[repo_id] = FetchLedger(self.settings, repo_id)
         return self._ledgers[repo_id]
 
-    def fetch(self, checkpoint: Checkpoint, cancel: threading.Event | None = None) -> Fetched:
+    def fetch(
+        self, checkpoint: Checkpoint, cancel: threading.Event | None = None, *, weights: bool = True
+    ) -> Fetched:
         """Make ``checkpoint``'s files complete in the cache (offline: check they are) and say where they are.
+
+        Args:
+            checkpoint: Which revision (downloaded at its pinned commit).
+            cancel: Set to stop the download.
+            weights: False: only its small files (tokenizer, config; every needed file but ``*.safetensors``),
+                e.g. to check the run's settings before any weight is downloaded.
 
         Raises:
             CheckpointError: a file could not be downloaded intact after every retry, or (offline) is missing.
@@ -131,6 +139,8 @@ class Downloader:
         if self.settings.offline or commit is None:
             return self._cached(checkpoint)
         files = self._retry(checkpoint, "the file list", lambda: self._list(checkpoint))
+        if not weights:
+            files = [f for f in files if not f.name.endswith(".safetensors")]
         ledger = self.ledger(checkpoint.source)
         ledger.acquire(commit, [f.etag for f in files])  # before looking at the cache: see FetchLedger
         fetched = 0
@@ -138,7 +148,8 @@ class Downloader:
             fetched += self._retry(
                 checkpoint, remote.name, lambda r=remote: self._file(checkpoint, r, cancel)
             )
-        self._write_ref(checkpoint, folder, ledger)
+        if weights:  # the branch's ref marks a downloaded revision; a weights-free fetch is not one
+            self._write_ref(checkpoint, folder, ledger)
         seconds = time.perf_counter() - started
         if fetched:
             rate = fetched / max(seconds, 1e-9) / 1e6

@@ -110,6 +110,7 @@ def load_model(
             use_safetensors=True,  # never unpickle weights
             trust_remote_code=trust_remote_code,
             attn_implementation=attn_implementation,
+            local_files_only=True,  # a folder: no request to the hub
         )
     return net.eval()
 
@@ -119,10 +120,14 @@ def load_folder_tokenizer(folder: str | Path, *, trust_remote_code: bool = False
     without the repository's tokenizer class), with a pad token (the EOS token when it has none)."""
     folder = Path(folder)
     tok: PreTrainedTokenizerBase
-    if is_native_olmo(read_config(folder)):
+    if (folder / "config.json").is_file() and is_native_olmo(
+        read_config(folder)
+    ):  # a tokenizer alone: no config
         tok = _native_tokenizer(folder)
     else:
-        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(
+            folder, trust_remote_code=trust_remote_code, local_files_only=True
+        )  # a folder: no request to the hub (e.g. for chat templates)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

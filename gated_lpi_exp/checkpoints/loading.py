@@ -20,6 +20,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from gated_lpi_exp.adapters import FAMILIES
+from gated_lpi_exp.checkpoints.checksums import mismatched_files
 from gated_lpi_exp.checkpoints.folder import checkpoint_model_type, load_folder_tokenizer, load_model
 from gated_lpi_exp.checkpoints.grid import grid_steps
 from gated_lpi_exp.checkpoints.hub import list_hub_checkpoints
@@ -125,6 +126,8 @@ def load_checkpoint(
     """
     source, revision = _where(checkpoint, path)
     check_family(model, checkpoint, path)
+    if model.verify_checksums:
+        verify_checksums(checkpoint)
     try:
         if revision is None:  # a local folder: the transformers layout or OLMo v1's native one
             net = load_model(
@@ -155,8 +158,8 @@ def load_checkpoint(
         elif Path(checkpoint.source).exists():
             fix = (
                 f"replace the damaged files in {checkpoint.source} (copy or download that checkpoint again; "
-                "for a project suite, delete the suite folder and it is rebuilt), then run again: the "
-                "checkpoints already analysed are kept in the result store and are not recomputed"
+                "a project suite is checked and rebuilt by the next run), then run again: the checkpoints "
+                "already analysed are kept in the result store and are not recomputed"
             )
         else:
             fix = "check the revision exists upstream, has safetensors weights, and the network is up"
@@ -198,6 +201,25 @@ def check_family(model: ModelConfig, checkpoint: Checkpoint, path: str | None = 
     )
 
 
+def verify_checksums(checkpoint: Checkpoint) -> None:
+    """Check a local checkpoint's files against the sha256 its series manifest recorded.
+
+    Raises:
+        CheckpointError: a recorded file is missing or its content changed (names the files and the fix).
+    """
+    if not checkpoint.files:
+        return
+    bad = mismatched_files(checkpoint.source, dict(checkpoint.files))
+    if bad:
+        raise CheckpointError(
+            f"Could not load checkpoint step {checkpoint.step} from {checkpoint.source}: {', '.join(bad)} "
+            "differ from the sha256 recorded in the series manifest (damaged or changed since the series was "
+            "written). Fix: replace the damaged files (copy or download that checkpoint again), or set "
+            "model.verify_checksums=false to load them as they are; the checkpoints already analysed are "
+            "kept in the result store and are not recomputed."
+        )
+
+
 def _where(checkpoint: Checkpoint, path: str | None) -> tuple[str, str | None]:
     """What to hand ``from_pretrained``: a local folder, or the repository at its pinned commit."""
     if path is not None:
@@ -209,13 +231,15 @@ def load_tokenizer(
     model: ModelConfig, checkpoint: Checkpoint, path: str | None = None
 ) -> PreTrainedTokenizerBase:
     """The series' tokenizer (with a pad token: the EOS token when the tokenizer has none); ``path`` as for
-    :func:`load_checkpoint`."""
+    :func:`load_checkpoint` (read from there only: no request to the hub)."""
     source, revision = _where(checkpoint, path)
     try:
         if revision is None:  # a local folder (OLMo v1 native: its tokenizer.json, no remote class)
             return load_folder_tokenizer(source, trust_remote_code=model.trust_remote_code)
         tok = AutoTokenizer.from_pretrained(
-            source, revision=revision, trust_remote_code=model.trust_remote_code
+            source,
+            revision=revision,
+            trust_remote_code=model.trust_remote_code,
         )
     except CheckpointError:
         raise

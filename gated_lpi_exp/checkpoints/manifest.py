@@ -4,13 +4,20 @@ Format (version ``gated_lpi_exp.suite/1``)::
 
     {"format": "gated_lpi_exp.suite/1", "name": "tiny_moe", "family": "olmoe",
      "config_hash": "3f2a...", "complete": true,
-     "checkpoints": [{"step": 0, "tokens": 0, "train_loss": null, "path": "step0"}, ...]}
+     "checkpoints": [{"step": 0, "tokens": 0, "train_loss": null, "path": "step0",
+                      "files": {"model.safetensors": "<sha256>", "config.json": "<sha256>", ...}}, ...],
+     "sha256": "<sha256 of the manifest's other fields>"}
 
 ``complete`` is false while a suite is being built; a reader refuses such a series unless told otherwise.
+``files`` records the sha256 of every file of each step folder (weights, config, tokenizer) when the series
+was written; loading a checkpoint verifies them. ``sha256`` covers the manifest itself, so damage to it is
+noticed rather than read as other steps or other hashes. Manifests written before these two fields existed
+are read as they are (nothing to verify).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -18,10 +25,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gated_lpi_exp.checkpoints.checksums import folder_checksums
 from gated_lpi_exp.errors import CheckpointError
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "gated_lpi_exp.suite/1"
+
+
+class DamagedManifestError(CheckpointError):
+    """A manifest that cannot be read or does not match its own checksum."""
 
 
 @dataclass
@@ -36,6 +48,8 @@ class ManifestEntry:
     """Mean training loss over the steps since the previous checkpoint (None at step 0)."""
     path: str = ""
     """Folder of the checkpoint, relative to the series root (``step{N}``)."""
+    files: dict[str, str] = field(default_factory=dict)
+    """sha256 of each file of the folder when the series was written (empty: not recorded)."""
 
 
 @dataclass
@@ -49,19 +63,34 @@ class Manifest:
     checkpoints: list[ManifestEntry] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     format: str = MANIFEST_FORMAT
+    sha256: str = ""
+    """sha256 of the canonical JSON of every other field (empty in manifests written before it existed)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def _self_checksum(doc: dict[str, Any]) -> str:
+    body = {k: v for k, v in doc.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def write_manifest(root: str | os.PathLike, manifest: Manifest) -> Path:
-    """Write ``manifest.json`` atomically (temporary file, then rename)."""
+    """Write ``manifest.json`` atomically (temporary file, then rename).
+
+    Entries without recorded file hashes get them now, from their step folders.
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    for entry in manifest.checkpoints:
+        if not entry.files and (root / entry.path).is_dir():
+            entry.files = folder_checksums(root / entry.path)
+    doc = manifest.to_json()
+    doc["sha256"] = manifest.sha256 = _self_checksum(doc)
     target = root / MANIFEST_NAME
     fd, tmp = tempfile.mkstemp(dir=root, prefix=".manifest.", suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
-        json.dump(manifest.to_json(), fh, indent=2, sort_keys=True)
+        json.dump(doc, fh, indent=2, sort_keys=True)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, target)
@@ -69,27 +98,22 @@ def write_manifest(root: str | os.PathLike, manifest: Manifest) -> Path:
 
 
 def read_manifest(root: str | os.PathLike, *, require_complete: bool = True) -> Manifest:
-    """Read and check a series' manifest.
+    """Read and check a series' manifest (whether its step folders exist: :func:`present_entries`).
 
     Raises:
-        CheckpointError: the manifest is missing, unreadable, of another format, incomplete (when
-            ``require_complete``), or names a step folder that does not exist.
+        DamagedManifestError: the manifest cannot be parsed, lacks fields, or does not match its checksum.
+        CheckpointError: the manifest is missing, of another format, or incomplete (when
+            ``require_complete``).
     """
     root = Path(root)
     path = root / MANIFEST_NAME
     if not path.is_file():
         raise CheckpointError(
-            f"No {MANIFEST_NAME} in {root}: a local checkpoint series needs step{{N}}/ folders and a manifest. "
-            "Point model.source at a folder built by this tool (or delete it to rebuild a project suite)."
+            f"No {MANIFEST_NAME} in {root}: a local checkpoint series needs step{{N}}/ folders and a manifest "
+            "(python -m gated_lpi_exp.suites writes one for the project's suites). Point model.source at "
+            "such a folder."
         )
-    try:
-        raw = json.loads(path.read_text())
-        entries = [ManifestEntry(**e) for e in raw.pop("checkpoints")]
-        manifest = Manifest(checkpoints=entries, **raw)
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise CheckpointError(
-            f"Damaged manifest {path}: {exc}. Delete the series folder {root} to rebuild it."
-        ) from exc
+    manifest = _parse(path)
     if manifest.format != MANIFEST_FORMAT:
         raise CheckpointError(
             f"{path} has format {manifest.format!r}; this version reads {MANIFEST_FORMAT!r}."
@@ -97,12 +121,40 @@ def read_manifest(root: str | os.PathLike, *, require_complete: bool = True) -> 
     if require_complete and not manifest.complete:
         raise CheckpointError(
             f"The checkpoint series in {root} is incomplete (an interrupted build?). "
-            "Run again to resume the build, or delete the folder to rebuild it."
+            "Run again to resume the build."
         )
-    for entry in manifest.checkpoints:
-        if not (root / entry.path).is_dir():
-            raise CheckpointError(
-                f"{path} lists step {entry.step} at {root / entry.path}, which does not exist. "
-                f"Delete {root} to rebuild the series."
-            )
     return manifest
+
+
+def _parse(path: Path) -> Manifest:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        stored = raw.get("sha256", "")
+        if stored and stored != _self_checksum(raw):
+            raise ValueError("its content does not match its sha256 field")
+        raw.pop("sha256", None)
+        entries = [ManifestEntry(**e) for e in raw.pop("checkpoints")]
+        manifest = Manifest(checkpoints=entries, **raw, sha256=stored)
+        _check_types(manifest)
+    except Exception as exc:  # noqa: BLE001 - any damage reads as "damaged", never as other data
+        raise DamagedManifestError(f"Damaged manifest {path}: {type(exc).__name__}: {exc}") from exc
+    return manifest
+
+
+def _check_types(manifest: Manifest) -> None:
+    if not isinstance(manifest.complete, bool) or not isinstance(manifest.extra, dict):
+        raise ValueError("complete must be true/false and extra an object")
+    for entry in manifest.checkpoints:
+        ok = isinstance(entry.step, int) and isinstance(entry.path, str) and isinstance(entry.files, dict)
+        if not ok or not entry.path or Path(entry.path).is_absolute() or ".." in Path(entry.path).parts:
+            raise ValueError(f"checkpoint entry {asdict(entry)} is malformed")
+
+
+def present_entries(
+    root: str | os.PathLike, manifest: Manifest
+) -> tuple[list[ManifestEntry], list[ManifestEntry]]:
+    """The manifest's entries whose step folder exists, and those whose folder is missing."""
+    root = Path(root)
+    present = [e for e in manifest.checkpoints if (root / e.path).is_dir()]
+    missing = [e for e in manifest.checkpoints if not (root / e.path).is_dir()]
+    return present, missing

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -243,4 +244,28 @@ class CheckpointFeed:
                 )
 
 
-__all__ = ["CheckpointFeed", "DownloadCancelled", "FeedStats", "Prefetcher"]
+@contextmanager
+def small_files(checkpoint: Checkpoint, *, keep: str, retries: int, trust_remote_code: bool = False,
+                settings: HubSettings | None = None) -> Iterator[str]:  # fmt: skip
+    """The local folder of a hub ``checkpoint``'s tokenizer and config files (no weights), downloaded at its
+    pinned commit and recorded in the cache's ledger like the walk's downloads.
+
+    They are held (no other run's eviction deletes them) until the block ends, then released as ``keep``
+    says (``none``: what this call downloaded is evicted). A resumed run whose first checkpoint is stored
+    already downloads these small files only, never its weights.
+
+    Raises:
+        CheckpointError: a file could not be downloaded intact after every retry, or (offline) is missing.
+    """
+    downloader = Downloader(
+        settings or HubSettings.from_env(), retries=retries, trust_remote_code=trust_remote_code
+    )
+    try:
+        yield str(downloader.fetch(checkpoint, weights=False).path)
+    finally:
+        if checkpoint.commit and not downloader.settings.offline:
+            freed = downloader.ledger(checkpoint.source).release(checkpoint.commit, evict=keep == "none")
+            log.debug("step %d: tokenizer and config released (%d bytes evicted)", checkpoint.step, freed)
+
+
+__all__ = ["CheckpointFeed", "DownloadCancelled", "FeedStats", "Prefetcher", "small_files"]

@@ -15,7 +15,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from gated_lpi_exp.checkpoints.manifest import MANIFEST_NAME, read_manifest
+from gated_lpi_exp.checkpoints.manifest import (
+    MANIFEST_NAME,
+    DamagedManifestError,
+    present_entries,
+    read_manifest,
+)
 from gated_lpi_exp.config import DEFAULT_BRANCHES
 from gated_lpi_exp.errors import CheckpointError
 
@@ -40,6 +45,9 @@ class Checkpoint:
     commit: str | None = None
     """The commit the hub branch pointed at when the series was listed; files are downloaded from this
     commit, so a branch that moves during a run cannot mix two revisions (None for local checkpoints)."""
+    files: tuple[tuple[str, str], ...] | None = None
+    """``(file name, sha256)`` of a local checkpoint's files as its manifest recorded them (None: none
+    recorded); loading verifies them."""
 
     @property
     def label(self) -> str:
@@ -87,21 +95,44 @@ def parse_branches(
 
 
 def list_local_checkpoints(root: str | Path) -> list[Checkpoint]:
-    """Checkpoints of a local series, from its manifest or, lacking one, its ``step{N}/`` folders."""
+    """Checkpoints of a local series, from its manifest or, lacking one, its ``step{N}/`` folders.
+
+    A step the manifest lists but whose folder is missing is skipped with a warning (as
+    ``checkpoints.missing=warn`` skips a requested step that does not exist). A damaged manifest is
+    reported and the series is read from its ``step{N}/`` folders instead, without checksums.
+    """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise CheckpointError(
             f"Local checkpoint folder {root} does not exist; set model.source to a series folder."
         )
     if (root / MANIFEST_NAME).is_file():
-        manifest = read_manifest(root)
-        entries = sorted(manifest.checkpoints, key=lambda e: e.step)
-        return [Checkpoint(step=e.step, source=str(root / e.path), tokens=e.tokens) for e in entries]
+        try:
+            manifest = read_manifest(root)
+        except DamagedManifestError as exc:
+            log.warning("%s; reading the series from its step folders instead (no checksums)", exc)
+        else:
+            present, missing = present_entries(root, manifest)
+            if missing:
+                log.warning(
+                    "%s lists steps %s whose folders are missing; skipping them",
+                    root / MANIFEST_NAME,
+                    ", ".join(f"{e.step} ({e.path})" for e in missing),
+                )
+            entries = sorted(present, key=lambda e: e.step)
+            return [
+                Checkpoint(step=e.step, source=str(root / e.path), tokens=e.tokens, files=_frozen(e.files))
+                for e in entries
+            ]
     steps = sorted(int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := _FOLDER.match(p.name)))
     if not steps:
         raise CheckpointError(f"{root} holds neither a {MANIFEST_NAME} nor step{{N}}/ folders.")
-    log.warning("%s has no %s; using its %d step folders", root, MANIFEST_NAME, len(steps))
+    log.warning("%s has no usable %s; using its %d step folders", root, MANIFEST_NAME, len(steps))
     return [Checkpoint(step=s, source=str(root / f"step{s}")) for s in steps]
+
+
+def _frozen(files: dict[str, str]) -> tuple[tuple[str, str], ...] | None:
+    return tuple(sorted(files.items())) if files else None
 
 
 def select_checkpoints(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -37,3 +40,20 @@ def prompt_batches(
             attention_mask=enc["attention_mask"].to(device),
             gold_ids=gold_targets(tokenizer, prompts, objects).to(device),
         )
+
+
+def token_fingerprint(tokenizer: PreTrainedTokenizerBase, samples: pd.DataFrame) -> str:
+    """sha256 of what the model is given for ``samples``, in table order: each prompt's token ids and its
+    gold target token, and the padding token.
+
+    This is the tokenizer's whole effect on a result, so cached results are keyed by it: another tokenizer
+    (or the same one with another vocabulary or normalisation) and another sample order give another
+    fingerprint, while an identical tokenizer saved elsewhere gives the same one.
+    """
+    prompts, objects = samples["prompt"].tolist(), samples["object"].tolist()
+    ids = tokenizer(prompts, add_special_tokens=True)["input_ids"] if prompts else []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the stages warn about fallback targets when they use them
+        gold = gold_targets(tokenizer, prompts, objects).tolist()
+    payload = {"pad": tokenizer.pad_token_id, "rows": [[list(i), g] for i, g in zip(ids, gold, strict=True)]}
+    return hashlib.sha256(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()

@@ -13,13 +13,24 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gated_lpi_exp.data.characters import has_visible, strip_invisible
 from gated_lpi_exp.data.reader import RawRelation
 from gated_lpi_exp.errors import ConfigurationError, DataError
 
-CHANGE_KINDS: tuple[str, ...] = ("escape", "unicode", "whitespace", "empty", "duplicate", "conflict")
-"""Kinds of cleaning record: three text fixes; ``empty`` (a sample dropped); ``duplicate`` (a pair repeated
+CHANGE_KINDS: tuple[str, ...] = (
+    "escape",
+    "invisible",
+    "unicode",
+    "whitespace",
+    "empty",
+    "duplicate",
+    "conflict",
+    "multi_token",
+)
+"""Kinds of cleaning record: four text fixes; ``empty`` (a sample dropped); ``duplicate`` (a pair repeated
 exactly) and ``conflict`` (a subject repeated with another object), whose ``detail`` says whether the sample
-was kept or dropped."""
+was kept or dropped; then ``multi_token`` (per relation: objects the series' tokenizer splits, noted when the
+run loads it, :mod:`gated_lpi_exp.data.objects`)."""
 
 DUPLICATE_POLICIES: tuple[str, ...] = ("keep", "drop")
 """``keep`` (the default, as the paper evaluates all 906 upstream samples): keep every non-empty sample;
@@ -43,12 +54,18 @@ class CleanRelation:
 
 
 def clean_text(text: str) -> tuple[str, list[tuple[str, str, str]]]:
-    """Decode literal escapes, normalise to NFC, collapse whitespace and strip.
+    """Decode literal escapes, remove characters that print nothing (:mod:`gated_lpi_exp.data.characters`),
+    normalise to NFC, collapse whitespace and strip.
 
     Returns:
         The cleaned text and one ``(kind, before, after)`` per step that changed it.
     """
-    steps = (("escape", _unescape), ("unicode", _nfc), ("whitespace", _squash))
+    steps = (
+        ("escape", _unescape),
+        ("invisible", strip_invisible),
+        ("unicode", _nfc),
+        ("whitespace", _squash),
+    )
     edits = []
     for kind, step in steps:
         cleaned = step(text)
@@ -93,13 +110,13 @@ def clean_relation(raw: RawRelation, duplicates: str = "keep") -> CleanRelation:
     for i, (subject_raw, object_raw) in enumerate(raw.samples):
         subject, subject_edits = clean_text(subject_raw)
         obj, object_edits = clean_text(object_raw)
-        if not (subject and obj):
+        if not (has_visible(subject) and has_visible(obj)):
             # One record says it all; the text fixes that emptied the field would only repeat it.
-            empty = "subject" if not subject else "object"
+            empty = "subject" if not has_visible(subject) else "object"
             note(
                 subject,
                 "empty",
-                f"samples[{i}] dropped: {empty} is empty after cleaning "
+                f"samples[{i}] dropped: {empty} has no visible character after cleaning "
                 f"(subject {subject_raw!r}, object {object_raw!r})",
             )
             continue

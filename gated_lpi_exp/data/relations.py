@@ -30,7 +30,7 @@ SOURCES: tuple[str, ...] = ("bundled", "lre")
 
 _COLUMNS = ["relation", "category", "subject", "object", "template", "template_id", "prompt", "sample_id"]
 _CHANGE_COLUMNS = ["file", "relation", "subject", "kind", "detail"]
-_HASH_COLUMNS = ["relation", "subject", "object", "prompt"]
+_HASH_COLUMNS = ["relation", "category", "template", "subject", "object", "prompt", "sample_id"]
 
 
 def load_relations(
@@ -158,8 +158,12 @@ def cleaning_report(df: DataFrame[RelationSamples]) -> DataFrame[CleaningChanges
 def dataset_hash(df: pd.DataFrame) -> str:
     """A short sha256 fingerprint of the samples and prompts, independent of row order.
 
+    Every column that reaches a result is covered: a relation moved to another category, another
+    template, or samples renumbered (``sample_id`` decides the held-out halves) give another fingerprint.
+
     Returns:
-        The first 16 hex digits of the sha256 of the sorted ``(relation, subject, object, prompt)`` rows.
+        The first 16 hex digits of the sha256 of the sorted ``(relation, category, template, subject,
+        object, prompt, sample_id)`` rows.
     """
     rows = sorted(df[_HASH_COLUMNS].astype(str).itertuples(index=False, name=None))
     payload = json.dumps(rows, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -8,6 +8,9 @@ this host and its process is gone, the old MLflow run is ended as KILLED and tag
 ``gated_lpi.resumed_by=<new run id>``. (Its process alive means another run of the same settings is in
 progress: it is left alone and the two share finished checkpoints through the store.) A run that failed
 (e.g. on a damaged checkpoint) ended FAILED itself; its successor is tagged ``gated_lpi.resumed_from`` too.
+A run whose tracking server stopped answering could not end its MLflow run: its attempt is ``failed`` and
+its run still RUNNING, so the next run replays what it kept in its spool and ends it FAILED
+(:meth:`gated_lpi_exp.tracking.tracker.Tracker.end_orphan`).
 """
 
 from __future__ import annotations
@@ -46,10 +49,15 @@ def settle_previous(state: RunState, tracker: Tracker, previous: Attempt, run_id
             previous.pid,
         )
         return None
-    if previous.status == "running" and here:
+    killed = previous.status == "running" and here
+    if killed:
         state.set_status(previous.run_id, "killed")
-        if previous.tracking_uri == tracker.uri and tracker.mark_killed(previous.run_id, resumed_by=run_id):
-            log.info("MLflow run %s was left RUNNING by a killed process; marked KILLED", previous.run_id)
+    if (killed or previous.status == "failed") and previous.tracking_uri == tracker.uri:
+        status = "KILLED" if killed else "FAILED"
+        if tracker.end_orphan(previous.run_id, status, resumed_by=run_id):
+            log.info(
+                "MLflow run %s was left RUNNING by an earlier process; ended it %s", previous.run_id, status
+            )
     log.info(
         "resuming run %s (%s): checkpoints it finished come from the result store",
         previous.run_id,
@@ -70,4 +78,5 @@ def attempt(state: RunState, tracker: Tracker, run_id: str) -> Iterator[str | No
     except BaseException:
         state.set_status(run_id, "failed")
         raise
-    state.set_status(run_id, "finished")
+    # Cut off from its tracking server and still cut off: its MLflow run cannot be ended, a later run will.
+    state.set_status(run_id, "finished" if tracker.replay_spool() else "failed")

@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gated_lpi_exp.attribution.aggregate import ScoreSums
 from gated_lpi_exp.checkpoints.loading import load_checkpoint, load_tokenizer
-from gated_lpi_exp.checkpoints.prefetch import CheckpointFeed, FeedStats
+from gated_lpi_exp.checkpoints.prefetch import CheckpointFeed, FeedStats, small_files
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.errors import CheckpointError
@@ -47,16 +48,20 @@ def walk_all(
     state: RunState,
     tracker: Tracker,
     group: ProcessGroup,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> list[CheckpointResult] | None:
     """Every process walks its share of the step-sorted ``checkpoints`` (``execution.shard``); return all
     their results in step order on process 0 (checkpoints skipped after a failed download left out), None on
-    the others.
+    the others. ``tokenizer``: the series' tokenizer (None: loaded from the first checkpoint a process
+    computes).
 
     Raises:
         CheckpointError: every checkpoint's download failed.
     """
     mine = group.shard(checkpoints, cfg.execution.shard)
-    own, stats = group.agree(lambda: walk_checkpoints(cfg, mine, analyse, store, state, tracker, group))
+    own, stats = group.agree(
+        lambda: walk_checkpoints(cfg, mine, analyse, store, state, tracker, group, tokenizer)
+    )
     parts = group.gather(({r.checkpoint.step: r.reused for r in own}, stats))
     if not group.is_main:
         return None
@@ -80,13 +85,13 @@ def walk_checkpoints(
     state: RunState,
     tracker: Tracker,
     group: ProcessGroup,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> tuple[list[CheckpointResult], FeedStats]:
     """This process's checkpoints in step order: each taken from the result store when an earlier run
     finished it, else downloaded (hub series), computed and stored; logged as it completes. Also what the
     downloads cost."""
     started = time.perf_counter()
     todo = [c for c in checkpoints if not (cfg.execution.resume and store.has(c))]
-    tokenizer = None
     results = []
     bar = tqdm(checkpoints, desc="checkpoints", unit="ckpt", disable=bar_disabled(cfg.progress))
     with checkpoint_feed(cfg, todo) as feed:
@@ -122,6 +127,19 @@ def checkpoint_feed(cfg: RunConfig, todo: list[Checkpoint]) -> CheckpointFeed:
     ex = cfg.execution
     return CheckpointFeed.for_hub(
         todo, keep=ex.keep_checkpoints, ahead=ex.prefetch, retries=ex.download_retries,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )  # fmt: skip
+
+
+def tokenizer_files(cfg: RunConfig, ckpt: Checkpoint) -> AbstractContextManager[str | None]:
+    """The local folder of ``ckpt``'s tokenizer and config while the block runs: a hub checkpoint's small
+    files downloaded at its commit (no weights), evicted after as ``execution.keep_checkpoints`` says;
+    None for a local series (load from ``ckpt.source``)."""
+    if cfg.model.kind != "hub":
+        return nullcontext()
+    ex = cfg.execution
+    return small_files(
+        ckpt, keep=ex.keep_checkpoints, retries=ex.download_retries,
         trust_remote_code=cfg.model.trust_remote_code,
     )  # fmt: skip
 

@@ -182,41 +182,56 @@ def render_html(header: Header, parts: list[ReportPart]) -> str:
     return "\n".join(out)
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+_MD_SPECIAL = set("\\`*_[]|~")
+_HTML_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
+
+
+def md_escape(text: str) -> str:
+    """``text`` as literal Markdown: HTML special characters as entities, Markdown punctuation
+    backslash-escaped, line breaks as spaces, so a relation, subject or run name cannot add markup, links,
+    images or HTML (``<script>``) to ``report.md``."""
+    out = []
+    for char in " ".join(str(text).splitlines()):
+        if char in _HTML_ENTITIES:
+            out.append(_HTML_ENTITIES[char])
+        elif char in _MD_SPECIAL:
+            out.append("\\" + char)
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def _md_table(headers: list[str], lines: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(_md_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
-    return out + ["| " + " | ".join(_md_cell(str(v)) for v in line) + " |" for line in lines]
+    out = ["| " + " | ".join(md_escape(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    return out + ["| " + " | ".join(md_escape(str(v)) for v in line) + " |" for line in lines]
 
 
 def _md_part(part: ReportPart, title: str, out_dir: Path, prefix: str) -> list[str]:
     hashes = "###" if title else "##"
-    parts = [f"## {title}", ""] if title else []
+    parts = [f"## {md_escape(title)}", ""] if title else []
     parts += [f"{hashes} Runs", "", *_md_table(RUN_HEADERS, _runs_lines(part.columns)), ""]
-    parts += [line for note in scoring_notes(part.columns) for line in (f"**{note}**", "")]
+    parts += [line for note in scoring_notes(part.columns) for line in (f"**{md_escape(note)}**", "")]
     for table in part.tables:
         lines = [[r.label, r.direction, *(r.text(c) for c in r.cells), *r.paper] for r in table.rows]
-        parts += [f"{hashes} {table.title}", ""]
+        parts += [f"{hashes} {md_escape(table.title)}", ""]
         parts += _md_table(["metric", "better", *table.columns, *PAPER_HEADERS], lines) + [""]
-        parts += [line for note in table.notes for line in (f"*{note}*", "")]
+        parts += [line for note in table.notes for line in (f"*{md_escape(note)}*", "")]
     parts += [f"{hashes} Figures", ""]
     for fig in part.figures:
         if fig.png is not None:
             (out_dir / f"{prefix}{fig.spec.stem}.png").write_bytes(fig.png)
-            parts += [f"![{fig.spec.caption}]({prefix}{fig.spec.stem}.png)", ""]
-        parts += [" ".join(filter(None, [fig.spec.caption, fig.note])), ""]
+            parts += [f"![{md_escape(fig.spec.caption)}]({prefix}{fig.spec.stem}.png)", ""]
+        parts += [md_escape(" ".join(filter(None, [fig.spec.caption, fig.note]))), ""]
     return parts
 
 
 def render_markdown(header: Header, parts: list[ReportPart], out_dir: Path) -> str:
-    """The report as Markdown; writes each figure as ``<stem>.png`` (``s<N>_<stem>.png`` in section N of a
-    split report) in ``out_dir`` and links it."""
-    out = ["# Gated-LPI report", "", _head(header), ""]
+    """The report as Markdown (every value from data or names escaped, :func:`md_escape`); writes each figure
+    as ``<stem>.png`` (``s<N>_<stem>.png`` in section N of a split report) in ``out_dir`` and links it."""
+    out = ["# Gated-LPI report", "", md_escape(_head(header)), ""]
     if header.split:
-        out += [f"**{header.split}**", ""]
-    out += [LEGEND, ""]
+        out += [f"**{md_escape(header.split)}**", ""]
+    out += [md_escape(LEGEND), ""]
     for index, part in enumerate(parts, 1):
         prefix = f"s{index}_" if len(parts) > 1 else ""
         out += _md_part(part, part.title(index, len(parts)), out_dir, prefix)

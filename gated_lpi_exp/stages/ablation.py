@@ -10,6 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gated_lpi_exp.attribution.aggregate import CheckpointAggregate, ScoreSums
 from gated_lpi_exp.config import AblationConfig, StatisticsConfig
+from gated_lpi_exp.errors import ConfigurationError
 from gated_lpi_exp.interventions import ablate
 from gated_lpi_exp.metrics import MIN_BASE_HIT10, drop_percent
 from gated_lpi_exp.metrics.bootstrap import drop_percent_replicates, percentile_interval
@@ -23,10 +24,19 @@ K = 10
 
 
 def unit_count(cfg: AblationConfig, population: int) -> int:
-    """How many units an ablation zeroes: ``count`` heads, or ``ceil(fraction * population)`` neurons."""
-    if cfg.unit == "head":
-        return min(cfg.count, population)
-    return min(population, max(1, math.ceil(round(cfg.fraction * population, 9))))
+    """How many units an ablation zeroes: ``count`` heads, or ``ceil(fraction * population)`` neurons.
+
+    Raises:
+        ConfigurationError: that would be every unit (the run checks this before compute, see
+            :mod:`gated_lpi_exp.execution.preflight`; this guards the stage used on its own).
+    """
+    n = cfg.count if cfg.unit == "head" else max(1, math.ceil(round(cfg.fraction * population, 9)))
+    if n >= population:
+        raise ConfigurationError(
+            f"ablation {cfg.name} would zero {n} of {population} {cfg.unit} units, i.e. all of them: the "
+            "targeted and random sets would be the same. Fix: a smaller ablation.count or ablation.fraction."
+        )
+    return n
 
 
 def rank_units(scores: np.ndarray, n: int, rank_by: str) -> np.ndarray:

@@ -18,15 +18,15 @@ from gated_lpi_exp.attribution.positions import reduce_positions
 from gated_lpi_exp.attribution.replicates import REPLICATE_KINDS, ReplicateAccumulator
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.config import AttributionConfig, StatisticsConfig
-from gated_lpi_exp.data.batches import prompt_batches
+from gated_lpi_exp.data.batches import prompt_batches, token_fingerprint
 from gated_lpi_exp.metrics.bootstrap import METHOD, example_weights
 from gated_lpi_exp.schemas import DataFrame, HeadScores, TopUnits
-from gated_lpi_exp.storage.arrays import ArrayStore, content_key
-from gated_lpi_exp.storage.results import weight_files
+from gated_lpi_exp.storage.arrays import ArrayStore, content_key, report_damaged
+from gated_lpi_exp.storage.results import checked_sums, weight_files
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Bumped when what a cache entry holds changes meaning."""
 
 
@@ -40,19 +40,24 @@ class AttributionOutcome:
     computed_relations: int
 
 
-def relation_key(checkpoint: Checkpoint, dtype: str, rows: pd.DataFrame, cfg: AttributionConfig) -> dict:
-    """Everything that determines one relation's sums at one checkpoint."""
-    content = rows[["sample_id", "subject", "object", "prompt"]].astype(str).to_numpy().tolist()
+def relation_key(
+    checkpoint: Checkpoint, dtype: str, rows: pd.DataFrame, cfg: AttributionConfig, tokens: str
+) -> dict:
+    """Everything that determines one relation's sums at one checkpoint (``tokens``: the
+    :func:`~gated_lpi_exp.data.batches.token_fingerprint` of its rows)."""
+    columns = ["sample_id", "subject", "object", "template", "prompt"]
+    content = rows[columns].astype(str).to_numpy().tolist()
     return {
         "format": CACHE_FORMAT,
         "package": __version__,
         "model": checkpoint.source,
         "revision": checkpoint.revision,
         **({"commit": checkpoint.commit} if checkpoint.commit else {}),  # local keys stay as they were
-        "weights": weight_files(checkpoint),  # a local checkpoint overwritten in place gets a new key
+        "weights": weight_files(checkpoint),  # the files' sha256: a file changed in place gets a new key
         "dtype": dtype,
         "relation": rows["relation"].iloc[0],
         "rows": content_key({"rows": content}),
+        "tokens": tokens,
         "norm": cfg.norm,
         "target": cfg.target,
         **cfg.scoring_settings(),
@@ -60,11 +65,17 @@ def relation_key(checkpoint: Checkpoint, dtype: str, rows: pd.DataFrame, cfg: At
 
 
 def replicates_key(
-    checkpoint: Checkpoint, dtype: str, samples: pd.DataFrame, cfg: AttributionConfig, stats: StatisticsConfig
+    checkpoint: Checkpoint,
+    dtype: str,
+    samples: pd.DataFrame,
+    cfg: AttributionConfig,
+    stats: StatisticsConfig,
+    tokens: str,
 ) -> dict:
-    """Everything that determines the bootstrap replicates of one checkpoint's mean scores."""
+    """Everything that determines the bootstrap replicates of one checkpoint's mean scores (``tokens``: the
+    :func:`~gated_lpi_exp.data.batches.token_fingerprint` of ``samples``)."""
     content = samples[["relation", "sample_id", "subject", "object", "prompt"]].astype(str)
-    description = relation_key(checkpoint, dtype, samples, cfg)
+    description = relation_key(checkpoint, dtype, samples, cfg, tokens)
     description.update(
         relation="(all)",
         rows=content_key({"rows": content.to_numpy().tolist()}),
@@ -97,19 +108,21 @@ def attribute_checkpoint(
     wanted = statistics is not None and statistics.resamples > 0
     rep_entry = None
     if statistics is not None and wanted:
-        rep_entry = replicates_key(checkpoint, dtype, samples, cfg, statistics)
+        rep_entry = replicates_key(
+            checkpoint, dtype, samples, cfg, statistics, token_fingerprint(tokenizer, samples)
+        )
     rep_key = content_key(rep_entry) if rep_entry else None
     replicates = store.get(rep_key) if store and rep_key else None
     sums: dict[str, ScoreSums] = {}
     missing: dict[str, tuple[str, dict]] = {}
     for relation, rows in samples.groupby("relation", sort=False):
-        description = relation_key(checkpoint, dtype, rows, cfg)
+        description = relation_key(checkpoint, dtype, rows, cfg, token_fingerprint(tokenizer, rows))
         key = content_key(description)
-        hit = store.get(key) if store else None
+        hit = _cached(store, key) if store else None
         if hit is None:
             missing[relation] = (key, description)
         else:
-            sums[relation] = _from_arrays(hit)
+            sums[relation] = hit
     recompute_all = wanted and replicates is None
     if progress is not None:
         progress.update(0 if recompute_all else int((~samples["relation"].isin(missing)).sum()))
@@ -196,8 +209,16 @@ def _to_arrays(sums: ScoreSums) -> dict[str, np.ndarray]:
     return {**sums.sums, "counts": sums.counts}
 
 
-def _from_arrays(arrays: dict[str, np.ndarray]) -> ScoreSums:
-    return ScoreSums({k: arrays[k] for k in UNIT_KINDS}, arrays["counts"])
+def _cached(store: ArrayStore, key: str) -> ScoreSums | None:
+    """A relation's cached sums, or None when absent or damaged (reported; then recomputed)."""
+    arrays = store.get(key)
+    if arrays is None:
+        return None
+    try:
+        return checked_sums({k: arrays[k] for k in UNIT_KINDS}, arrays["counts"])
+    except Exception as exc:  # noqa: BLE001 - a foreign or damaged entry is recomputed, never trusted
+        report_damaged(store.path(key), exc)
+        return None
 
 
 def top_units(aggregate: CheckpointAggregate, model: PreTrainedModel, n: int) -> DataFrame[TopUnits]:

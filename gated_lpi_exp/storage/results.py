@@ -4,8 +4,10 @@ An entry holds one checkpoint's per-example HIT@k ranks, its per-relation attrib
 aggregate is rebuilt exactly) with the bootstrap replicates of its means, its top units and its ablation rows,
 as one ``.npz`` file (tables as parquet bytes, nothing pickled) written atomically under a per-entry lock
 (:class:`gated_lpi_exp.storage.arrays.ArrayStore`).
-The key is the sha256 of :meth:`ResultStore.describe`: model source, revision and weight files, dtype, the
-data's hash, the evaluation / attribution / ablation settings, the seed and the package version. So a run
+The key is the sha256 of :meth:`ResultStore.describe`: model source, revision and the sha256 of its files,
+dtype, the data's hash (relation, category, template, subject, object, prompt, sample id), the token ids
+the tokenizer gives the prompts and objects (in run order), the evaluation / attribution / ablation settings,
+the seed and the package version. So a run
 killed half-way, a run that failed on a damaged checkpoint, and every other run or sweep job with the same
 inputs reuse the checkpoints already finished; the processes of a multi-process run hand their results to
 process 0 through it.
@@ -29,10 +31,11 @@ from filelock import FileLock
 
 from gated_lpi_exp import __version__
 from gated_lpi_exp.attribution.aggregate import UNIT_KINDS, CheckpointAggregate, ScoreSums
+from gated_lpi_exp.checkpoints.checksums import folder_checksums
 from gated_lpi_exp.checkpoints.resolve import Checkpoint
 from gated_lpi_exp.config import RunConfig
 from gated_lpi_exp.schemas import AblationExamples, AblationResult, ExampleHits, TopUnits
-from gated_lpi_exp.storage.arrays import ArrayStore, content_key, default_cache_dir
+from gated_lpi_exp.storage.arrays import ArrayStore, content_key, default_cache_dir, report_damaged
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +76,14 @@ def result_root(cfg: RunConfig) -> Path:
     return Path(root).expanduser() if root else default_cache_dir()
 
 
-def weight_files(checkpoint: Checkpoint) -> list[list[Any]] | None:
-    """``[name, size, mtime_ns]`` of a local checkpoint's weight and config files (None for hub revisions),
-    so a checkpoint whose files were replaced gets a new key."""
+def weight_files(checkpoint: Checkpoint) -> list[list[str]] | None:
+    """``[name, sha256]`` of a local checkpoint's weight, config and tokenizer files (None for hub
+    revisions, which the revision names): a checkpoint whose files changed gets a new key, one rebuilt bit
+    for bit keeps its key. Hashes are remembered per file version, so unchanged files are not read again."""
     folder = Path(checkpoint.source)
     if not folder.is_dir():
         return None
-    files = sorted(
-        p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".json") and p.is_file()
-    )
-    return [[p.name, (st := p.stat()).st_size, st.st_mtime_ns] for p in files]
+    return [[name, digest] for name, digest in folder_checksums(folder).items()]
 
 
 class ResultStore:
@@ -91,9 +92,11 @@ class ResultStore:
     Args:
         cfg: The run's configuration (model, stage settings, seed, where the store lives).
         data_hash: :func:`gated_lpi_exp.data.dataset_hash` of the run's examples.
+        tokens_hash: :func:`gated_lpi_exp.data.batches.token_fingerprint` of the run's examples under the
+            series' tokenizer (the token ids the model sees, in run order).
     """
 
-    def __init__(self, cfg: RunConfig, data_hash: str):
+    def __init__(self, cfg: RunConfig, data_hash: str, tokens_hash: str):
         self.root = result_root(cfg)
         self.arrays = ArrayStore(self.root, "results")
         self.settings: dict[str, Any] = {
@@ -106,6 +109,7 @@ class ResultStore:
                 "trust_remote_code": cfg.model.trust_remote_code,
             },
             "data": data_hash,
+            "tokens": tokens_hash,
             "evaluation": asdict(cfg.evaluation),
             "attribution": {k: getattr(cfg.attribution, k) for k in _ATTRIBUTION_FIELDS}
             | cfg.attribution.scoring_settings(),
@@ -152,6 +156,7 @@ class ResultStore:
             package=settings["package"],
             dtype=settings["model"]["dtype"],
             data=settings["data"],
+            tokens=settings["tokens"],
             norm=settings["attribution"]["norm"],
             target=settings["attribution"]["target"],
         )
@@ -170,10 +175,8 @@ class ResultStore:
             return None
         try:
             return _decode(checkpoint, arrays)
-        except Exception as exc:  # an entry from a damaged or foreign file is recomputed, not trusted
-            log.warning(
-                "result entry %s is unreadable (%s); it will be recomputed", self.path(checkpoint), exc
-            )
+        except Exception as exc:  # noqa: BLE001 - an entry from a damaged or foreign file is recomputed
+            report_damaged(self.path(checkpoint), exc)
             return None
 
     def put(self, result: CheckpointResult, sums: dict[str, ScoreSums] | None) -> str:
@@ -235,10 +238,28 @@ def _decode(checkpoint: Checkpoint, arrays: dict[str, np.ndarray]) -> Checkpoint
     )
     if meta["relations"]:
         sums = {
-            relation: ScoreSums({k: arrays[f"sums.{i}.{k}"] for k in UNIT_KINDS}, arrays[f"counts.{i}"])
+            relation: checked_sums({k: arrays[f"sums.{i}.{k}"] for k in UNIT_KINDS}, arrays[f"counts.{i}"])
             for i, relation in enumerate(meta["relations"])
         }
         result.aggregate = CheckpointAggregate.from_sums(checkpoint.step, sums)
         stored = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("replicates.")}
         result.aggregate.replicates = stored or None
     return result
+
+
+def checked_sums(sums: dict[str, np.ndarray], counts: np.ndarray) -> ScoreSums:
+    """Per-relation sums as read from a store, checked: ``counts [2]`` non-negative integers and every
+    ``sums[kind]`` a finite float64 array ``[2, layers, units]`` (``[2, layers]`` for the layer kinds).
+
+    Raises:
+        ValueError: the arrays do not have that form (a damaged or foreign entry).
+    """
+    if counts.shape != (2,) or counts.dtype.kind not in "iu" or (counts < 0).any():
+        raise ValueError(f"counts of shape {counts.shape} and dtype {counts.dtype} are not two counts")
+    for kind, values in sums.items():
+        ndim = 2 if kind.endswith("_layer") else 3
+        if values.ndim != ndim or values.shape[0] != 2 or values.dtype != np.float64:
+            raise ValueError(f"sums.{kind} of shape {values.shape} and dtype {values.dtype} is malformed")
+        if not np.isfinite(values).all():
+            raise ValueError(f"sums.{kind} holds non-finite values")
+    return ScoreSums(sums, counts)

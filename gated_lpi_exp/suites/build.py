@@ -29,6 +29,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
+from gated_lpi_exp.checkpoints.checksums import mismatched_files
 from gated_lpi_exp.checkpoints.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -61,14 +62,14 @@ FILLER_POOL = 3000
 def build_suite(spec: SuiteSpec, *, progress: bool = True, stop_after_checkpoint: int | None = None) -> Path:
     """Return the folder of a complete suite, building it or resuming an interrupted build first.
 
+    A suite is the tool's own cache: one whose manifest is damaged or belongs to another recipe, whose
+    step folders are missing, or whose files no longer match the sha256 its manifest recorded is reported
+    and built again (the build is deterministic, so results stored for it stay valid).
+
     Args:
         spec: The recipe; preset fields are resolved here.
         progress: Show a tqdm bar (with ETA) while training.
         stop_after_checkpoint: Stop (as if interrupted) once this many checkpoints are saved; for tests.
-
-    Raises:
-        CheckpointError: the folder holds a damaged manifest, a manifest of another recipe, or a complete
-            manifest whose checkpoint folders are missing; the message names the folder to delete.
     """
     spec = spec.resolved()
     root = suite_dir(spec)
@@ -103,27 +104,37 @@ def expected_duration(spec: SuiteSpec) -> str:
 
 
 def _is_complete(root: Path, spec: SuiteSpec) -> bool:
+    """Whether ``root`` holds the whole suite; damage found on the way is reported and cleared."""
     if not (root / MANIFEST_NAME).exists():
         return False
-    manifest = read_manifest(root, require_complete=False)
+    try:
+        manifest = read_manifest(root, require_complete=False)
+    except CheckpointError as exc:
+        return _discard(root, f"{exc}")
     if manifest.config_hash != spec.config_hash():
-        raise CheckpointError(
-            f"{root / MANIFEST_NAME} has config_hash {manifest.config_hash!r} but the spec hashes to "
-            f"{spec.config_hash()!r}. Delete {root} to rebuild the suite."
-        )
+        return _discard(root, f"{root / MANIFEST_NAME} belongs to another recipe ({manifest.config_hash!r})")
     if not manifest.complete:
         return False
     want = set(spec.checkpoint_steps or [])
     have = {e.step for e in manifest.checkpoints}
     missing = [e.path for e in manifest.checkpoints if not (root / e.path / "model.safetensors").is_file()]
     if missing or want - have:
-        raise CheckpointError(
-            f"The suite in {root} is marked complete but lacks checkpoints "
-            f"{sorted(missing) or sorted(want - have)}. Delete {root} to rebuild it."
-        )
+        return _discard(root, f"it lacks checkpoints {sorted(missing) or sorted(want - have)}")
+    changed = [
+        f"{e.path}/{name}" for e in manifest.checkpoints for name in mismatched_files(root / e.path, e.files)
+    ]
+    if changed:
+        return _discard(root, f"{', '.join(changed)} differ from the sha256 recorded when it was built")
     # Interrupted between the final manifest and the clean-up: the suite is whole, the state is stale.
     shutil.rmtree(root / RESUME_DIR, ignore_errors=True)
     return True
+
+
+def _discard(root: Path, reason: str) -> bool:
+    """Report why the suite in ``root`` cannot be used and clear it for a fresh build; return False."""
+    log.warning("The suite in %s cannot be used: %s. Building it again.", root, reason)
+    _clear(root)
+    return False
 
 
 def _build(spec: SuiteSpec, root: Path, progress: bool, stop_after: int | None) -> None:
@@ -141,19 +152,17 @@ def _build(spec: SuiteSpec, root: Path, progress: bool, stop_after: int | None) 
 def _train_suite(spec: SuiteSpec, root: Path, progress: bool, stop_after: int | None) -> None:
     started = time.perf_counter()
     facts = load_facts(spec.relations)
-    resuming = has_resume(root) and (root / "step0").is_dir()
-    tokenizer = AutoTokenizer.from_pretrained(root / "step0") if resuming else None
-    bank, tokenizer = prepare_corpus(spec, facts, tokenizer)
-    model = init_model(spec, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
-    optimizer, scheduler = make_optimizer(model, spec)
-    if resuming:
-        state = load_resume(root, model, optimizer, scheduler)
-        _drop_unlisted(root, state.entries)
+    resumed = _resume(spec, root, facts) if has_resume(root) and (root / "step0").is_dir() else None
+    if resumed is not None:
+        bank, tokenizer, model, optimizer, scheduler, state = resumed
         last = (spec.checkpoint_steps or [0])[-1]
         write_manifest(root, _manifest(spec, state.entries, state.step == last, state.build_seconds))
         log.info("Resuming suite %s from step %d", root.name, state.step)
     else:
         _clear(root)
+        bank, tokenizer = prepare_corpus(spec, facts)
+        model = init_model(spec, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+        optimizer, scheduler = make_optimizer(model, spec)
         state = ResumeState(step=0)
         _checkpoint(root, spec, state, model, tokenizer, optimizer, scheduler, None, started)
     _write_facts(root, facts, bank)  # on a resume too: an interruption may have cut it short
@@ -180,6 +189,22 @@ def _train_suite(spec: SuiteSpec, root: Path, progress: bool, stop_after: int | 
     finally:
         bar.close()
     shutil.rmtree(root / RESUME_DIR, ignore_errors=True)
+
+
+def _resume(spec: SuiteSpec, root: Path, facts: FactSet):
+    """Corpus, tokenizer, model, optimiser, scheduler and state of an interrupted build, or None (reported)
+    when its saved state cannot be read: the build then starts afresh."""
+    try:
+        bank, tokenizer = prepare_corpus(spec, facts, AutoTokenizer.from_pretrained(root / "step0"))
+        model = init_model(spec, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+        optimizer, scheduler = make_optimizer(model, spec)
+        state = load_resume(root, model, optimizer, scheduler)
+        _drop_unlisted(root, state.entries)
+    except Exception as exc:  # noqa: BLE001 - damaged state surfaces as any exception of torch.load and co.
+        log.warning("The interrupted build in %s cannot be resumed (%s: %s); building the suite from step 0",
+                    root, type(exc).__name__, exc)  # fmt: skip
+        return None
+    return bank, tokenizer, model, optimizer, scheduler, state
 
 
 def prepare_corpus(
@@ -283,9 +308,7 @@ def _drop_unlisted(root: Path, entries: list[ManifestEntry]) -> None:
         shutil.rmtree(folder, ignore_errors=True)
     missing = [e.path for e in entries if not (root / e.path).is_dir()]
     if missing:
-        raise CheckpointError(
-            f"Resume state in {root} lists missing folders {missing}. Delete {root} to rebuild."
-        )
+        raise CheckpointError(f"Resume state in {root} lists missing folders {missing}.")
 
 
 def _clear(root: Path) -> None:

@@ -9,11 +9,11 @@ import functools
 import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from gated_lpi_exp.errors import ConfigurationError
+from gated_lpi_exp.paths import cache_root as user_cache
 
 RECIPE_VERSION = 1
 """Bumped whenever the corpus, tokenizer or training code changes what a given spec produces."""
@@ -258,11 +258,8 @@ def _relations_fingerprint(source: str) -> str:
 
 
 def cache_root() -> Path:
-    """Where suites are cached when a spec names no ``cache_dir``."""
-    if os.environ.get("GATED_LPI_CACHE"):
-        return Path(os.environ["GATED_LPI_CACHE"]).expanduser() / "suites"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
-    return base / "gated_lpi_exp" / "suites"
+    """Where suites are cached when a spec names no ``cache_dir``: ``<user cache>/suites``."""
+    return user_cache() / "suites"
 
 
 def suite_dir(spec: SuiteSpec) -> Path:
