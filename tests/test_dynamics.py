@@ -10,7 +10,8 @@ import pytest
 
 from gated_lpi_exp.attribution.aggregate import CheckpointAggregate
 from gated_lpi_exp.config import DynamicsConfig
-from gated_lpi_exp.metrics import random_top_set_overlap, top_set_overlap
+from gated_lpi_exp.metrics import top_set_overlap
+from gated_lpi_exp.metrics.baselines import random_overlap
 from gated_lpi_exp.schemas import DynamicsCurve, DynamicsSummary, LaggedOverlap, LayerProfile
 from gated_lpi_exp.stages.dynamics import compute_dynamics, dynamics_metrics, layer_profiles, metric_name
 from gated_lpi_exp.stages.lagged import lagged_metrics, lagged_overlaps
@@ -294,10 +295,10 @@ def test_the_closed_form_random_overlap_matches_seeded_random_draws():
         a, b = rng.choice(n, k, replace=False), rng.choice(n, k, replace=False)
         shared = np.intersect1d(a, b).size
         values.append(shared / (2 * k - shared))
-    closed = random_top_set_overlap(np.zeros((2, 100)), np.zeros((2, 100)), top_frac=0.05)  # k = 10 of 200
+    closed = random_overlap(np.zeros((2, 100)), np.zeros((2, 100)), top_frac=0.05)  # k = 10 of 200
     assert closed == pytest.approx(float(np.mean(values)), abs=0.002)
     assert closed == pytest.approx(0.05 / 2, rel=0.1)  # about top_frac / 2 for k << N
-    assert random_top_set_overlap(np.zeros(4), np.zeros(4), top_frac=1.0) == 1.0  # every neuron: same set
+    assert random_overlap(np.zeros(4), np.zeros(4), top_frac=1.0) == 1.0  # every neuron: same set
 
 
 def test_top_set_overlap_matches_a_brute_force_set_count():

@@ -19,7 +19,6 @@ from gated_lpi_exp.metrics.neurons import (
     jaccard_stability,
     pooled_gain_concentration,
     positive_gain_concentration,
-    random_top_set_overlap,
     top_set,
     top_set_overlap,
 )
@@ -59,7 +58,6 @@ __all__ = [
     "metrics_for",
     "pooled_gain_concentration",
     "positive_gain_concentration",
-    "random_top_set_overlap",
     "register_metric",
     "top_count",
     "top_set",

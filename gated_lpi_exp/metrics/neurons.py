@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from math import lgamma
 from typing import Any
 
 import numpy as np
@@ -95,33 +94,6 @@ def top_set_overlap(scores_a: Any, scores_b: Any, top_frac: float = 0.01) -> flo
         raise ValueError(f"scores_a and scores_b must have the same size, got {a.size} and {b.size}")
     k = top_count(a.size, top_frac)
     return _jaccard(_top_indices(np.abs(a), k), _top_indices(np.abs(b), k), k)
-
-
-def random_top_set_overlap(scores_a: Any, scores_b: Any, top_frac: float = 0.01) -> float:
-    """What :func:`top_set_overlap` gives for two top sets drawn at random: its expectation, in closed form.
-
-    Two independent uniform ``k``-subsets of ``N`` neurons (``k = top_count(N, top_frac)``) share ``i``
-    members with the hypergeometric probability ``C(k, i) C(N-k, k-i) / C(N, k)``; the expected Jaccard is
-    ``Σ_i P(i) · i / (2k - i)``. For ``k << N`` it is about ``top_frac / 2`` (0.5 % for the top 1 %).
-
-    Args:
-        scores_a: Importance at one checkpoint; only its size ``N`` is read (the baseline needs no values).
-        scores_b: Importance at the other checkpoint, same size.
-        top_frac: Share of the population in each top set.
-
-    Raises:
-        ValueError: The sizes differ, or invalid scores / top_frac.
-    """
-    a = as_float(scores_a, "scores_a", (1, 2, 3))
-    b = as_float(scores_b, "scores_b", (1, 2, 3))
-    if a.size != b.size:
-        raise ValueError(f"scores_a and scores_b must have the same size, got {a.size} and {b.size}")
-    n = a.size
-    k = top_count(n, top_frac)
-    shared = np.arange(max(0, 2 * k - n), k + 1)  # [m] possible intersection sizes
-    log_choose = np.vectorize(lambda top, pick: lgamma(top + 1) - lgamma(pick + 1) - lgamma(top - pick + 1))
-    log_p = log_choose(k, shared) + log_choose(n - k, k - shared) - log_choose(n, k)  # [m]
-    return float(np.sum(np.exp(log_p) * shared / (2 * k - shared)))
 
 
 def positive_gain_concentration(scores: Any, top_frac: float = 0.01) -> np.ndarray:

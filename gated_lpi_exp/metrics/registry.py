@@ -38,7 +38,6 @@ from gated_lpi_exp.metrics.neurons import (
     gain_concentration,
     gain_concentration_by_layer,
     pooled_gain_concentration,
-    random_top_set_overlap,
     top_set_overlap,
 )
 from gated_lpi_exp.metrics.prediction import drop_percent, hit_rate
@@ -250,7 +249,7 @@ register_metric(
     paper_ref="Sec. 4.1 text (100K vs 300K)",
     description="Lagged top-1% overlap: Jaccard overlap of the top-|I| sets of two chosen checkpoints "
     "(dynamics.lagged_pairs), e.g. how much of the core at 100K is still in it at 300K",
-    baseline=random_top_set_overlap,
+    baseline=random_overlap,
 )(top_set_overlap)
 register_metric(
     "r_t",
