@@ -33,6 +33,8 @@ def _cfg(series, tmp_path, *overrides):
             "model.name=random_moe",
             "model.dtype=float32",
             "model.device=cpu",
+            "checkpoints=all",  # not the paper's grid and data, which model=olmoe brings in
+            "relations.source=bundled",
             "relations.max_per_relation=2",
             f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
             f"tracking.artifact_location={tmp_path}/mlruns",
