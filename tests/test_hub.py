@@ -28,7 +28,7 @@ from scale_helpers import make_series
 
 from gated_lpi_exp.checkpoints.download import Downloader
 from gated_lpi_exp.checkpoints.hub import HubSettings, list_hub_checkpoints
-from gated_lpi_exp.checkpoints.prefetch import CheckpointFeed
+from gated_lpi_exp.checkpoints.prefetch import CheckpointFeed, small_files
 from gated_lpi_exp.errors import CheckpointError
 from gated_lpi_exp.testing.disk import DiskSampler
 from gated_lpi_exp.testing.hub_repo import HubRepository
@@ -267,6 +267,37 @@ def test_files_left_by_a_killed_run_are_reused_when_needed_and_evicted_when_not(
             feed.path(ckpt)
             feed.done(ckpt)
     assert len(server.downloads(weights_etag(repo, checkpoints[1].revision))) == served[10]  # reused
+    assert blob_names(cache) == set()
+    _assert_cache_is_consistent(cache)
+
+
+def test_a_resumed_run_keeps_the_small_files_a_killed_run_left_for_its_next_checkpoint(
+    server, repo, tmp_path
+):
+    """The order of a resumed run: the tokenizer files of the (finished) first checkpoint are fetched and
+    released before the walk takes over the killed run's in-flight checkpoint, which shares them."""
+    cache = tmp_path / "cache"
+    settings = settings_for(server.url, cache)
+    checkpoints = list_hub_checkpoints(REPO, settings=settings)
+    files = repo.revisions[checkpoints[1].revision].files.values()
+    small = {f.etag for f in files if not f.is_lfs}
+    killed = _downloader(server, cache)
+    killed.fetch(checkpoints[0])
+    # The next checkpoint's download has started (it registered its files, none linked yet) when the finished
+    # one is evicted: the small files they share stay, unlinked. Then the run is killed.
+    killed.ledger(REPO).acquire(str(checkpoints[1].commit), [f.etag for f in files])
+    killed.ledger(REPO).release(str(checkpoints[0].commit), evict=True)
+    _as_if_killed(killed.ledger(REPO).path)
+    assert small and small <= blob_names(cache)
+    served = {etag: len(server.downloads(etag)) for etag in small}
+
+    with small_files(checkpoints[0], keep="none", retries=0, settings=settings) as folder:
+        assert (Path(folder) / "config.json").is_file()
+    assert small <= blob_names(cache)  # still needed by the killed run's checkpoint
+    with CheckpointFeed(checkpoints[1:2], "none", 1, _downloader(server, cache)) as feed:
+        feed.path(checkpoints[1])
+        feed.done(checkpoints[1])
+    assert {etag: len(server.downloads(etag)) for etag in small} == served
     assert blob_names(cache) == set()
     _assert_cache_is_consistent(cache)
 

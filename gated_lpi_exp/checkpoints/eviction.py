@@ -9,10 +9,11 @@ deleted: a file that was in the cache before (a branch the user already had, or 
 in the ledger.
 
 Eviction of a commit happens when the last process using it releases it: its recorded links go, then its
-folder and ref when empty, then every recorded blob that no snapshot links to any more and no live user of
-another commit needs (checked under the client's per-blob lock, which the client also holds while it links a
-blob; a process registers what it needs before it looks at the cache, so a blob it finds there stays). A process killed before its
-eviction leaves its entries behind; the next run adopts them (:meth:`FetchLedger.abandoned`). Every change is a
+folder and ref when empty, then every recorded blob that no snapshot links to any more and no other commit
+in the ledger needs (checked under the client's per-blob lock, which the client also holds while it links a
+blob; a process registers what it needs before it looks at the cache, so a blob it finds there stays). A
+process killed before its eviction leaves its entries behind, blobs and all; the next run adopts them
+(:meth:`FetchLedger.abandoned`): it fetches those it needs and evicts the others. Every change is a
 read-modify-write under a file lock, written atomically.
 """
 
@@ -198,11 +199,16 @@ class FetchLedger:
             ref_path.unlink()
 
     def _sweep_blobs(self, doc: dict[str, Any]) -> int:
-        """Delete the recorded blobs that no snapshot links to and no live user of a commit needs (it may be
-        about to link them), each under the client's lock for it."""
-        needed = {
-            b for e in doc["commits"].values() if any(map(user_alive, e["users"])) for b in e.get("needs", [])
-        }
+        """Delete the recorded blobs that no snapshot links to and no commit still in the ledger needs, each
+        under the client's lock for it.
+
+        A commit in the ledger is either in use (its process may be about to link the blob) or was left by a
+        stopped run: the next run then either fetches it (and finds the blob) or evicts it when it adopts the
+        leftovers (:meth:`release` deletes the commit's entry before sweeping, so its blobs go then). So a
+        resumed run that releases its tokenizer files before its walk has taken over the killed run's commits
+        does not delete the small files those commits share with them.
+        """
+        needed = {b for e in doc["commits"].values() for b in e.get("needs", [])}
         freed = 0
         for blob, size in list(doc["blobs"].items()):
             path = self.folder / "blobs" / blob
