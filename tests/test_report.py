@@ -142,8 +142,11 @@ def test_report_end_to_end(store, tmp_path):
         "Table 2: neuron-level stability",
         "Table 3: layer-level stability",
         "Table 4: HIT@10 drop",
+        "Findings: the MoE against the dense model",
     ):
         assert title in html and title in md
+    backbone = _row(md, "Low-entropy MoE backbone")  # the verdict table: finding, pair, verdict, count
+    assert backbone[1] == "tiny_moe vs tiny_dense" and backbone[3].endswith("of 2")
     assert store["moe"] in html and store["dense"] in html
     assert store["old"] not in html and store["failed"] not in html  # newest FINISHED per (model, ablation)
     assert "published in the paper (not ours)" in html and "paper: OLMoE-1B-7B (published)" in html

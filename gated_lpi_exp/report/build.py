@@ -14,6 +14,7 @@ from gated_lpi_exp import __version__
 from gated_lpi_exp.errors import ConfigurationError
 from gated_lpi_exp.metrics import MIN_BASE_HIT10
 from gated_lpi_exp.report.figures import render_figures
+from gated_lpi_exp.report.findings import findings_table
 from gated_lpi_exp.report.render import Header, ReportPart, render_html, render_markdown
 from gated_lpi_exp.report.runs import load_run
 from gated_lpi_exp.report.sections import explain, split_sections
@@ -79,7 +80,13 @@ def build_report(
     if len(sections) > 1:
         log.warning("report: %s", explain(sections))
     parts = [
-        ReportPart(s.columns, build_tables(s.columns, min_base_hit10), render_figures(s.columns), s.differs)
+        ReportPart(
+            s.columns,
+            build_tables(s.columns, min_base_hit10),
+            render_figures(s.columns),
+            s.differs,
+            findings_table(s.columns, min_base_hit10),
+        )
         for s in sections
     ]
     header = Header(

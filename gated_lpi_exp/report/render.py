@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gated_lpi_exp.plots._style import format_step
 from gated_lpi_exp.report.figures import RenderedFigure
+from gated_lpi_exp.report.findings import FINDINGS_HEADERS, VERDICT_HEADERS, FindingsTable
 from gated_lpi_exp.report.paper import PAPER_CITATION, PAPER_MODELS
 from gated_lpi_exp.report.runs import Column, RunData
 from gated_lpi_exp.report.tables import BEST_MARK, ReportTable
@@ -32,6 +33,7 @@ LEGEND = (
     f"(column 'better'). The paper columns are the numbers published in {PAPER_CITATION} for OLMoE-1B-7B and "
     "OLMo-7B, with the paper's step range in brackets: reference only, not results of these runs."
 )
+FINDINGS_TITLE = "Findings: the MoE against the dense model"
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1400px;margin:1.5em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .6em}
@@ -63,6 +65,8 @@ class ReportPart:
     tables: list[ReportTable]
     figures: list[RenderedFigure]
     differs: dict[str, str] = field(default_factory=dict)
+    findings: FindingsTable | None = None
+    """The findings judged on the section's MoE/dense column pairs (None without such a pair)."""
 
     def title(self, index: int, count: int) -> str:
         """``Section 2 of 3: relations.categories=['factual']; data.hash=...`` ("" for a lone section)."""
@@ -155,6 +159,13 @@ def _html_part(part: ReportPart, title: str) -> list[str]:
     parts += [f"<p class=note><b>{html.escape(note)}</b></p>" for note in scoring_notes(part.columns)]
     for table in part.tables:
         parts += [f"<h{level}>{html.escape(table.title)}</h{level}>", _html_table(table)]
+    if part.findings is not None:
+        parts += [
+            f"<h{level}>{FINDINGS_TITLE}</h{level}>",
+            _html_plain_table(VERDICT_HEADERS, part.findings.verdicts),
+            _html_plain_table(FINDINGS_HEADERS, part.findings.lines),
+        ]
+        parts += [f"<p class=note>{html.escape(note)}</p>" for note in part.findings.notes]
     parts.append(f"<h{level}>Figures</h{level}>")
     for fig in part.figures:
         parts.append(f"<figure id='{fig.spec.stem}'>")
@@ -216,6 +227,10 @@ def _md_part(part: ReportPart, title: str, out_dir: Path, prefix: str) -> list[s
         parts += [f"{hashes} {md_escape(table.title)}", ""]
         parts += _md_table(["metric", "better", *table.columns, *PAPER_HEADERS], lines) + [""]
         parts += [line for note in table.notes for line in (f"*{md_escape(note)}*", "")]
+    if part.findings is not None:
+        parts += [f"{hashes} {FINDINGS_TITLE}", "", *_md_table(VERDICT_HEADERS, part.findings.verdicts), ""]
+        parts += _md_table(FINDINGS_HEADERS, part.findings.lines) + [""]
+        parts += [line for note in part.findings.notes for line in (f"*{md_escape(note)}*", "")]
     parts += [f"{hashes} Figures", ""]
     for fig in part.figures:
         if fig.png is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,10 @@ class Combined:
     baseline: float | None = None
     """Random-set baseline (None for metrics without one)."""
     n_seeds: int = 1
+    per_seed: list[float] = field(default_factory=list)
+    """The value of each seed, in the column's seed order."""
+    replicates: np.ndarray | None = None
+    """``[R]`` the replicate-wise mean over seeds (what ``ci`` is the interval of); None without replicates."""
 
 
 def combine(values: list[float], replicates: list[np.ndarray | None], level: float) -> Combined:
@@ -43,12 +47,15 @@ def combine(values: list[float], replicates: list[np.ndarray | None], level: flo
     """
     arr = np.asarray(values, dtype=np.float64)
     sd = float(np.std(arr, ddof=1)) if len(arr) > 1 else None
-    ci = None
+    ci, mean_replicates = None, None
     present = [r for r in replicates if r is not None]
     if present and len(present) == len(replicates) and len({len(r) for r in present}) == 1:
-        low, high = percentile_interval(np.mean(np.stack(present), axis=0), level)
+        mean_replicates = np.mean(np.stack(present), axis=0)  # [R]
+        low, high = percentile_interval(mean_replicates, level)
         ci = (float(low), float(high))
-    return Combined(float(arr.mean()), sd, ci, n_seeds=len(arr))
+    return Combined(
+        float(arr.mean()), sd, ci, n_seeds=len(arr), per_seed=arr.tolist(), replicates=mean_replicates
+    )
 
 
 def level_of(column: Column) -> float:
