@@ -276,6 +276,49 @@ def test_planner_counts_the_runs_checkpoints_and_examples_and_gives_a_finite_tim
     assert 0 < plan.cpu_s < float("inf")
 
 
+@pytest.mark.slow
+def test_plan_measure_runs_the_attribution_stage_on_the_first_checkpoint_and_stores_nothing(tmp_path, capsys):
+    """``bench plan --measure`` on a local micro series: the measurement line and its JSON fields, the stage
+    scored every planned example, and neither the attribution cache, the result store nor MLflow got a file.
+    The ratio's size is the benchmark's to report (wall time depends on the machine's load), never a test's."""
+    from gated_lpi_exp.data import load_relations
+    from gated_lpi_exp.testing import save_random_series, word_tokenizer
+
+    samples = load_relations("bundled")
+    words = sorted({w for t in samples["prompt"].tolist() + samples["object"].tolist() for w in t.split()})
+    micro = dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_experts=8, intermediate_size=8
+    )
+    save_random_series(tmp_path / "series", "olmoe", [0, 10], word_tokenizer(words), **micro)
+    rates = tmp_path / "bench.json"
+    rates.write_text(json.dumps({"rates": RATES.to_dict(), "shapes": {}}))
+    report_path, cache, results = tmp_path / "plan.json", tmp_path / "cache", tmp_path / "results"
+    overrides = [
+        "model=micro_moe", "model.kind=local", f"model.source={tmp_path / 'series'}", "model.device=cpu",
+        "relations.max_per_relation=6", "statistics.resamples=20", "progress=false",
+        f"attribution.cache_dir={cache}", f"execution.result_dir={results}",
+    ]  # fmt: skip
+    plan_main(["--rates", str(rates), "--measure", "--json", str(report_path), *overrides])
+    out = capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    plan, measured = report["plan"], report["measurement"]
+    assert report["overrides"] == overrides
+    assert measured["step"] == 0 and measured["device"] == "cpu" and measured["planned_for"] == "this machine"
+    assert measured["examples"] == plan["examples"] == 6 * 12  # every planned example went through the stage
+    assert measured["relations_computed"] == 12  # cold: none came from a cache
+    assert measured["planned_s"] == plan["cpu_s_per_checkpoint"] > 0
+    assert measured["measured_s"] > 0
+    assert measured["ratio"] == pytest.approx(measured["measured_s"] / measured["planned_s"], rel=1e-12)
+    for key in ("load_start", "load_end"):
+        assert len(measured[key]) == 3 and all(x >= 0 for x in measured[key])
+    line = next(line for line in out.splitlines() if line.startswith("measured (attribution stage"))
+    assert "72 examples" in line and f"measured/planned {measured['ratio']:.2f}" in line
+    assert f"planned (this machine) {measured['planned_s']:.3g} s per checkpoint" in line
+    assert f"load average {measured['load_start'][0]:.2f} at start" in line
+    assert not cache.exists() and not results.exists()  # no attribution cache, no result store
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_planner_reads_every_familys_dimensions_from_its_config(family):
     model = random_model(family)

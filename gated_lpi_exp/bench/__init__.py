@@ -10,7 +10,8 @@
   its projection FLOPs at the matmul rate plus its prompt × neuron × vocabulary elements at the exp-sum rate.
 
 ``python -m gated_lpi_exp.bench plan [overrides...]`` prints what a run will cost before anything is
-downloaded (``planner.py``).
+downloaded (``planner.py``); with ``--measure`` it then runs the attribution stage on the first checkpoint and
+prints measured / planned seconds (``measure.py``).
 """
 
 from gated_lpi_exp.bench.layers import DEFAULT_SHAPES, QUICK_SHAPES, LayerShape, build_layer, measure_shape

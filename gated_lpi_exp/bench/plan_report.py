@@ -100,8 +100,29 @@ def format_plan(plan: Plan, cfg_line: str = "") -> str:
     return "\n".join(lines)
 
 
+def plan_summary(plan: Plan) -> dict:
+    """The plan's main numbers, JSON-ready (``bench plan --json``)."""
+    return {
+        "model": plan.model,
+        "params": plan.dims.total_params,
+        "checkpoints": plan.checkpoints.value,
+        "checkpoints_estimated": plan.checkpoints.estimate,
+        "examples": plan.examples.value,
+        "examples_estimated": plan.examples.estimate,
+        "batches": plan.batches,
+        "elements": plan.work.elements,
+        "matmul_flops": plan.work.matmul_flops,
+        "cpu_s_per_checkpoint": plan.cpu_s,
+        "cpu_method": plan.cpu_method,
+        "h100_s_per_checkpoint": plan.h100_s,
+        "download_bytes": plan.download_bytes,
+        "disk_bytes": plan.disk_bytes,
+        "rates": plan.rates.to_dict(),
+    }
+
+
 def main(argv: list[str]) -> None:
-    """``python -m gated_lpi_exp.bench plan [--rates JSON] [overrides...]``."""
+    """``python -m gated_lpi_exp.bench plan [--rates JSON] [--measure] [--json PATH] [overrides...]``."""
     from gated_lpi_exp.compose import compose_run_config
 
     parser = argparse.ArgumentParser(
@@ -115,6 +136,13 @@ def main(argv: list[str]) -> None:
         default=DEFAULT_BANDWIDTH / 1e6,
         help="download rate from the hub, MB/s (100)",
     )
+    parser.add_argument(
+        "--measure",
+        action="store_true",
+        help="then run the attribution stage on the first checkpoint (cold, nothing stored) and print "
+        "measured / planned seconds",
+    )
+    parser.add_argument("--json", type=Path, help="write the plan (and the measurement) here")
     parser.add_argument("overrides", nargs="*", help="e.g. model=olmoe checkpoints=paper")
     args = parser.parse_args(argv)
     cfg = compose_run_config(args.overrides)
@@ -131,3 +159,14 @@ def main(argv: list[str]) -> None:
     print(
         f"this machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, kernel={info['kernel']}"
     )
+    report = {"overrides": args.overrides, "machine": info, "plan": plan_summary(plan)}
+    if args.measure:
+        from gated_lpi_exp.bench.measure import format_measurement, measure_first_checkpoint
+
+        measurement = measure_first_checkpoint(cfg, plan)
+        print(format_measurement(measurement))
+        report["measurement"] = measurement.to_dict()
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")

@@ -1,4 +1,5 @@
-"""``python -m gated_lpi_exp.bench plan [--rates JSON] [overrides...]``: a run's cost before any download.
+"""``python -m gated_lpi_exp.bench plan [--rates JSON] [overrides...]``: a run's cost before any download
+(checked against one real checkpoint by ``--measure``, ``measure.py``).
 
 Dimensions come from the model's own ``config.json`` (``dims.py``: the hub cache, else fetched once; a built
 suite's or a local series' first checkpoint; or, for a suite not built yet, the config its spec will build),
