@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from gated_lpi_exp.config import TrackingConfig
 from gated_lpi_exp.errors import TrackingError
 from gated_lpi_exp.tracking.names import EXPERIMENT_KIND_TAG, NOTE_TAG, PARENT_RUN_TAG, SWEEP_PARENT_TAG
+from gated_lpi_exp.tracking.spool import Spool, replay
 from gated_lpi_exp.tracking.sweep import finish_parent, read_parents, sweep_parent
 from gated_lpi_exp.tracking.tracker import Tracker, flatten, server_reachable
 
@@ -61,6 +62,20 @@ def test_a_failing_body_ends_the_run_failed_keeping_what_was_logged(tmp_path):
         raise RuntimeError("stage failed")
     run = MlflowClient(cfg.uri).get_run(run_id)
     assert run.info.status == "FAILED" and run.data.metrics["hit_at_1"] == 0.25
+
+
+def test_a_point_the_server_stored_before_it_stopped_answering_is_not_doubled_by_the_replay(tmp_path):
+    """A call can reach the server and still time out on the way back: it is spooled with the timestamp it
+    carried, so its replay is the same point and MLflow keeps it once; a new point at another time is added."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs.db'}")
+    run_id = client.create_run(client.create_experiment("spool", str(tmp_path / "art"))).info.run_id
+    client.log_batch(run_id, metrics=[mlflow.entities.Metric("hit_at_10", 0.5, 1_000, 0)])  # stored ...
+    spool = Spool(tmp_path / "spool")
+    spool.metrics({"hit_at_10": 0.5}, 0, time_ms=1_000)  # ... and kept, since no answer came
+    spool.metrics({"hit_at_10": 0.75}, 10, time_ms=2_000)
+    assert replay(tmp_path / "spool", client, run_id) == 2
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "hit_at_10"))
+    assert history == [(0, 0.5), (10, 0.75)]
 
 
 def _free_port() -> int:

@@ -39,8 +39,11 @@ class Spool:
     def params(self, params: Mapping[str, str]) -> None:
         self._append({"op": "params", "data": dict(params)})
 
-    def metrics(self, metrics: Mapping[str, float], step: int | None) -> None:
-        self._append({"op": "metrics", "data": dict(metrics), "step": step, "time": int(time.time() * 1000)})
+    def metrics(self, metrics: Mapping[str, float], step: int | None, time_ms: int | None = None) -> None:
+        """Keep metric points; ``time_ms`` is the timestamp the failed call carried (a point the server did
+        store before it stopped answering is then the same point on replay, and MLflow keeps it once)."""
+        when = int(time.time() * 1000) if time_ms is None else time_ms
+        self._append({"op": "metrics", "data": dict(metrics), "step": step, "time": when})
 
     def tags(self, tags: Mapping[str, str]) -> None:
         self._append({"op": "tags", "data": dict(tags)})
@@ -65,7 +68,8 @@ def replay(folder: Path, client: MlflowClient, run_id: str) -> int:
 
     Raises:
         Exception: whatever the client raises (the spool is kept, and can be replayed again; calls already
-            replayed are replayed again then, which MLflow takes as the same params and extra metric points).
+            replayed are replayed again then, which MLflow takes as the same params and the same metric
+            points: a point is its key, value, step and original timestamp, and MLflow stores it once).
     """
     path = folder / CALLS
     if not path.is_file():

@@ -294,7 +294,7 @@ class Tracker:
         now = int(time.time() * 1000)
         batch = [Metric(k, v, now, step or 0) for k, v in finite.items()]
         self._send(
-            lambda: self.client.log_batch(self.run_id, metrics=batch), lambda s: s.metrics(finite, step)
+            lambda: self.client.log_batch(self.run_id, metrics=batch), lambda s: s.metrics(finite, step, now)
         )
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
