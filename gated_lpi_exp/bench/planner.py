@@ -147,8 +147,14 @@ def count_checkpoints(cfg: RunConfig) -> Count:
     return Count(min(n, sel.limit or n), f"estimate: {source}", estimate=True)
 
 
+def batch_sizes(examples: int, size: int) -> list[int]:
+    """The attribution stage's batches on a cold checkpoint: ``size`` prompts at a time, across relations
+    (every relation is computed in one pass when none is in the attribution cache)."""
+    return [min(size, examples - lo) for lo in range(0, examples, size)]
+
+
 def count_examples(cfg: RunConfig) -> tuple[Count, list[int]]:
-    """Examples and their per-relation counts (attribution batches never cross relations)."""
+    """Examples and their per-relation counts."""
     rel = cfg.relations
     if rel.source == "lre" and not _lre_cached():
         wanted = len(rel.names) if rel.names else sum(PAPER_RELATIONS[c] for c in set(rel.categories))
@@ -177,17 +183,15 @@ def make_plan(
     """The cost of ``cfg``'s attribution per checkpoint and in total (rates measured now when None)."""
     dims = model_dims(cfg)
     checkpoints = count_checkpoints(cfg)
-    examples, per_relation = count_examples(cfg)
+    examples, _ = count_examples(cfg)
     budget = cfg.attribution.memory_budget_mb
 
-    def work_at(size: int, across: bool = False) -> Work:
-        counts = [sum(per_relation)] if across else per_relation
-        batches = [min(size, n - lo) for n in counts for lo in range(0, n, size)]
+    def work_at(size: int) -> Work:
         chunk = max(1, int(budget * 2**20 * 0.85) // (dims.vocab * 4))  # projection.fused_chunk_size
-        return costs.checkpoint_work(dims, batches, chunk_neurons=chunk)
+        return costs.checkpoint_work(dims, batch_sizes(examples.value, size), chunk_neurons=chunk)
 
     size = cfg.attribution.batch_size
-    batches = [min(size, n - lo) for n in per_relation for lo in range(0, n, size)]
+    batches = batch_sizes(examples.value, size)
     work = work_at(size)
     rates = rates or measure_rates(quick=True)
     rates_note = rates_note or "measured now (quick)"
@@ -198,16 +202,13 @@ def make_plan(
         cpu_s = costs.roofline_seconds(work, rates) / eff
         method = f"roofline at the rates below / efficiency {eff:.2f}"
     least, h100 = costs.h100_seconds(work)
-    # Projections are recomputed for every batch: larger batches amortise them. The attribution stage
-    # batches within a relation, so the last option needs batching across relations.
+    # Projections are recomputed for every batch: larger batches (attribution.batch_size) amortise them.
     sensitivity = {}
-    options = {
-        f"{b}": (b, False) for b in sorted({4 * size, max(per_relation)}) if size < b <= max(per_relation)
-    }
-    options[f"{sum(per_relation)} (all examples, across relations)"] = (sum(per_relation), True)
-    for label, (larger, across) in options.items():
-        scale = costs.roofline_seconds(work_at(larger, across), rates) / costs.roofline_seconds(work, rates)
-        sensitivity[label] = (cpu_s * scale, costs.h100_seconds(work_at(larger, across))[1])
+    options = {f"{4 * size}": 4 * size} if 4 * size < examples.value else {}
+    options[f"{examples.value} (all examples in one batch)"] = examples.value
+    for label, larger in options.items():
+        scale = costs.roofline_seconds(work_at(larger), rates) / costs.roofline_seconds(work, rates)
+        sensitivity[label] = (cpu_s * scale, costs.h100_seconds(work_at(larger))[1])
     download, disk, note = _storage(cfg, dims, checkpoints.value)
     return Plan(
         cfg.model.name, dims, checkpoints, examples, batches, work, cpu_s, method, least, h100,
