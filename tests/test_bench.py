@@ -335,6 +335,18 @@ def test_planner_reads_every_familys_dimensions_from_its_config(family):
     assert dims.params == sum(p.numel() for p in model.parameters())
 
 
+def test_a_plan_that_cannot_read_its_model_ends_in_one_message_and_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(SystemExit) as stop:
+        bench_main(["plan", "model=olmoe"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "cannot read config.json" in err and "Fix:" in err
+    assert "Traceback" not in err
+
+
 def test_planner_refuses_an_unsupported_config():
     with pytest.raises(ConfigurationError, match="model_type 'gpt2' is not a supported family"):
         dims_from_config({"model_type": "gpt2"}, "config.json")

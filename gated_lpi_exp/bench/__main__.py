@@ -15,6 +15,7 @@ import torch
 
 from gated_lpi_exp.bench.layers import DEFAULT_SHAPES, QUICK_SHAPES, measure_shape, summarise
 from gated_lpi_exp.bench.machine import Rates, machine_info, measure_rates
+from gated_lpi_exp.errors import GatedLPIError
 
 PEAK_MEM_METHOD = (
     "process peak RSS (Linux VmHWM, reset through /proc/self/clear_refs before each engine run) minus RSS "
@@ -107,13 +108,14 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m gated_lpi_exp.bench``."""
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if argv and argv[0] == "plan":
+    if argv and argv[0] in ("plan", "sweep"):
         from gated_lpi_exp.bench.plan_report import main as plan_main
 
-        plan_main(argv[1:])
-        return
-    if argv and argv[0] == "sweep":
-        sweep_main(argv[1:])
+        try:
+            (plan_main if argv[0] == "plan" else sweep_main)(argv[1:])
+        except GatedLPIError as exc:  # a config, data or hub problem: its message says what to fix
+            print(f"Error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            sys.exit(2)
         return
     parser = argparse.ArgumentParser(prog="python -m gated_lpi_exp.bench", description=__doc__)
     parser.add_argument("--json", type=Path, help="write the report here")
