@@ -14,7 +14,6 @@ random model of the same dimensions, because fixed per-call costs dominate there
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,14 +152,13 @@ def batch_sizes(examples: int, size: int) -> list[int]:
     return [min(size, examples - lo) for lo in range(0, examples, size)]
 
 
-def count_examples(cfg: RunConfig) -> tuple[Count, list[int]]:
-    """Examples and their per-relation counts."""
+def count_examples(cfg: RunConfig) -> Count:
+    """The run's examples (the per-relation cap applied)."""
     rel = cfg.relations
     if rel.source == "lre" and not _lre_cached():
         wanted = len(rel.names) if rel.names else sum(PAPER_RELATIONS[c] for c in set(rel.categories))
         n = round(PAPER_LRE_EXAMPLES * min(wanted, 12) / 12)
-        per = [math.ceil(n / min(wanted, 12))] * min(wanted, 12)
-        return Count(n, "lre is not cached: the paper's 906 examples (not downloaded)", estimate=True), per
+        return Count(n, "lre is not cached: the paper's 906 examples (not downloaded)", estimate=True)
     from gated_lpi_exp.data import load_relations, select_relations
 
     samples = load_relations(rel.source, template=rel.template, duplicates=rel.duplicates)
@@ -170,7 +168,7 @@ def count_examples(cfg: RunConfig) -> tuple[Count, list[int]]:
     per = samples.groupby("relation", sort=False).size().tolist()
     if rel.max_per_relation is not None:
         per = [min(n, rel.max_per_relation) for n in per]
-    return Count(sum(per), f"{rel.source} relations, {len(per)} relations"), per
+    return Count(sum(per), f"{rel.source} relations, {len(per)} relations")
 
 
 def make_plan(
@@ -183,7 +181,7 @@ def make_plan(
     """The cost of ``cfg``'s attribution per checkpoint and in total (rates measured now when None)."""
     dims = model_dims(cfg)
     checkpoints = count_checkpoints(cfg)
-    examples, _ = count_examples(cfg)
+    examples = count_examples(cfg)
     budget = cfg.attribution.memory_budget_mb
 
     def work_at(size: int) -> Work:

@@ -12,6 +12,7 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -103,6 +104,8 @@ class Column:
 
     label: str
     runs: list[RunData]
+    derived: dict[tuple, Any] = field(default_factory=dict, repr=False, compare=False)
+    """Values computed from the runs' tables, kept so that the tables and the findings compute each once."""
 
     @property
     def seeds(self) -> list[str]:

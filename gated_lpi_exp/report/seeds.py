@@ -110,12 +110,19 @@ DROP_CONDITIONS = ("targeted", "random", "difference")
 
 
 def drop_values(column: Column, ablation: str, min_base: float) -> dict[str, Combined | None]:
-    """Checkpoint-mean HIT@10 drops of one ablation, combined over seeds.
+    """Checkpoint-mean HIT@10 drops of one ablation, combined over seeds (computed once per column).
 
     A seed's drop is the mean over its checkpoints whose base HIT@10 is at least ``min_base``; the random
     control is that mean per random seed, then averaged over random seeds; ``difference`` is targeted minus
     random. Intervals come from the per-example outcomes (``ablation_examples``) of each seed.
     """
+    key = ("drops", ablation, min_base)
+    if key not in column.derived:
+        column.derived[key] = _drop_values(column, ablation, min_base)
+    return column.derived[key]
+
+
+def _drop_values(column: Column, ablation: str, min_base: float) -> dict[str, Combined | None]:
     per: dict[str, list] = {c: [] for c in DROP_CONDITIONS}
     reps: dict[str, list] = {c: [] for c in DROP_CONDITIONS}
     resamples = int(column.param("statistics.resamples") or 0)
